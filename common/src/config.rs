@@ -1,0 +1,683 @@
+//! Service configuration: defaults, then an optional TOML file, then environment variables.
+//!
+//! This module is the single list of the variables the services read. Each one is a [`VarSpec`]
+//! constant; the typed loaders below can only read a variable through its constant, so a name
+//! that is not declared here cannot be read anywhere. The docker-compose test checks the
+//! compose file against these lists, and the README documents exactly these names.
+//!
+//! Everything is read once at startup and validated into typed structs. A bad value is a
+//! [`ConfigError`] whose one-line message names the variable, the value and what is allowed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// One configuration variable: its environment name, its default and what it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VarSpec {
+    pub name: &'static str,
+    /// Default as the user would write it; `None` means "unset" has its own meaning.
+    pub default: Option<&'static str>,
+    /// What values are allowed, as shown in an error message.
+    pub allowed: &'static str,
+}
+
+const fn var(name: &'static str, default: Option<&'static str>, allowed: &'static str) -> VarSpec {
+    VarSpec {
+        name,
+        default,
+        allowed,
+    }
+}
+
+// ---- shared by both services ----
+pub const CONFIG_FILE: VarSpec = var("CONFIG_FILE", None, "a path to a TOML file");
+pub const STREAM_NAME: VarSpec = var(
+    "STREAM_NAME",
+    Some("demo-stream"),
+    "a Kinesis stream name (1-128 characters of a-z, A-Z, 0-9, _ . -)",
+);
+pub const STREAM_WAIT_TIMEOUT_MS: VarSpec = var(
+    "STREAM_WAIT_TIMEOUT_MS",
+    Some("60000"),
+    "a whole number of milliseconds, 1 or more",
+);
+pub const LOG_FORMAT: VarSpec = var("LOG_FORMAT", Some("text"), "`text` or `json`");
+
+// ---- producer ----
+pub const PRODUCER_INTERVAL_MS: VarSpec = var(
+    "PRODUCER_INTERVAL_MS",
+    Some("1000"),
+    "a whole number of milliseconds, 0 (as fast as possible) or more",
+);
+pub const PRODUCER_COUNT: VarSpec = var(
+    "PRODUCER_COUNT",
+    None,
+    "unset (run until stopped) or a whole number of messages, 1 or more",
+);
+pub const PRODUCER_PARTITION_KEY: VarSpec = var(
+    "PRODUCER_PARTITION_KEY",
+    None,
+    "unset (each message's Id) or a key of 1-256 characters",
+);
+pub const PRODUCER_MESSAGES_PER_TICK: VarSpec = var(
+    "PRODUCER_MESSAGES_PER_TICK",
+    Some("1"),
+    "a whole number from 1 to 100000",
+);
+pub const PRODUCER_LINGER_MS: VarSpec = var(
+    "PRODUCER_LINGER_MS",
+    Some("100"),
+    "a whole number of milliseconds, 0 or more",
+);
+pub const PRODUCER_MAX_BUFFERED_RECORDS: VarSpec = var(
+    "PRODUCER_MAX_BUFFERED_RECORDS",
+    Some("100000"),
+    "a whole number of records, 1 or more",
+);
+pub const PRODUCER_MAX_BUFFERED_BYTES: VarSpec = var(
+    "PRODUCER_MAX_BUFFERED_BYTES",
+    Some("67108864"),
+    "a whole number of bytes, 1048576 (1 MiB) or more",
+);
+pub const PRODUCER_MAX_IN_FLIGHT: VarSpec = var(
+    "PRODUCER_MAX_IN_FLIGHT",
+    Some("8"),
+    "a whole number of concurrent PutRecords calls from 1 to 256",
+);
+pub const PRODUCER_RECORD_TTL_MS: VarSpec = var(
+    "PRODUCER_RECORD_TTL_MS",
+    Some("30000"),
+    "a whole number of milliseconds, 1 or more",
+);
+pub const PRODUCER_SOURCE: VarSpec = var(
+    "PRODUCER_SOURCE",
+    None,
+    "unset (no `Source` field) or any text put in each message's `Source`",
+);
+pub const PRODUCER_SHUTDOWN_TIMEOUT_MS: VarSpec = var(
+    "PRODUCER_SHUTDOWN_TIMEOUT_MS",
+    Some("4000"),
+    "a whole number of milliseconds, 0 or more",
+);
+
+// ---- consumer ----
+pub const CONSUMER_INITIAL_POSITION: VarSpec = var(
+    "CONSUMER_INITIAL_POSITION",
+    Some("TRIM_HORIZON"),
+    "`TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP`",
+);
+pub const CONSUMER_START_TIMESTAMP: VarSpec = var(
+    "CONSUMER_START_TIMESTAMP",
+    None,
+    "an RFC 3339 time such as 2026-01-31T12:00:00Z (required with AT_TIMESTAMP)",
+);
+pub const CONSUMER_POLL_INTERVAL_MS: VarSpec = var(
+    "CONSUMER_POLL_INTERVAL_MS",
+    Some("1000"),
+    "a whole number of milliseconds from 200 to 60000",
+);
+pub const CONSUMER_MAX_RECORDS: VarSpec = var(
+    "CONSUMER_MAX_RECORDS",
+    Some("10000"),
+    "a whole number from 1 to 10000",
+);
+pub const CONSUMER_SHARD_SYNC_MS: VarSpec = var(
+    "CONSUMER_SHARD_SYNC_MS",
+    Some("10000"),
+    "a whole number of milliseconds from 100 to 3600000",
+);
+
+/// Variables both services read.
+pub const SHARED_VARS: &[VarSpec] = &[CONFIG_FILE, STREAM_NAME, STREAM_WAIT_TIMEOUT_MS, LOG_FORMAT];
+
+/// Variables only the producer reads.
+pub const PRODUCER_VARS: &[VarSpec] = &[
+    PRODUCER_INTERVAL_MS,
+    PRODUCER_COUNT,
+    PRODUCER_PARTITION_KEY,
+    PRODUCER_MESSAGES_PER_TICK,
+    PRODUCER_LINGER_MS,
+    PRODUCER_MAX_BUFFERED_RECORDS,
+    PRODUCER_MAX_BUFFERED_BYTES,
+    PRODUCER_MAX_IN_FLIGHT,
+    PRODUCER_RECORD_TTL_MS,
+    PRODUCER_SOURCE,
+    PRODUCER_SHUTDOWN_TIMEOUT_MS,
+];
+
+/// Variables only the consumer reads.
+pub const CONSUMER_VARS: &[VarSpec] = &[
+    CONSUMER_INITIAL_POSITION,
+    CONSUMER_START_TIMESTAMP,
+    CONSUMER_POLL_INTERVAL_MS,
+    CONSUMER_MAX_RECORDS,
+    CONSUMER_SHARD_SYNC_MS,
+];
+
+/// Variables read not by this module but by the AWS SDK's standard chain and by the log filter.
+/// They are listed so that the compose test and the README can tell a valid name from a typo.
+pub const STANDARD_VARS: &[&str] = &[
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_KINESIS",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_CLOUDWATCH",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+    "RUST_LOG",
+];
+
+/// Which service is loading its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Producer,
+    Consumer,
+}
+
+impl Service {
+    /// Every variable this service reads itself (shared ones first).
+    pub fn vars(self) -> Vec<VarSpec> {
+        let own = match self {
+            Service::Producer => PRODUCER_VARS,
+            Service::Consumer => CONSUMER_VARS,
+        };
+        SHARED_VARS.iter().chain(own).copied().collect()
+    }
+}
+
+/// A setting that could not be accepted. Its `Display` is the one line a user sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for {var}: {value:?} (allowed: {allowed})")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("{var} is required when {because} (allowed: {allowed})")]
+    Missing {
+        var: &'static str,
+        because: String,
+        allowed: &'static str,
+    },
+    #[error("CONFIG_FILE {path:?} could not be read: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+impl ConfigError {
+    /// The variable this error is about.
+    pub fn var(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { var, .. } | ConfigError::Missing { var, .. } => var,
+            ConfigError::File { .. } => CONFIG_FILE.name,
+        }
+    }
+}
+
+/// Raw string values after layering defaults, the optional file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    values: HashMap<String, String>,
+}
+
+impl RawConfig {
+    /// Layers the file named by `CONFIG_FILE` (if set) under the given environment.
+    /// Empty values count as unset, so `PRODUCER_COUNT=` in a compose file means "forever".
+    pub fn load<I, K, V>(env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect();
+        let mut values = match env.get(CONFIG_FILE.name) {
+            Some(path) => read_file(PathBuf::from(path))?,
+            None => HashMap::new(),
+        };
+        values.extend(env);
+        Ok(Self { values })
+    }
+
+    /// The value of `spec`, or its default.
+    pub fn get(&self, spec: &VarSpec) -> Option<&str> {
+        self.values
+            .get(spec.name)
+            .map(|s| s.trim())
+            .or(spec.default)
+    }
+
+    fn invalid(&self, spec: &VarSpec, value: &str) -> ConfigError {
+        ConfigError::Invalid {
+            var: spec.name,
+            value: value.to_string(),
+            allowed: spec.allowed,
+        }
+    }
+
+    /// Parses `spec` as a number within `min..=max`; `None` when unset with no default.
+    pub fn number<T>(&self, spec: &VarSpec, min: T, max: T) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr + PartialOrd + Copy,
+    {
+        let Some(raw) = self.get(spec) else {
+            return Ok(None);
+        };
+        match raw.parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(Some(n)),
+            _ => Err(self.invalid(spec, raw)),
+        }
+    }
+
+    /// Like [`RawConfig::number`] for variables that have a default.
+    pub fn required_number<T>(&self, spec: &VarSpec, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Copy,
+    {
+        self.number(spec, min, max)?
+            .ok_or_else(|| ConfigError::Missing {
+                var: spec.name,
+                because: "it has no default".into(),
+                allowed: spec.allowed,
+            })
+    }
+
+    /// A duration in milliseconds within `min_ms..=max_ms`.
+    pub fn millis(
+        &self,
+        spec: &VarSpec,
+        min_ms: u64,
+        max_ms: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.required_number(spec, min_ms, max_ms)
+            .map(Duration::from_millis)
+    }
+
+    /// A string checked by `valid`.
+    pub fn text(
+        &self,
+        spec: &VarSpec,
+        valid: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>, ConfigError> {
+        match self.get(spec) {
+            None => Ok(None),
+            Some(v) if valid(v) => Ok(Some(v.to_string())),
+            Some(v) => Err(self.invalid(spec, v)),
+        }
+    }
+
+    /// One of a fixed set of words, compared without regard to case.
+    pub fn choice<T: Copy>(&self, spec: &VarSpec, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let raw = self.get(spec).unwrap_or_default();
+        choices
+            .iter()
+            .find(|(word, _)| word.eq_ignore_ascii_case(raw))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| self.invalid(spec, raw))
+    }
+}
+
+fn read_file(path: PathBuf) -> Result<HashMap<String, String>, ConfigError> {
+    let fail = |reason: String| ConfigError::File {
+        path: path.clone(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(fail("no such file".into()));
+    }
+    let table: HashMap<String, config::Value> = config::Config::builder()
+        .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| fail(e.to_string()))?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let key = k.to_ascii_uppercase();
+            v.into_string()
+                .map(|s| (key.clone(), s))
+                .map_err(|e| fail(format!("key {key}: {e}")))
+        })
+        .collect()
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, fields at the top level.
+    Json,
+}
+
+/// Settings both services share.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    pub stream_name: String,
+    pub stream_wait_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+fn valid_stream_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+impl SharedSettings {
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            stream_name: raw
+                .text(&STREAM_NAME, valid_stream_name)?
+                .unwrap_or_default(),
+            stream_wait_timeout: raw.millis(&STREAM_WAIT_TIMEOUT_MS, 1, 86_400_000)?,
+            log_format: raw.choice(
+                &LOG_FORMAT,
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            )?,
+        })
+    }
+}
+
+/// The producer service's settings.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub shared: SharedSettings,
+    /// Time between ticks; zero means "as fast as the buffer accepts".
+    pub interval: Duration,
+    /// Stop after this many acknowledged messages.
+    pub count: Option<u64>,
+    pub partition_key: Option<String>,
+    pub messages_per_tick: u32,
+    pub linger: Duration,
+    pub max_buffered_records: usize,
+    pub max_buffered_bytes: usize,
+    pub max_in_flight: usize,
+    pub record_ttl: Duration,
+    pub source: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+impl ProducerSettings {
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            shared: SharedSettings::from_raw(raw)?,
+            interval: raw.millis(&PRODUCER_INTERVAL_MS, 0, 86_400_000)?,
+            count: raw.number(&PRODUCER_COUNT, 1, u64::MAX)?,
+            partition_key: raw.text(&PRODUCER_PARTITION_KEY, |k| {
+                (1..=256).contains(&k.chars().count())
+            })?,
+            messages_per_tick: raw.required_number(&PRODUCER_MESSAGES_PER_TICK, 1, 100_000)?,
+            linger: raw.millis(&PRODUCER_LINGER_MS, 0, 60_000)?,
+            max_buffered_records: raw.required_number(
+                &PRODUCER_MAX_BUFFERED_RECORDS,
+                1,
+                100_000_000,
+            )?,
+            max_buffered_bytes: raw.required_number(
+                &PRODUCER_MAX_BUFFERED_BYTES,
+                1 << 20,
+                1 << 40,
+            )?,
+            max_in_flight: raw.required_number(&PRODUCER_MAX_IN_FLIGHT, 1, 256)?,
+            record_ttl: raw.millis(&PRODUCER_RECORD_TTL_MS, 1, 86_400_000)?,
+            source: raw.text(&PRODUCER_SOURCE, |_| true)?,
+            shutdown_timeout: raw.millis(&PRODUCER_SHUTDOWN_TIMEOUT_MS, 0, 600_000)?,
+        })
+    }
+
+    /// Reads the process environment (the only place the producer does).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_raw(&RawConfig::load(std::env::vars())?)
+    }
+}
+
+/// Where a consumer starts reading a shard it has no checkpoint for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    TrimHorizon,
+    Latest,
+    AtTimestamp(DateTime<Utc>),
+}
+
+impl fmt::Display for InitialPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InitialPosition::TrimHorizon => f.write_str("TRIM_HORIZON"),
+            InitialPosition::Latest => f.write_str("LATEST"),
+            InitialPosition::AtTimestamp(t) => write!(f, "AT_TIMESTAMP {}", t.to_rfc3339()),
+        }
+    }
+}
+
+/// The consumer service's settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub shared: SharedSettings,
+    pub initial_position: InitialPosition,
+    /// Wait after a `GetRecords` that returned nothing.
+    pub poll_interval: Duration,
+    pub max_records: i32,
+    /// How often the shard list is refreshed to notice new shards.
+    pub shard_sync_interval: Duration,
+}
+
+#[derive(Clone, Copy)]
+enum PositionWord {
+    TrimHorizon,
+    Latest,
+    AtTimestamp,
+}
+
+impl ConsumerSettings {
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let word = raw.choice(
+            &CONSUMER_INITIAL_POSITION,
+            &[
+                ("TRIM_HORIZON", PositionWord::TrimHorizon),
+                ("LATEST", PositionWord::Latest),
+                ("AT_TIMESTAMP", PositionWord::AtTimestamp),
+            ],
+        )?;
+        let timestamp = match raw.get(&CONSUMER_START_TIMESTAMP) {
+            None => None,
+            Some(v) => Some(
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| raw.invalid(&CONSUMER_START_TIMESTAMP, v))?,
+            ),
+        };
+        let initial_position = match (word, timestamp) {
+            (PositionWord::TrimHorizon, _) => InitialPosition::TrimHorizon,
+            (PositionWord::Latest, _) => InitialPosition::Latest,
+            (PositionWord::AtTimestamp, Some(t)) => InitialPosition::AtTimestamp(t),
+            (PositionWord::AtTimestamp, None) => {
+                return Err(ConfigError::Missing {
+                    var: CONSUMER_START_TIMESTAMP.name,
+                    because: "CONSUMER_INITIAL_POSITION is AT_TIMESTAMP".into(),
+                    allowed: CONSUMER_START_TIMESTAMP.allowed,
+                })
+            }
+        };
+        Ok(Self {
+            shared: SharedSettings::from_raw(raw)?,
+            initial_position,
+            poll_interval: raw.millis(&CONSUMER_POLL_INTERVAL_MS, 200, 60_000)?,
+            max_records: raw.required_number(&CONSUMER_MAX_RECORDS, 1, 10_000)?,
+            shard_sync_interval: raw.millis(&CONSUMER_SHARD_SYNC_MS, 100, 3_600_000)?,
+        })
+    }
+
+    /// Reads the process environment (the only place the consumer does).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_raw(&RawConfig::load(std::env::vars())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawConfig {
+        RawConfig::load(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let p = ProducerSettings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(p.shared.stream_name, "demo-stream");
+        assert_eq!(p.interval, Duration::from_millis(1000));
+        assert_eq!(p.count, None);
+        assert_eq!(p.partition_key, None);
+        assert_eq!(p.shared.log_format, LogFormat::Text);
+        let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(c.initial_position, InitialPosition::TrimHorizon);
+        assert_eq!(c.max_records, 10_000);
+    }
+
+    #[test]
+    fn environment_values_are_parsed() {
+        let p = ProducerSettings::from_raw(&raw(&[
+            ("STREAM_NAME", "orders"),
+            ("PRODUCER_INTERVAL_MS", "0"),
+            ("PRODUCER_COUNT", "25"),
+            ("PRODUCER_PARTITION_KEY", "k1"),
+            ("LOG_FORMAT", "JSON"),
+        ]))
+        .unwrap();
+        assert_eq!(p.shared.stream_name, "orders");
+        assert_eq!(p.interval, Duration::ZERO);
+        assert_eq!(p.count, Some(25));
+        assert_eq!(p.partition_key.as_deref(), Some("k1"));
+        assert_eq!(p.shared.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn empty_value_means_unset() {
+        let p = ProducerSettings::from_raw(&raw(&[("PRODUCER_COUNT", "")])).unwrap();
+        assert_eq!(p.count, None);
+    }
+
+    #[test]
+    fn bad_number_names_variable_value_and_allowed_values() {
+        let err =
+            ProducerSettings::from_raw(&raw(&[("PRODUCER_INTERVAL_MS", "soon")])).unwrap_err();
+        let line = err.to_string();
+        assert_eq!(err.var(), "PRODUCER_INTERVAL_MS");
+        assert!(line.contains("\"soon\""), "{line}");
+        assert!(line.contains("milliseconds"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn out_of_range_and_zero_count_are_rejected() {
+        let err = ProducerSettings::from_raw(&raw(&[("PRODUCER_COUNT", "0")])).unwrap_err();
+        assert_eq!(err.var(), "PRODUCER_COUNT");
+        let err =
+            ConsumerSettings::from_raw(&raw(&[("CONSUMER_MAX_RECORDS", "10001")])).unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_MAX_RECORDS");
+        let err =
+            ConsumerSettings::from_raw(&raw(&[("CONSUMER_POLL_INTERVAL_MS", "50")])).unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_POLL_INTERVAL_MS");
+    }
+
+    #[test]
+    fn bad_stream_name_and_log_format_are_rejected() {
+        let err = ConsumerSettings::from_raw(&raw(&[("STREAM_NAME", "a b")])).unwrap_err();
+        assert_eq!(err.var(), "STREAM_NAME");
+        let err = ConsumerSettings::from_raw(&raw(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(err.var(), "LOG_FORMAT");
+    }
+
+    #[test]
+    fn initial_positions() {
+        let c =
+            ConsumerSettings::from_raw(&raw(&[("CONSUMER_INITIAL_POSITION", "latest")])).unwrap();
+        assert_eq!(c.initial_position, InitialPosition::Latest);
+        let c = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_INITIAL_POSITION", "AT_TIMESTAMP"),
+            ("CONSUMER_START_TIMESTAMP", "2026-01-31T12:00:00Z"),
+        ]))
+        .unwrap();
+        assert!(matches!(
+            c.initial_position,
+            InitialPosition::AtTimestamp(_)
+        ));
+        let err =
+            ConsumerSettings::from_raw(&raw(&[("CONSUMER_INITIAL_POSITION", "AT_TIMESTAMP")]))
+                .unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_START_TIMESTAMP");
+        let err = ConsumerSettings::from_raw(&raw(&[("CONSUMER_INITIAL_POSITION", "START")]))
+            .unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_INITIAL_POSITION");
+        let err = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_INITIAL_POSITION", "AT_TIMESTAMP"),
+            ("CONSUMER_START_TIMESTAMP", "yesterday"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_START_TIMESTAMP");
+    }
+
+    #[test]
+    fn file_values_sit_under_the_environment() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("producer.toml");
+        std::fs::write(
+            &file,
+            "stream_name = \"from-file\"\nPRODUCER_COUNT = 7\nPRODUCER_INTERVAL_MS = 5\n",
+        )
+        .unwrap();
+        let p = ProducerSettings::from_raw(&raw(&[
+            ("CONFIG_FILE", file.to_str().unwrap()),
+            ("PRODUCER_INTERVAL_MS", "9"),
+        ]))
+        .unwrap();
+        assert_eq!(p.shared.stream_name, "from-file");
+        assert_eq!(p.count, Some(7));
+        assert_eq!(p.interval, Duration::from_millis(9));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error_naming_config_file() {
+        let err = RawConfig::load([("CONFIG_FILE", "/nonexistent/x.toml")]).unwrap_err();
+        assert_eq!(err.var(), "CONFIG_FILE");
+    }
+
+    #[test]
+    fn every_declared_name_is_unique() {
+        let mut names: Vec<_> = SHARED_VARS
+            .iter()
+            .chain(PRODUCER_VARS)
+            .chain(CONSUMER_VARS)
+            .map(|v| v.name)
+            .chain(STANDARD_VARS.iter().copied())
+            .collect();
+        let before = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), before);
+    }
+}

@@ -1,0 +1,177 @@
+//! Kinesis helpers both services need: waiting for a stream at startup, listing its shards,
+//! and telling transient errors from permanent ones.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::types::{Shard, StreamStatus};
+use aws_sdk_kinesis::Client;
+use tokio_util::sync::CancellationToken;
+
+/// Why [`wait_for_stream`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamWaitError {
+    #[error("stream {stream:?} did not become ACTIVE within {waited:?} (last seen: {last}); create it or raise STREAM_WAIT_TIMEOUT_MS")]
+    Timeout {
+        stream: String,
+        waited: Duration,
+        last: String,
+    },
+    #[error("stop requested while waiting for stream {0:?}")]
+    Cancelled(String),
+    #[error("cannot describe stream {stream:?}: {message}")]
+    Fatal { stream: String, message: String },
+}
+
+/// Waits until `stream` is ACTIVE (or UPDATING, which still serves reads and writes), polling
+/// once a second and logging every five seconds, at most `timeout`.
+pub async fn wait_for_stream(
+    client: &Client,
+    stream: &str,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), StreamWaitError> {
+    let started = Instant::now();
+    let mut last_log = started;
+    loop {
+        let last = match client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let status = out
+                    .stream_description_summary()
+                    .map(|s| s.stream_status().clone());
+                match status {
+                    Some(StreamStatus::Active) | Some(StreamStatus::Updating) => return Ok(()),
+                    Some(other) => format!("status {}", other.as_str()),
+                    None => "no description".to_string(),
+                }
+            }
+            Err(err) if error_code(&err) == Some("ResourceNotFoundException") => {
+                "not found".to_string()
+            }
+            Err(err) if is_retryable(&err) => format!("transient error: {}", error_text(&err)),
+            Err(err) => {
+                return Err(StreamWaitError::Fatal {
+                    stream: stream.to_string(),
+                    message: error_text(&err),
+                })
+            }
+        };
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(StreamWaitError::Timeout {
+                stream: stream.to_string(),
+                waited,
+                last,
+            });
+        }
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(stream = stream, state = %last, waited_s = waited.as_secs(), "waiting for stream to become ACTIVE");
+            last_log = Instant::now();
+        }
+        let pause = Duration::from_secs(1).min(timeout - waited);
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(StreamWaitError::Cancelled(stream.to_string())),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Every shard of the stream (open and closed), following `ListShards` pagination.
+pub async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<Shard>> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        // With a NextToken the stream name must not be sent again.
+        let request = match token.take() {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let out = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("ListShards on {stream:?}: {}", error_text(&e)))?;
+        shards.extend(out.shards().iter().cloned());
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => return Ok(shards),
+        }
+    }
+}
+
+/// The service error code, if the call reached the service.
+pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(e) => e.err().code(),
+        _ => None,
+    }
+}
+
+/// Codes Kinesis returns for conditions that pass: throttling and internal failures.
+pub fn is_retryable_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "ThrottlingException"
+            | "InternalFailure"
+            | "InternalFailureException"
+            | "InternalServerError"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "KMSThrottlingException"
+            | "RequestTimeout"
+    )
+}
+
+/// True for throttling, server faults and transport failures (timeouts, connection resets).
+pub fn is_retryable<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    match err {
+        SdkError::ServiceError(e) => e.err().code().is_some_and(is_retryable_code),
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One line describing an SDK error: its code and message, or the transport problem.
+pub fn error_text<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    err: &SdkError<E, R>,
+) -> String {
+    match err {
+        SdkError::ServiceError(e) => format!(
+            "{}: {}",
+            e.err().code().unwrap_or("UnknownError"),
+            e.err().message().unwrap_or("no message")
+        ),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_is_retryable_and_validation_is_not() {
+        assert!(is_retryable_code("ProvisionedThroughputExceededException"));
+        assert!(is_retryable_code("InternalFailure"));
+        assert!(!is_retryable_code("ValidationException"));
+        assert!(!is_retryable_code("ResourceNotFoundException"));
+        assert!(!is_retryable_code("AccessDeniedException"));
+    }
+}

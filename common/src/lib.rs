@@ -1,0 +1,21 @@
+//! Shared building blocks of the Kinesis demo services.
+//!
+//! - [`message`]: the `DataMessage` wire format shared with the original .NET services.
+//! - [`config`]: the single list of environment variables, loaded once into typed settings.
+//! - [`aws`]: AWS SDK configuration from the standard chain (region, credentials, endpoints).
+//! - [`kinesis`]: stream helpers both services need (wait until ACTIVE, list shards).
+//! - [`telemetry`]: log setup (`LOG_FORMAT`, `RUST_LOG`).
+//! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
+//! - [`backoff`]: exponential backoff with full jitter.
+//!
+//! With the `testkit` feature, [`testkit`] starts the local emulators for integration tests.
+
+pub mod aws;
+pub mod backoff;
+pub mod config;
+pub mod kinesis;
+pub mod message;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;

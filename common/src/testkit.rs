@@ -1,0 +1,441 @@
+//! Test support: starts the real local emulators (installed from `emulators/package.json` by
+//! `npm ci --prefix emulators`) on free ports, and runs the service binaries as child processes
+//! whose log lines the tests read. Everything started here is killed when its guard drops, also
+//! when a test panics.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use serde_json::Value;
+
+pub const TEST_REGION: &str = "us-east-1";
+pub const TEST_ACCESS_KEY: &str = "test";
+
+/// Where `npm ci --prefix emulators` put the emulators (override with `EMULATORS_DIR`).
+pub fn emulators_dir() -> PathBuf {
+    let dir = std::env::var_os("EMULATORS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../emulators"));
+    let modules = dir.join("node_modules");
+    assert!(
+        modules.join("kinesis-local").is_dir() && modules.join("dynalite").is_dir(),
+        "emulators are not installed in {}: run `npm ci --prefix emulators` first",
+        modules.display()
+    );
+    modules
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free local port")
+}
+
+/// A name no other test run uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Which emulator to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// kinesis-mock, the engine LocalStack runs: correct resharding, slow ingest.
+    KinesisMock,
+    /// kinesalite: fast, but wrong on resharding; for throughput benchmarks.
+    Kinesalite,
+    /// dynalite: DynamoDB.
+    Dynalite,
+}
+
+/// A running emulator; killed on drop.
+pub struct Emulator {
+    child: Child,
+    pub kind: Kind,
+    pub port: u16,
+    /// The emulator's own output, for diagnosing a failed start.
+    pub log_path: PathBuf,
+}
+
+impl Emulator {
+    pub fn start(kind: Kind) -> Self {
+        let modules = emulators_dir();
+        let port = free_port();
+        let cmd = match kind {
+            Kind::KinesisMock => {
+                let pkg = modules.join("kinesis-local");
+                let mut c = Command::new("node");
+                c.arg(pkg.join("main.js"))
+                    .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
+                    .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+                    .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
+                    .env("LOG_LEVEL", "WARN");
+                for op in [
+                    "CREATE_STREAM_DURATION",
+                    "DELETE_STREAM_DURATION",
+                    "UPDATE_SHARD_COUNT_DURATION",
+                    "SPLIT_SHARD_DURATION",
+                    "MERGE_SHARDS_DURATION",
+                    "REGISTER_STREAM_CONSUMER_DURATION",
+                    "START_STREAM_ENCRYPTION_DURATION",
+                    "STOP_STREAM_ENCRYPTION_DURATION",
+                    "DEREGISTER_STREAM_CONSUMER_DURATION",
+                ] {
+                    c.env(op, "0ms");
+                }
+                c
+            }
+            Kind::Kinesalite => {
+                let mut c = Command::new("node");
+                c.arg(modules.join("kinesalite/cli.js"))
+                    .args(["--port", &port.to_string()])
+                    .args([
+                        "--createStreamMs",
+                        "0",
+                        "--deleteStreamMs",
+                        "0",
+                        "--updateStreamMs",
+                        "0",
+                    ]);
+                c
+            }
+            Kind::Dynalite => {
+                let mut c = Command::new("node");
+                c.arg(modules.join("dynalite/cli.js"))
+                    .args(["--port", &port.to_string()])
+                    .args([
+                        "--createTableMs",
+                        "0",
+                        "--deleteTableMs",
+                        "0",
+                        "--updateTableMs",
+                        "0",
+                    ]);
+                c
+            }
+        };
+        // Run node under a small shell that kills it when our end of its stdin closes: that
+        // happens when the guard drops, and also when the test process dies in any way, so no
+        // emulator outlives the tests (the shared ones are never dropped).
+        let log_path = std::env::temp_dir().join(format!(
+            "{}.log",
+            unique_name(&format!("{kind:?}").to_lowercase())
+        ));
+        let log_file = std::fs::File::create(&log_path).expect("create emulator log file");
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let envs: Vec<_> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$@" & child=$!; read -r _ignored; kill "$child" 2>/dev/null; wait "$child""#)
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .envs(envs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(
+                log_file
+                    .try_clone()
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {kind:?} (is node installed?): {e}"));
+        let emulator = Self {
+            child,
+            kind,
+            port,
+            log_path,
+        };
+        emulator.wait_ready(Duration::from_secs(60));
+        emulator
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let path = match self.kind {
+            Kind::KinesisMock => "/healthcheck",
+            _ => "/",
+        };
+        while Instant::now() < deadline {
+            if let Some(status) = http_get_status(self.port, path) {
+                // kinesalite and dynalite answer a bare GET with 4xx: they are up.
+                if self.kind != Kind::KinesisMock || status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{:?} did not become ready on port {} within {limit:?}; its log: {}",
+            self.kind,
+            self.port,
+            self.log_path.display()
+        );
+    }
+
+    /// SDK configuration pointing at this emulator with dummy credentials.
+    pub fn sdk_config(&self) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(TEST_REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(
+                aws_sdk_kinesis::config::Credentials::new(
+                    TEST_ACCESS_KEY,
+                    "test",
+                    None,
+                    None,
+                    "testkit",
+                ),
+            ))
+            .build()
+    }
+
+    pub fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::new(&self.sdk_config())
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // Closing stdin makes the wrapper shell kill the emulator and exit.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// One emulator of each kind per test binary, started on first use and stopped when the test
+/// process exits. Tests sharing it use unique stream and table names.
+pub fn shared(kind: Kind) -> &'static Emulator {
+    static KINESIS_MOCK: OnceLock<Emulator> = OnceLock::new();
+    static KINESALITE: OnceLock<Emulator> = OnceLock::new();
+    static DYNALITE: OnceLock<Emulator> = OnceLock::new();
+    let cell = match kind {
+        Kind::KinesisMock => &KINESIS_MOCK,
+        Kind::Kinesalite => &KINESALITE,
+        Kind::Dynalite => &DYNALITE,
+    };
+    cell.get_or_init(|| Emulator::start(kind))
+}
+
+fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Environment for a service process talking to the given endpoint, nothing inherited from the
+/// developer's AWS setup.
+pub fn service_env(endpoint: &str, stream: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_REGION", TEST_REGION),
+        ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("STREAM_NAME", stream),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Creates a stream and waits until it is ACTIVE.
+pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("CreateStream");
+    let never = tokio_util::sync::CancellationToken::new();
+    crate::kinesis::wait_for_stream(client, name, Duration::from_secs(30), &never)
+        .await
+        .expect("stream becomes ACTIVE");
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A service binary running as a child process; its stdout and stderr lines are collected.
+/// Killed on drop.
+pub struct ServiceProcess {
+    child: Child,
+    pub name: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServiceProcess {
+    pub fn spawn(binary: &Path, env: &[(String, String)]) -> Self {
+        let mut cmd = Command::new(binary);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().expect("piped stdout"), lines.clone());
+        collect(child.stderr.take().expect("piped stderr"), stderr.clone());
+        Self {
+            child,
+            name: binary
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            lines,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Standard output lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Standard error lines so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The JSON log events (one object a line) whose `message` is `message`, in order.
+    pub fn events(&self, message: &str) -> Vec<Value> {
+        events(&self.lines(), message)
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) with the system's `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits for the process to end, at most `limit`; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads drain what the process wrote last.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed, for a failure message.
+    pub fn dump(&self) -> String {
+        let out = self.lines();
+        let err = self.stderr_lines();
+        let tail = |v: &[String]| v[v.len().saturating_sub(40)..].join("\n");
+        format!(
+            "--- {} stdout (last 40 of {}) ---\n{}\n--- stderr ---\n{}",
+            self.name,
+            out.len(),
+            tail(&out),
+            tail(&err)
+        )
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut v) = into.lock() {
+                v.push(line);
+            }
+        }
+    });
+}
+
+/// The JSON log events among `lines` whose `message` is `message`, in order.
+pub fn events(lines: &[String], message: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("message").and_then(Value::as_str) == Some(message))
+        .collect()
+}
+
+/// The string field `field` of each event.
+pub fn field(events: &[Value], field: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e.get(field).and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+/// Path of a sibling binary of the workspace (built by `cargo test --workspace`).
+pub fn sibling_binary(known: &str, name: &str) -> PathBuf {
+    let path = Path::new(known).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,31 @@
+//! `consumer`: reads every shard of the Kinesis stream and logs each `DataMessage` it finds.
+//!
+//! Exit codes: 0 after a stop signal; 1 when the run failed (stream missing); 2 for a bad
+//! setting.
+
+use common::config::ConsumerSettings;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let settings = match ConsumerSettings::from_env() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("consumer: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    common::telemetry::init(settings.shared.log_format);
+    let cancel = common::shutdown::on_signal();
+    let result = async {
+        let sdk = common::aws::load().await?;
+        consumer::run(settings, common::aws::kinesis(&sdk), cancel).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            common::telemetry::log_error_chain("consumer failed", &err);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Polling mode: one process reads every shard of the stream, no checkpoints.
+//!
+//! Shards are discovered with `ListShards` at start and every `CONSUMER_SHARD_SYNC_MS`, and
+//! from the `ChildShards` a closed shard reports when it ends. A shard is read only after all
+//! of its parents that this consumer reads were read to their end, so per partition key no
+//! record of a child comes before the parent's last record. Shards present at start are read
+//! from `CONSUMER_INITIAL_POSITION`; shards that appear later (children of a split or merge)
+//! from `TRIM_HORIZON`, so nothing written to them is missed.
+//!
+//! Delivery: each record is handled once per run (no checkpoints: a restart reads again from
+//! the initial position).
+
+use std::collections::{HashMap, HashSet};
+
+use aws_sdk_kinesis::types::Shard;
+use aws_sdk_kinesis::Client;
+use common::config::{ConsumerSettings, InitialPosition};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::reader::{ReadError, ShardReader, StartPosition};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ShardState {
+    /// Known, waiting for these parents to end.
+    Waiting(Vec<String>),
+    Reading,
+    Ended,
+}
+
+/// The shard bookkeeping of polling mode: pure logic, no I/O.
+#[derive(Debug, Default)]
+pub struct ShardGraph {
+    shards: HashMap<String, ShardState>,
+}
+
+impl ShardGraph {
+    /// Adds shards not seen before with the parents they wait for. Returns the new shard ids.
+    pub fn add(&mut self, shards: impl IntoIterator<Item = (String, Vec<String>)>) -> Vec<String> {
+        let mut added = Vec::new();
+        let shards: Vec<_> = shards.into_iter().collect();
+        let listed: HashSet<&String> = shards.iter().map(|(id, _)| id).collect();
+        for (id, parents) in &shards {
+            if self.shards.contains_key(id) {
+                continue;
+            }
+            // A parent neither known nor in this listing has been trimmed: nothing to wait for.
+            let parents = parents
+                .iter()
+                .filter(|p| self.shards.contains_key(*p) || listed.contains(p))
+                .cloned()
+                .collect();
+            self.shards.insert(id.clone(), ShardState::Waiting(parents));
+            added.push(id.clone());
+        }
+        added
+    }
+
+    /// Shards whose parents have all ended, now marked as reading.
+    pub fn take_ready(&mut self) -> Vec<String> {
+        let ended: HashSet<String> = self
+            .shards
+            .iter()
+            .filter(|(_, s)| **s == ShardState::Ended)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut ready: Vec<String> = self
+            .shards
+            .iter()
+            .filter(
+                |(_, s)| matches!(s, ShardState::Waiting(p) if p.iter().all(|p| ended.contains(p))),
+            )
+            .map(|(id, _)| id.clone())
+            .collect();
+        ready.sort();
+        for id in &ready {
+            self.shards.insert(id.clone(), ShardState::Reading);
+        }
+        ready
+    }
+
+    pub fn mark_ended(&mut self, shard_id: &str) {
+        self.shards.insert(shard_id.to_string(), ShardState::Ended);
+    }
+
+    /// A shard read failed: wait for the next sync to try it again.
+    pub fn mark_failed(&mut self, shard_id: &str) {
+        self.shards
+            .insert(shard_id.to_string(), ShardState::Waiting(Vec::new()));
+    }
+}
+
+fn parents_of(shard: &Shard) -> (String, Vec<String>) {
+    let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect();
+    (shard.shard_id().to_string(), parents)
+}
+
+fn initial(position: InitialPosition) -> StartPosition {
+    match position {
+        InitialPosition::TrimHorizon => StartPosition::TrimHorizon,
+        InitialPosition::Latest => StartPosition::Latest,
+        InitialPosition::AtTimestamp(t) => StartPosition::AtTimestamp(t),
+    }
+}
+
+/// Reads every shard until `cancel` fires.
+pub async fn run(
+    settings: &ConsumerSettings,
+    client: Client,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = settings.shared.stream_name.clone();
+    let mut graph = ShardGraph::default();
+    let first: HashSet<String> = graph
+        .add(
+            common::kinesis::list_shards(&client, &stream)
+                .await?
+                .iter()
+                .map(parents_of),
+        )
+        .into_iter()
+        .collect();
+    tracing::info!(stream = %stream, shards = first.len(), mode = "polling", "consumer started");
+
+    let mut readers: JoinSet<(String, Result<Vec<String>, ReadError>)> = JoinSet::new();
+    let mut sync = tokio::time::interval(settings.shard_sync_interval);
+    sync.tick().await;
+    loop {
+        for shard_id in graph.take_ready() {
+            let start = if first.contains(&shard_id) {
+                initial(settings.initial_position)
+            } else {
+                StartPosition::TrimHorizon
+            };
+            tracing::info!(shard_id = %shard_id, start = ?start, "reading shard");
+            let reader = ShardReader::new(
+                client.clone(),
+                &stream,
+                &shard_id,
+                start,
+                settings.max_records,
+                settings.poll_interval,
+            );
+            readers.spawn(read_shard(reader, cancel.clone()));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = sync.tick() => match common::kinesis::list_shards(&client, &stream).await {
+                Ok(shards) => {
+                    for id in graph.add(shards.iter().map(parents_of)) {
+                        tracing::info!(shard_id = %id, "new shard discovered");
+                    }
+                }
+                Err(err) => tracing::warn!(error = %format!("{err:#}"), "shard list refresh failed, keeping the current list"),
+            },
+            Some(done) = readers.join_next(), if !readers.is_empty() => match done {
+                Ok((shard_id, Ok(children))) => {
+                    tracing::info!(shard_id = %shard_id, child_shards = ?children, "shard ended");
+                    graph.mark_ended(&shard_id);
+                    if !children.is_empty() {
+                        // Learn the children's parents now rather than at the next sync.
+                        if let Ok(shards) = common::kinesis::list_shards(&client, &stream).await {
+                            graph.add(shards.iter().map(parents_of));
+                        }
+                    }
+                }
+                Ok((_, Err(ReadError::Cancelled))) => {}
+                Ok((shard_id, Err(err))) => {
+                    tracing::error!(shard_id = %shard_id, error = %err, "shard reader failed, retrying after the next shard sync");
+                    graph.mark_failed(&shard_id);
+                }
+                Err(join) => tracing::error!(error = %join, "shard reader panicked"),
+            },
+        }
+    }
+    // Readers stop at their next wait; none is in the middle of logging a batch.
+    while readers.join_next().await.is_some() {}
+    tracing::info!(stream = %stream, "consumer stopped");
+    Ok(())
+}
+
+async fn read_shard(
+    mut reader: ShardReader,
+    cancel: CancellationToken,
+) -> (String, Result<Vec<String>, ReadError>) {
+    let shard_id = reader.shard_id().to_string();
+    loop {
+        match reader.next_batch(&cancel).await {
+            Ok(batch) => {
+                for record in &batch.records {
+                    crate::record::log_record(&shard_id, record);
+                }
+                if let Some(children) = batch.ended {
+                    return (shard_id, Ok(children));
+                }
+            }
+            Err(err) => return (shard_id, Err(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: &str, parents: &[&str]) -> (String, Vec<String>) {
+        (
+            id.to_string(),
+            parents.iter().map(|p| p.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn children_wait_for_every_parent() {
+        let mut g = ShardGraph::default();
+        g.add([s("a", &[]), s("b", &[]), s("c", &["a", "b"])]);
+        assert_eq!(g.take_ready(), vec!["a", "b"]);
+        g.mark_ended("a");
+        assert!(
+            g.take_ready().is_empty(),
+            "merge child waits for both parents"
+        );
+        g.mark_ended("b");
+        assert_eq!(g.take_ready(), vec!["c"]);
+        assert!(g.take_ready().is_empty());
+    }
+
+    #[test]
+    fn trimmed_parents_are_not_waited_for() {
+        let mut g = ShardGraph::default();
+        g.add([s("child", &["gone"])]);
+        assert_eq!(g.take_ready(), vec!["child"]);
+    }
+
+    #[test]
+    fn split_children_discovered_later_wait_for_a_reading_parent() {
+        let mut g = ShardGraph::default();
+        g.add([s("p", &[])]);
+        assert_eq!(g.take_ready(), vec!["p"]);
+        let added = g.add([s("p", &[]), s("c1", &["p"]), s("c2", &["p"])]);
+        assert_eq!(added, vec!["c1", "c2"]);
+        assert!(g.take_ready().is_empty());
+        g.mark_ended("p");
+        assert_eq!(g.take_ready(), vec!["c1", "c2"]);
+    }
+
+    #[test]
+    fn failed_shard_is_retried() {
+        let mut g = ShardGraph::default();
+        g.add([s("a", &[])]);
+        assert_eq!(g.take_ready(), vec!["a"]);
+        g.mark_failed("a");
+        assert_eq!(g.take_ready(), vec!["a"]);
+    }
+}

@@ -1,0 +1,11 @@
+//! The producer: a batching Kinesis producer library ([`batching`]) and the timer-driven demo
+//! service built on it ([`service`]).
+//!
+//! Run it with `cargo run -p producer` (see the README for the variables). Every message it
+//! logs as `record sent` carries the shard id and sequence number Kinesis returned for it;
+//! a message that could not be sent is logged as `record not sent` with the reason.
+
+pub mod batching;
+pub mod service;
+
+pub use batching::{Ack, Producer, ProducerConfig, Receipt, SendError, UserRecord};

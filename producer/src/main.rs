@@ -1,0 +1,31 @@
+//! `producer`: puts a JSON `DataMessage` on the Kinesis stream every `PRODUCER_INTERVAL_MS`.
+//!
+//! Exit codes: 0 after a stop signal or after `PRODUCER_COUNT` acknowledged messages; 1 when
+//! the run failed (stream missing, records not acknowledged); 2 for a bad setting.
+
+use common::config::ProducerSettings;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let settings = match ProducerSettings::from_env() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("producer: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    common::telemetry::init(settings.shared.log_format);
+    let cancel = common::shutdown::on_signal();
+    let result = async {
+        let sdk = common::aws::load().await?;
+        producer::service::run(settings, common::aws::kinesis(&sdk), cancel).await
+    }
+    .await;
+    match result {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            common::telemetry::log_error_chain("producer failed", &err);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

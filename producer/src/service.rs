@@ -1,0 +1,216 @@
+//! The timer-driven producer service: every tick it builds `PRODUCER_MESSAGES_PER_TICK`
+//! `DataMessage`s and hands them to the batching [`Producer`], logging `record sent` for each
+//! acknowledged record with the shard and sequence number Kinesis returned.
+//!
+//! With `PRODUCER_INTERVAL_MS=0` it keeps the buffer full: it never waits for one record's
+//! acknowledgement before handing over the next. With `PRODUCER_COUNT=N` it hands over exactly
+//! N messages, waits for their acknowledgements and returns; it is an error if any failed.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use common::config::ProducerSettings;
+use common::message::DataMessage;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::batching::{Producer, ProducerConfig, Receipt, UserRecord};
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub acknowledged: u64,
+    pub failed: u64,
+    /// Handed over but neither acknowledged nor failed when the shutdown timeout ran out.
+    pub unsent: u64,
+}
+
+impl ProducerConfig {
+    pub fn from_settings(s: &ProducerSettings) -> Self {
+        Self {
+            linger: s.linger,
+            max_buffered_records: s.max_buffered_records,
+            max_buffered_bytes: s.max_buffered_bytes,
+            max_in_flight: s.max_in_flight,
+            record_ttl: s.record_ttl,
+            ..ProducerConfig::new(s.shared.stream_name.clone())
+        }
+    }
+}
+
+/// Runs the service until `PRODUCER_COUNT` messages are acknowledged or `cancel` fires.
+pub async fn run(
+    settings: ProducerSettings,
+    client: aws_sdk_kinesis::Client,
+    cancel: CancellationToken,
+) -> anyhow::Result<RunSummary> {
+    let stream = settings.shared.stream_name.clone();
+    common::kinesis::wait_for_stream(
+        &client,
+        &stream,
+        settings.shared.stream_wait_timeout,
+        &cancel,
+    )
+    .await
+    .or_else(|e| match e {
+        common::kinesis::StreamWaitError::Cancelled(_) => Ok(()),
+        other => Err(other),
+    })?;
+    if cancel.is_cancelled() {
+        return Ok(RunSummary::default());
+    }
+    tracing::info!(
+        stream = %stream,
+        interval_ms = settings.interval.as_millis() as u64,
+        messages_per_tick = settings.messages_per_tick,
+        count = settings.count,
+        "producer started"
+    );
+
+    let (producer, flusher) = Producer::start(client, ProducerConfig::from_settings(&settings));
+    let (receipts_tx, receipts_rx) = mpsc::channel(16_384);
+    let acks = tokio::spawn(log_acks(receipts_rx));
+
+    let handed_over = feed(&settings, &producer, &receipts_tx, &cancel).await;
+    drop(receipts_tx);
+    drop(producer);
+
+    let unsent = flusher
+        .finish(if cancel.is_cancelled() {
+            settings.shutdown_timeout
+        } else {
+            // Finite run: wait as long as a record may live.
+            settings.record_ttl + Duration::from_secs(5)
+        })
+        .await as u64;
+    if unsent > 0 {
+        tracing::warn!(
+            unsent,
+            "shutdown timeout reached: records still buffered were not sent"
+        );
+    }
+    let (acknowledged, failed) = acks.await.context("while collecting acknowledgements")?;
+    let summary = RunSummary {
+        acknowledged,
+        failed: failed - unsent.min(failed),
+        unsent,
+    };
+    tracing::info!(
+        handed_over,
+        acknowledged,
+        failed = summary.failed,
+        unsent,
+        "producer stopped"
+    );
+    if let Some(count) = settings.count {
+        if !cancel.is_cancelled() && acknowledged != count {
+            anyhow::bail!(
+                "only {acknowledged} of {count} messages were acknowledged ({} failed, {unsent} unsent)",
+                summary.failed
+            );
+        }
+    }
+    Ok(summary)
+}
+
+/// Hands messages to the producer tick by tick; returns how many it handed over.
+async fn feed(
+    settings: &ProducerSettings,
+    producer: &Producer,
+    receipts: &mpsc::Sender<(Uuid, Receipt)>,
+    cancel: &CancellationToken,
+) -> u64 {
+    let mut ticker = (!settings.interval.is_zero()).then(|| {
+        let mut t = tokio::time::interval(settings.interval);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
+    let mut handed_over = 0u64;
+    let limit = settings.count.unwrap_or(u64::MAX);
+    while handed_over < limit {
+        if let Some(t) = ticker.as_mut() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = t.tick() => {}
+            }
+        } else if cancel.is_cancelled() {
+            break;
+        }
+        for _ in 0..settings.messages_per_tick {
+            if handed_over >= limit {
+                break;
+            }
+            let mut message = DataMessage::new();
+            message.source = settings.source.clone();
+            let key = settings
+                .partition_key
+                .clone()
+                .unwrap_or_else(|| message.id.to_string());
+            let record = UserRecord::new(key, message.to_json());
+            let receipt = tokio::select! {
+                _ = cancel.cancelled() => return handed_over,
+                r = producer.enqueue(record) => r,
+            };
+            match receipt {
+                Ok(receipt) => {
+                    handed_over += 1;
+                    if receipts.send((message.id, receipt)).await.is_err() {
+                        return handed_over;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(id = %message.id, error = %err, "message not handed over")
+                }
+            }
+        }
+    }
+    handed_over
+}
+
+/// Logs each acknowledgement as it arrives; returns (acknowledged, failed).
+async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
+    let mut pending = FuturesUnordered::new();
+    let (mut acked, mut failed) = (0u64, 0u64);
+    let mut open = true;
+    let mut last_report = Instant::now();
+    let mut acked_at_report = 0u64;
+    loop {
+        tokio::select! {
+            next = receipts.recv(), if open => match next {
+                Some((id, receipt)) => pending.push(async move { (id, receipt.await) }),
+                None => open = false,
+            },
+            Some((id, result)) = pending.next(), if !pending.is_empty() => match result {
+                Ok(ack) => {
+                    acked += 1;
+                    tracing::info!(
+                        id = %id,
+                        shard_id = %ack.shard_id,
+                        sequence_number = %ack.sequence_number,
+                        attempts = ack.attempts,
+                        "record sent"
+                    );
+                }
+                Err(err) => {
+                    failed += 1;
+                    tracing::error!(id = %id, error = %err, "record not sent");
+                }
+            },
+            else => return (acked, failed),
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            let rate = (acked - acked_at_report) as f64 / last_report.elapsed().as_secs_f64();
+            tracing::info!(
+                acknowledged = acked,
+                failed,
+                per_second = rate.round() as u64,
+                "producer progress"
+            );
+            last_report = Instant::now();
+            acked_at_report = acked;
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The producer binary against kinesis-mock: what it reports sent is on the stream, it stops
+//! cleanly on SIGTERM, and bad settings or a missing stream end it with a clear error.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use common::testkit::{self, field, Kind, ServiceProcess};
+
+fn producer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_producer"))
+}
+
+fn env_with(endpoint: &str, stream: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = testkit::service_env(endpoint, stream);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// Every (id -> (shard, sequence number)) actually stored in the stream.
+async fn stream_contents(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> HashMap<String, (String, String)> {
+    let mut found = HashMap::new();
+    for shard in common::kinesis::list_shards(client, stream).await.unwrap() {
+        let mut it = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_string);
+        while let Some(iterator) = it {
+            let out = client
+                .get_records()
+                .shard_iterator(iterator)
+                .send()
+                .await
+                .unwrap();
+            for r in out.records() {
+                let m = common::message::DataMessage::from_json(r.data().as_ref()).unwrap();
+                found.insert(
+                    m.id.to_string(),
+                    (
+                        shard.shard_id().to_string(),
+                        r.sequence_number().to_string(),
+                    ),
+                );
+            }
+            if out.records().is_empty() {
+                break;
+            }
+            it = out.next_shard_iterator().map(str::to_string);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn every_record_reported_sent_is_on_the_stream_with_that_sequence_number() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("producer-sent");
+    testkit::create_stream(&client, &stream, 2).await;
+
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &env_with(
+            &emu.endpoint(),
+            &stream,
+            &[("PRODUCER_COUNT", "30"), ("PRODUCER_INTERVAL_MS", "0")],
+        ),
+    );
+    let status = producer.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "{}",
+        producer.dump()
+    );
+
+    let sent = producer.events("record sent");
+    assert_eq!(sent.len(), 30, "{}", producer.dump());
+    let stored = stream_contents(&client, &stream).await;
+    assert_eq!(stored.len(), 30);
+    for event in &sent {
+        let id = event["id"].as_str().unwrap();
+        let (shard, seq) = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} reported sent but not on the stream"));
+        assert_eq!(event["shard_id"].as_str(), Some(shard.as_str()));
+        assert_eq!(event["sequence_number"].as_str(), Some(seq.as_str()));
+    }
+    let shards: std::collections::HashSet<_> = field(&sent, "shard_id").into_iter().collect();
+    assert_eq!(shards.len(), 2, "random Ids spread over both shards");
+}
+
+#[tokio::test]
+async fn fixed_partition_key_puts_every_message_on_one_shard() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("producer-key");
+    testkit::create_stream(&client, &stream, 4).await;
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &env_with(
+            &emu.endpoint(),
+            &stream,
+            &[
+                ("PRODUCER_COUNT", "12"),
+                ("PRODUCER_INTERVAL_MS", "10"),
+                ("PRODUCER_PARTITION_KEY", "tenant-7"),
+            ],
+        ),
+    );
+    assert_eq!(
+        producer
+            .wait_exit(Duration::from_secs(60))
+            .and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        producer.dump()
+    );
+    let shards: std::collections::HashSet<_> = field(&producer.events("record sent"), "shard_id")
+        .into_iter()
+        .collect();
+    assert_eq!(shards.len(), 1, "{}", producer.dump());
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_producer_with_exit_0_within_5_seconds() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("producer-term");
+    testkit::create_stream(&emu.kinesis(), &stream, 1).await;
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &env_with(&emu.endpoint(), &stream, &[("PRODUCER_INTERVAL_MS", "50")]),
+    );
+    let started = testkit::eventually(Duration::from_secs(60), || {
+        !producer.events("record sent").is_empty()
+    })
+    .await;
+    assert!(started, "{}", producer.dump());
+    producer.signal("TERM");
+    let status = producer.wait_exit(Duration::from_secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        producer.dump()
+    );
+    assert!(
+        !producer.events("producer stopped").is_empty(),
+        "{}",
+        producer.dump()
+    );
+}
+
+#[test]
+fn a_bad_setting_ends_the_producer_with_one_line_naming_it() {
+    let mut env = testkit::service_env("http://127.0.0.1:9", "s");
+    env.push(("PRODUCER_INTERVAL_MS".into(), "soon".into()));
+    let mut producer = ServiceProcess::spawn(producer_bin(), &env);
+    let status = producer
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits at once");
+    assert_eq!(status.code(), Some(2));
+    let err = producer.stderr_lines();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(
+        err[0].contains("PRODUCER_INTERVAL_MS") && err[0].contains("\"soon\""),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_never_appears_ends_the_producer_with_a_clear_error() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("never-created");
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &env_with(
+            &emu.endpoint(),
+            &stream,
+            &[("STREAM_WAIT_TIMEOUT_MS", "1500")],
+        ),
+    );
+    let status = producer
+        .wait_exit(Duration::from_secs(30))
+        .expect("gives up");
+    assert_eq!(status.code(), Some(1), "{}", producer.dump());
+    let failure = producer.events("producer failed");
+    assert_eq!(failure.len(), 1, "{}", producer.dump());
+    let error = failure[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&stream) && error.contains("did not become ACTIVE"),
+        "{error}"
+    );
+}
