@@ -9,6 +9,12 @@ venv="${VENV_DIR:-$repo/.venv}"
 req="$repo/requirements-dev.txt"
 stamp="$venv/.requirements-dev.installed"
 
+# One installer at a time (lint and tests may start together); the lock is on the requirements file.
+if command -v flock >/dev/null 2>&1; then
+  exec 9<"$req"
+  flock 9
+fi
+
 if [[ ! -x "$venv/bin/python" ]]; then
   echo "dev-venv: creating $venv" >&2
   "${PYTHON:-python3}" -m venv "$venv"

@@ -99,6 +99,23 @@ fn parents_of(shard: &Shard) -> (String, Vec<String>) {
     (shard.shard_id().to_string(), parents)
 }
 
+/// The shards to read at start. From `LATEST` only the open shards matter (closed ones hold
+/// nothing newer), and they start at once rather than after parents that will yield nothing.
+fn first_listing(shards: &[Shard], position: InitialPosition) -> Vec<(String, Vec<String>)> {
+    shards
+        .iter()
+        .filter_map(|shard| match position {
+            InitialPosition::Latest => {
+                let open = shard
+                    .sequence_number_range()
+                    .is_none_or(|r| r.ending_sequence_number().is_none());
+                open.then(|| (shard.shard_id().to_string(), Vec::new()))
+            }
+            _ => Some(parents_of(shard)),
+        })
+        .collect()
+}
+
 fn initial(position: InitialPosition) -> StartPosition {
     match position {
         InitialPosition::TrimHorizon => StartPosition::TrimHorizon,
@@ -115,13 +132,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stream = settings.shared.stream_name.clone();
     let mut graph = ShardGraph::default();
+    let listed = common::kinesis::list_shards(&client, &stream).await?;
     let first: HashSet<String> = graph
-        .add(
-            common::kinesis::list_shards(&client, &stream)
-                .await?
-                .iter()
-                .map(parents_of),
-        )
+        .add(first_listing(&listed, settings.initial_position))
         .into_iter()
         .collect();
     tracing::info!(stream = %stream, shards = first.len(), mode = "polling", "consumer started");
