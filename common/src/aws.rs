@@ -28,3 +28,8 @@ pub async fn load() -> anyhow::Result<SdkConfig> {
 pub fn kinesis(config: &SdkConfig) -> aws_sdk_kinesis::Client {
     aws_sdk_kinesis::Client::new(config)
 }
+
+/// A DynamoDB client (the consumer's lease table) for the given SDK configuration.
+pub fn dynamodb(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(config)
+}

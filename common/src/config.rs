@@ -99,6 +99,16 @@ pub const PRODUCER_SOURCE: VarSpec = var(
     None,
     "unset (no `Source` field) or any text put in each message's `Source`",
 );
+pub const PRODUCER_AGGREGATION: VarSpec = var(
+    "PRODUCER_AGGREGATION",
+    Some("false"),
+    "`true` (pack records into KPL aggregated records) or `false`",
+);
+pub const PRODUCER_AGGREGATION_MAX_BYTES: VarSpec = var(
+    "PRODUCER_AGGREGATION_MAX_BYTES",
+    Some("51200"),
+    "a whole number of bytes from 1024 to 1048000",
+);
 pub const PRODUCER_SHUTDOWN_TIMEOUT_MS: VarSpec = var(
     "PRODUCER_SHUTDOWN_TIMEOUT_MS",
     Some("4000"),
@@ -132,6 +142,32 @@ pub const CONSUMER_SHARD_SYNC_MS: VarSpec = var(
     "a whole number of milliseconds from 100 to 3600000",
 );
 
+pub const CONSUMER_MODE: VarSpec = var(
+    "CONSUMER_MODE",
+    Some("polling"),
+    "`polling` (one process reads every shard, no checkpoints) or `leased` (shards shared among workers through a DynamoDB lease table, with checkpoints)",
+);
+pub const CONSUMER_APPLICATION_NAME: VarSpec = var(
+    "CONSUMER_APPLICATION_NAME",
+    Some("demo-consumer"),
+    "a DynamoDB table name for the leases (3-255 characters of a-z, A-Z, 0-9, _ . -)",
+);
+pub const CONSUMER_WORKER_ID: VarSpec = var(
+    "CONSUMER_WORKER_ID",
+    None,
+    "unset (host name plus a random suffix) or 1-256 characters without spaces",
+);
+pub const CONSUMER_FAILOVER_MS: VarSpec = var(
+    "CONSUMER_FAILOVER_MS",
+    Some("10000"),
+    "a whole number of milliseconds from 300 to 3600000",
+);
+pub const CONSUMER_MAX_LEASES_PER_WORKER: VarSpec = var(
+    "CONSUMER_MAX_LEASES_PER_WORKER",
+    None,
+    "unset (no limit) or a whole number of leases from 1 to 100000",
+);
+
 /// Variables both services read.
 pub const SHARED_VARS: &[VarSpec] = &[CONFIG_FILE, STREAM_NAME, STREAM_WAIT_TIMEOUT_MS, LOG_FORMAT];
 
@@ -147,6 +183,8 @@ pub const PRODUCER_VARS: &[VarSpec] = &[
     PRODUCER_MAX_IN_FLIGHT,
     PRODUCER_RECORD_TTL_MS,
     PRODUCER_SOURCE,
+    PRODUCER_AGGREGATION,
+    PRODUCER_AGGREGATION_MAX_BYTES,
     PRODUCER_SHUTDOWN_TIMEOUT_MS,
 ];
 
@@ -157,6 +195,11 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
     CONSUMER_POLL_INTERVAL_MS,
     CONSUMER_MAX_RECORDS,
     CONSUMER_SHARD_SYNC_MS,
+    CONSUMER_MODE,
+    CONSUMER_APPLICATION_NAME,
+    CONSUMER_WORKER_ID,
+    CONSUMER_FAILOVER_MS,
+    CONSUMER_MAX_LEASES_PER_WORKER,
 ];
 
 /// Variables read not by this module but by the AWS SDK's standard chain and by the log filter.
@@ -416,6 +459,8 @@ pub struct ProducerSettings {
     pub max_in_flight: usize,
     pub record_ttl: Duration,
     pub source: Option<String>,
+    pub aggregation: bool,
+    pub aggregation_max_bytes: usize,
     pub shutdown_timeout: Duration,
 }
 
@@ -443,6 +488,12 @@ impl ProducerSettings {
             max_in_flight: raw.required_number(&PRODUCER_MAX_IN_FLIGHT, 1, 256)?,
             record_ttl: raw.millis(&PRODUCER_RECORD_TTL_MS, 1, 86_400_000)?,
             source: raw.text(&PRODUCER_SOURCE, |_| true)?,
+            aggregation: raw.choice(&PRODUCER_AGGREGATION, &[("true", true), ("false", false)])?,
+            aggregation_max_bytes: raw.required_number(
+                &PRODUCER_AGGREGATION_MAX_BYTES,
+                1024,
+                1_048_000,
+            )?,
             shutdown_timeout: raw.millis(&PRODUCER_SHUTDOWN_TIMEOUT_MS, 0, 600_000)?,
         })
     }
@@ -471,6 +522,37 @@ impl fmt::Display for InitialPosition {
     }
 }
 
+/// How the consumer shares a stream's shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerMode {
+    /// One process reads every shard; no checkpoints.
+    Polling,
+    /// Workers share the shards through a KCL-compatible DynamoDB lease table.
+    Leased,
+}
+
+/// The lease settings of [`ConsumerMode::Leased`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// Names the DynamoDB lease table (as the Java KCL's application name does).
+    pub application_name: String,
+    /// `None`: the host name plus a random suffix, chosen at start.
+    pub worker_id: Option<String>,
+    /// A lease whose counter has not moved for this long is expired and may be taken.
+    pub failover: Duration,
+    /// `None`: no cap on the leases one worker holds.
+    pub max_leases_per_worker: Option<usize>,
+}
+
+impl LeaseSettings {
+    /// How often held leases are renewed, and how often the table is scanned to take leases:
+    /// a third of the failover time, as the KCL does, so two renewals may fail before a lease
+    /// expires.
+    pub fn renew_interval(&self) -> Duration {
+        self.failover / 3
+    }
+}
+
 /// The consumer service's settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -481,6 +563,19 @@ pub struct ConsumerSettings {
     pub max_records: i32,
     /// How often the shard list is refreshed to notice new shards.
     pub shard_sync_interval: Duration,
+    pub mode: ConsumerMode,
+    /// Read in every mode so that a bad value is reported even before it matters.
+    pub lease: LeaseSettings,
+}
+
+fn valid_table_name(s: &str) -> bool {
+    (3..=255).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn valid_worker_id(s: &str) -> bool {
+    (1..=256).contains(&s.chars().count()) && !s.chars().any(char::is_whitespace)
 }
 
 #[derive(Clone, Copy)]
@@ -526,6 +621,21 @@ impl ConsumerSettings {
             poll_interval: raw.millis(&CONSUMER_POLL_INTERVAL_MS, 200, 60_000)?,
             max_records: raw.required_number(&CONSUMER_MAX_RECORDS, 1, 10_000)?,
             shard_sync_interval: raw.millis(&CONSUMER_SHARD_SYNC_MS, 100, 3_600_000)?,
+            mode: raw.choice(
+                &CONSUMER_MODE,
+                &[
+                    ("polling", ConsumerMode::Polling),
+                    ("leased", ConsumerMode::Leased),
+                ],
+            )?,
+            lease: LeaseSettings {
+                application_name: raw
+                    .text(&CONSUMER_APPLICATION_NAME, valid_table_name)?
+                    .unwrap_or_default(),
+                worker_id: raw.text(&CONSUMER_WORKER_ID, valid_worker_id)?,
+                failover: raw.millis(&CONSUMER_FAILOVER_MS, 300, 3_600_000)?,
+                max_leases_per_worker: raw.number(&CONSUMER_MAX_LEASES_PER_WORKER, 1, 100_000)?,
+            },
         })
     }
 
@@ -551,6 +661,8 @@ mod tests {
         assert_eq!(p.count, None);
         assert_eq!(p.partition_key, None);
         assert_eq!(p.shared.log_format, LogFormat::Text);
+        assert!(!p.aggregation);
+        assert_eq!(p.aggregation_max_bytes, 51_200);
         let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
         assert_eq!(c.initial_position, InitialPosition::TrimHorizon);
         assert_eq!(c.max_records, 10_000);
@@ -637,6 +749,47 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.var(), "CONSUMER_START_TIMESTAMP");
+    }
+
+    #[test]
+    fn lease_settings_defaults_and_values() {
+        let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(c.mode, ConsumerMode::Polling);
+        assert_eq!(c.lease.application_name, "demo-consumer");
+        assert_eq!(c.lease.worker_id, None);
+        assert_eq!(c.lease.failover, Duration::from_secs(10));
+        assert_eq!(c.lease.renew_interval(), Duration::from_millis(3333));
+        assert_eq!(c.lease.max_leases_per_worker, None);
+        let c = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_MODE", "Leased"),
+            ("CONSUMER_APPLICATION_NAME", "orders-app"),
+            ("CONSUMER_WORKER_ID", "host-1"),
+            ("CONSUMER_FAILOVER_MS", "3000"),
+            ("CONSUMER_MAX_LEASES_PER_WORKER", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(c.mode, ConsumerMode::Leased);
+        assert_eq!(c.lease.application_name, "orders-app");
+        assert_eq!(c.lease.worker_id.as_deref(), Some("host-1"));
+        assert_eq!(c.lease.renew_interval(), Duration::from_secs(1));
+        assert_eq!(c.lease.max_leases_per_worker, Some(4));
+    }
+
+    #[test]
+    fn bad_lease_settings_name_their_variable() {
+        for (var, value) in [
+            ("CONSUMER_MODE", "kcl"),
+            ("CONSUMER_APPLICATION_NAME", "ab"),
+            ("CONSUMER_APPLICATION_NAME", "a/b/c"),
+            ("CONSUMER_WORKER_ID", "two words"),
+            ("CONSUMER_FAILOVER_MS", "100"),
+            ("CONSUMER_MAX_LEASES_PER_WORKER", "0"),
+        ] {
+            let err = ConsumerSettings::from_raw(&raw(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var(), var);
+            let line = err.to_string();
+            assert!(line.contains(value) && !line.contains('\n'), "{line}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod aws;
 pub mod backoff;
 pub mod config;
 pub mod kinesis;
+pub mod kpl;
 pub mod message;
 pub mod shutdown;
 pub mod telemetry;

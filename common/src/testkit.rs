@@ -212,6 +212,11 @@ impl Emulator {
     pub fn kinesis(&self) -> aws_sdk_kinesis::Client {
         aws_sdk_kinesis::Client::new(&self.sdk_config())
     }
+
+    /// A DynamoDB client for this emulator (dynalite).
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config())
+    }
 }
 
 impl Drop for Emulator {
@@ -266,6 +271,28 @@ pub fn service_env(endpoint: &str, stream: &str) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// Like [`service_env`], for a service that also uses DynamoDB (the leased consumer): Kinesis
+/// and DynamoDB each get their own endpoint through the SDK's per-service variables.
+pub fn service_env_with_dynamo(
+    kinesis_endpoint: &str,
+    dynamo_endpoint: &str,
+    stream: &str,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = service_env(kinesis_endpoint, stream)
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.push((
+        "AWS_ENDPOINT_URL_KINESIS".to_string(),
+        kinesis_endpoint.to_string(),
+    ));
+    env.push((
+        "AWS_ENDPOINT_URL_DYNAMODB".to_string(),
+        dynamo_endpoint.to_string(),
+    ));
+    env
 }
 
 /// Creates a stream and waits until it is ACTIVE.
@@ -438,4 +465,45 @@ pub fn sibling_binary(known: &str, name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Every record stored in the stream, shard by shard from `TRIM_HORIZON`, with its shard id.
+pub async fn read_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Vec<(String, aws_sdk_kinesis::types::Record)> {
+    let mut found = Vec::new();
+    for shard in crate::kinesis::list_shards(client, stream)
+        .await
+        .expect("ListShards")
+    {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("GetShardIterator")
+            .shard_iterator()
+            .map(str::to_string);
+        while let Some(it) = iterator {
+            let out = client
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .expect("GetRecords");
+            found.extend(
+                out.records()
+                    .iter()
+                    .map(|r| (shard.shard_id().to_string(), r.clone())),
+            );
+            if out.records().is_empty() {
+                break;
+            }
+            iterator = out.next_shard_iterator().map(str::to_string);
+        }
+    }
+    found
 }

@@ -90,6 +90,21 @@ impl ShardGraph {
     }
 }
 
+/// Records each shard's inclusive hash key range, to flag user records that hash outside it.
+fn remember_ranges(ranges: &mut HashMap<String, (u128, u128)>, shards: &[Shard]) {
+    for shard in shards {
+        let parsed = shard.hash_key_range().and_then(|r| {
+            Some((
+                r.starting_hash_key().parse().ok()?,
+                r.ending_hash_key().parse().ok()?,
+            ))
+        });
+        if let Some(range) = parsed {
+            ranges.insert(shard.shard_id().to_string(), range);
+        }
+    }
+}
+
 fn parents_of(shard: &Shard) -> (String, Vec<String>) {
     let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
         .into_iter()
@@ -133,6 +148,8 @@ pub async fn run(
     let stream = settings.shared.stream_name.clone();
     let mut graph = ShardGraph::default();
     let listed = common::kinesis::list_shards(&client, &stream).await?;
+    let mut ranges = HashMap::new();
+    remember_ranges(&mut ranges, &listed);
     let first: HashSet<String> = graph
         .add(first_listing(&listed, settings.initial_position))
         .into_iter()
@@ -158,12 +175,17 @@ pub async fn run(
                 settings.max_records,
                 settings.poll_interval,
             );
-            readers.spawn(read_shard(reader, cancel.clone()));
+            readers.spawn(read_shard(
+                reader,
+                ranges.get(&shard_id).copied(),
+                cancel.clone(),
+            ));
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = sync.tick() => match common::kinesis::list_shards(&client, &stream).await {
                 Ok(shards) => {
+                    remember_ranges(&mut ranges, &shards);
                     for id in graph.add(shards.iter().map(parents_of)) {
                         tracing::info!(shard_id = %id, "new shard discovered");
                     }
@@ -177,6 +199,7 @@ pub async fn run(
                     if !children.is_empty() {
                         // Learn the children's parents now rather than at the next sync.
                         if let Ok(shards) = common::kinesis::list_shards(&client, &stream).await {
+                            remember_ranges(&mut ranges, &shards);
                             graph.add(shards.iter().map(parents_of));
                         }
                     }
@@ -198,6 +221,7 @@ pub async fn run(
 
 async fn read_shard(
     mut reader: ShardReader,
+    hash_range: Option<(u128, u128)>,
     cancel: CancellationToken,
 ) -> (String, Result<Vec<String>, ReadError>) {
     let shard_id = reader.shard_id().to_string();
@@ -205,7 +229,7 @@ async fn read_shard(
         match reader.next_batch(&cancel).await {
             Ok(batch) => {
                 for record in &batch.records {
-                    crate::record::log_record(&shard_id, record);
+                    crate::record::log_record_in_range(&shard_id, hash_range, record);
                 }
                 if let Some(children) = batch.ended {
                     return (shard_id, Ok(children));

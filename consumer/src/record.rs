@@ -1,20 +1,100 @@
 //! Turning Kinesis records into logged `DataMessage`s.
+//!
+//! A Kinesis record may be a KPL aggregated record: it is expanded into its user records, each
+//! with the record's sequence number and its own sub-sequence number (its index in the
+//! aggregate). A record with the magic prefix but a bad digest or protobuf is an ordinary
+//! record, as the format specifies. Unlike the Java KCL, a user record whose hash key falls
+//! outside the shard's range is still delivered, with a warning, never dropped.
 
 use aws_sdk_kinesis::types::Record;
+use common::kpl;
 use common::message::DataMessage;
 
-/// Logs one record as `record received`, or as a `malformed record skipped` warning naming the
-/// shard and sequence number when it is not a `DataMessage`. Returns whether it was valid.
-pub fn log_record(shard_id: &str, record: &Record) -> bool {
-    let partition_key = record.partition_key().unwrap_or_default();
-    match DataMessage::from_json(record.data().as_ref()) {
+/// One user record, as the application sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub sequence_number: String,
+    /// Index inside the aggregated record; `None` for an ordinary record.
+    pub sub_sequence_number: Option<u64>,
+    pub partition_key: String,
+    pub explicit_hash_key: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// The user records a Kinesis record carries, in order.
+pub fn user_records(record: &Record) -> Vec<UserRecord> {
+    let data = record.data().as_ref();
+    match kpl::deaggregate(data) {
+        Some(subs) => subs
+            .into_iter()
+            .enumerate()
+            .map(|(i, sub)| UserRecord {
+                sequence_number: record.sequence_number().to_string(),
+                sub_sequence_number: Some(i as u64),
+                partition_key: sub.partition_key,
+                explicit_hash_key: sub.explicit_hash_key,
+                data: sub.data,
+            })
+            .collect(),
+        None => vec![UserRecord {
+            sequence_number: record.sequence_number().to_string(),
+            sub_sequence_number: None,
+            partition_key: record.partition_key().unwrap_or_default().to_string(),
+            explicit_hash_key: None,
+            data: data.to_vec(),
+        }],
+    }
+}
+
+/// Logs every user record of `record` (see [`log_user_record`]); returns how many were valid.
+pub fn log_record(shard_id: &str, record: &Record) -> usize {
+    log_record_in_range(shard_id, None, record)
+}
+
+/// Like [`log_record`], warning about user records whose hash key is outside `hash_range`
+/// (the shard's inclusive starting and ending hash keys), which are delivered all the same.
+pub fn log_record_in_range(
+    shard_id: &str,
+    hash_range: Option<(u128, u128)>,
+    record: &Record,
+) -> usize {
+    let users = user_records(record);
+    let aggregated = users
+        .first()
+        .is_some_and(|u| u.sub_sequence_number.is_some());
+    users
+        .iter()
+        .filter(|user| {
+            if let (true, Some((start, end))) = (aggregated, hash_range) {
+                let hash =
+                    kpl::effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref());
+                if hash < start || hash > end {
+                    tracing::warn!(
+                        shard_id = %shard_id,
+                        sequence_number = %user.sequence_number,
+                        sub_sequence_number = user.sub_sequence_number,
+                        partition_key = %user.partition_key,
+                        "user record hashes outside its shard's range; delivered anyway"
+                    );
+                }
+            }
+            log_user_record(shard_id, user)
+        })
+        .count()
+}
+
+/// Logs one user record as `record received`, or as a `malformed record skipped` warning naming
+/// the shard and sequence number when it is not a `DataMessage`. Returns whether it was valid.
+pub fn log_user_record(shard_id: &str, user: &UserRecord) -> bool {
+    match DataMessage::from_json(&user.data) {
         Ok(message) => {
             tracing::info!(
                 id = %message.id,
                 created_on = %message.created_on.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                partition_key = %partition_key,
+                partition_key = %user.partition_key,
                 shard_id = %shard_id,
-                sequence_number = %record.sequence_number(),
+                sequence_number = %user.sequence_number,
+                sub_sequence_number = user.sub_sequence_number,
                 "record received"
             );
             true
@@ -22,13 +102,76 @@ pub fn log_record(shard_id: &str, record: &Record) -> bool {
         Err(err) => {
             tracing::warn!(
                 shard_id = %shard_id,
-                sequence_number = %record.sequence_number(),
-                partition_key = %partition_key,
-                bytes = record.data().as_ref().len(),
+                sequence_number = %user.sequence_number,
+                sub_sequence_number = user.sub_sequence_number,
+                partition_key = %user.partition_key,
+                bytes = user.data.len(),
                 error = %err,
                 "malformed record skipped"
             );
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kinesis::primitives::Blob;
+
+    fn record(data: Vec<u8>) -> Record {
+        Record::builder()
+            .sequence_number("49600")
+            .partition_key("outer")
+            .data(Blob::new(data))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_aggregated_record_expands_with_sub_sequence_numbers() {
+        let mut agg = kpl::Aggregator::new();
+        agg.add("k1", None, b"first");
+        agg.add("k2", Some("7"), b"second");
+        let users = user_records(&record(agg.finish()));
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].sub_sequence_number, Some(0));
+        assert_eq!(users[0].partition_key, "k1");
+        assert_eq!(users[1].sub_sequence_number, Some(1));
+        assert_eq!(users[1].explicit_hash_key.as_deref(), Some("7"));
+        assert!(users.iter().all(|u| u.sequence_number == "49600"));
+    }
+
+    #[test]
+    fn an_ordinary_record_is_one_user_record() {
+        let users = user_records(&record(b"plain".to_vec()));
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].sub_sequence_number, None);
+        assert_eq!(users[0].partition_key, "outer");
+        assert_eq!(users[0].data, b"plain");
+    }
+
+    #[test]
+    fn a_corrupt_aggregate_is_delivered_as_an_ordinary_record() {
+        let mut agg = kpl::Aggregator::new();
+        agg.add("k1", None, b"first");
+        let mut bytes = agg.finish();
+        bytes[6] ^= 0x55;
+        let users = user_records(&record(bytes.clone()));
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].data, bytes);
+    }
+
+    #[test]
+    fn out_of_range_user_records_are_still_delivered() {
+        let mut agg = kpl::Aggregator::new();
+        for _ in 0..3 {
+            agg.add("k", Some("5"), &DataMessage::new().to_json());
+        }
+        // The shard owns hash keys 100..=200; every user record says 5.
+        assert_eq!(
+            log_record_in_range("shard-1", Some((100, 200)), &record(agg.finish())),
+            3
+        );
     }
 }

@@ -12,11 +12,16 @@
 //! Not guaranteed: order across retries. A record retried after a partial failure lands after
 //! records of the same partition key that succeeded in the meantime, as with the KPL.
 //!
+//! With `aggregation`, user records bound for the same shard (by the stream's shard map, which
+//! is refreshed when an aggregate lands elsewhere than predicted, after a split or merge) are
+//! packed into KPL aggregated records of at most `aggregation_max_bytes`; every member's
+//! [`Ack`] then carries the aggregate's sequence number and its own sub-sequence number.
+//!
 //! Records are grouped into `PutRecords` calls of at most 500 entries and 5 MiB, sent when a
 //! batch is full or when its oldest record has waited `linger`; at most `max_in_flight` calls
 //! run at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +34,7 @@ use aws_sdk_kinesis::Client;
 use bytes::Bytes;
 use common::backoff::Backoff;
 use common::kinesis::{error_text, is_retryable, is_retryable_code};
+use common::kpl::{effective_hash_key, Aggregator};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -66,6 +72,9 @@ impl UserRecord {
 pub struct Ack {
     pub shard_id: String,
     pub sequence_number: String,
+    /// The record's index inside the aggregated Kinesis record that carried it (KPL
+    /// sub-sequence number); `None` when it was sent on its own.
+    pub sub_sequence_number: Option<u64>,
     /// `PutRecords` calls this record took, 1 when it went through at once.
     pub attempts: u32,
 }
@@ -92,6 +101,10 @@ pub struct ProducerConfig {
     pub max_buffered_bytes: usize,
     pub max_in_flight: usize,
     pub record_ttl: Duration,
+    /// Pack user records bound for the same shard into KPL aggregated records.
+    pub aggregation: bool,
+    /// Largest aggregated record, in bytes (the KPL's default is 51200).
+    pub aggregation_max_bytes: usize,
     pub retry_base: Duration,
     pub retry_cap: Duration,
 }
@@ -105,6 +118,8 @@ impl ProducerConfig {
             max_buffered_bytes: 64 << 20,
             max_in_flight: 8,
             record_ttl: Duration::from_secs(30),
+            aggregation: false,
+            aggregation_max_bytes: 51_200,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(5),
         }
@@ -129,8 +144,6 @@ struct Pending {
     record: UserRecord,
     done: oneshot::Sender<Result<Ack, SendError>>,
     deadline: Instant,
-    attempts: u32,
-    last_error: String,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -198,8 +211,6 @@ impl Producer {
             record,
             done,
             deadline: Instant::now() + self.config.record_ttl,
-            attempts: 0,
-            last_error: String::new(),
             _permits: (r, b),
         };
         self.tx.send(pending).map_err(|_| SendError::Stopped)?;
@@ -250,24 +261,89 @@ fn validate(record: &UserRecord) -> Result<(), SendError> {
     Ok(())
 }
 
-/// Outcome of one `PutRecords` call: records to try again after a pause.
+/// One Kinesis record to put: a single user record, or an aggregate of several.
+struct Entry {
+    partition_key: String,
+    explicit_hash_key: Option<String>,
+    data: Bytes,
+    members: Vec<Pending>,
+    /// Set for aggregates: the shard every member's hash key fell into when it was built.
+    predicted_shard: Option<String>,
+    attempts: u32,
+    last_error: String,
+    deadline: Instant,
+}
+
+impl Entry {
+    fn single(p: Pending) -> Self {
+        Self {
+            partition_key: p.record.partition_key.clone(),
+            explicit_hash_key: p.record.explicit_hash_key.clone(),
+            data: p.record.data.clone(),
+            deadline: p.deadline,
+            members: vec![p],
+            predicted_shard: None,
+            attempts: 0,
+            last_error: String::new(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    fn fail(self, err: SendError) {
+        for p in self.members {
+            p.finish(Err(err.clone()));
+        }
+    }
+
+    fn succeed(self, shard_id: &str, sequence_number: &str) {
+        let aggregated = self.members.len() > 1 || self.predicted_shard.is_some();
+        for (i, p) in self.members.into_iter().enumerate() {
+            let ack = Ack {
+                shard_id: shard_id.to_string(),
+                sequence_number: sequence_number.to_string(),
+                sub_sequence_number: aggregated.then_some(i as u64),
+                attempts: self.attempts,
+            };
+            p.finish(Ok(ack));
+        }
+    }
+}
+
+/// An aggregate being filled for one shard.
+struct OpenAggregate {
+    aggregator: Aggregator,
+    members: Vec<Pending>,
+}
+
+/// Outcome of one `PutRecords` call.
 struct CallOutcome {
-    retry: Vec<Pending>,
+    /// Entries to try again after a pause.
+    retry: Vec<Entry>,
+    /// An aggregate landed on another shard than its members hash to: the map is stale.
+    shard_map_stale: bool,
 }
 
 struct Worker {
     client: Client,
     config: Arc<ProducerConfig>,
     rx: mpsc::UnboundedReceiver<Pending>,
-    queue: VecDeque<Pending>,
+    queue: VecDeque<Entry>,
     queue_bytes: usize,
-    /// When the oldest record in `queue` arrived, for the linger timer.
+    /// When the oldest buffered record arrived, for the linger timer.
     oldest: Option<Instant>,
     calls: JoinSet<CallOutcome>,
     /// Retries wait here until their backoff ends.
-    retry_tx: mpsc::UnboundedSender<Pending>,
-    retry_rx: mpsc::UnboundedReceiver<Pending>,
+    retry_tx: mpsc::UnboundedSender<Entry>,
+    retry_rx: mpsc::UnboundedReceiver<Entry>,
     waiting_retries: usize,
+    /// Aggregation state: the open shards' hash ranges and one open aggregate per shard.
+    shard_map: Option<ShardMap>,
+    aggregates: HashMap<String, OpenAggregate>,
+    refresh: Option<tokio::task::JoinHandle<Option<ShardMap>>>,
+    last_refresh: Option<Instant>,
 }
 
 impl Worker {
@@ -288,34 +364,150 @@ impl Worker {
             retry_tx,
             retry_rx,
             waiting_retries: 0,
+            shard_map: None,
+            aggregates: HashMap::new(),
+            refresh: None,
+            last_refresh: None,
         }
     }
 
+    fn push_entry(&mut self, entry: Entry) {
+        self.queue_bytes += entry.size();
+        self.queue.push_back(entry);
+    }
+
+    /// Takes a new user record: into its shard's aggregate when aggregating, else as is.
     fn push(&mut self, p: Pending) {
-        self.queue_bytes += p.record.size();
         self.oldest.get_or_insert_with(Instant::now);
-        self.queue.push_back(p);
+        let shard = match (&self.shard_map, self.config.aggregation) {
+            (Some(map), true) => map.shard_for(&p.record).map(str::to_string),
+            _ => None,
+        };
+        let Some(shard) = shard else {
+            self.push_entry(Entry::single(p));
+            return;
+        };
+        let (key, ehk, len) = (
+            p.record.partition_key.as_str(),
+            p.record.explicit_hash_key.as_deref(),
+            p.record.data.len(),
+        );
+        let limit = self.config.aggregation_max_bytes;
+        let must_seal = self.aggregates.get(&shard).is_some_and(|open| {
+            !open.aggregator.is_empty() && open.aggregator.size_with(key, ehk, len) > limit
+        });
+        if must_seal {
+            self.seal(&shard);
+        }
+        let open = self
+            .aggregates
+            .entry(shard)
+            .or_insert_with(|| OpenAggregate {
+                aggregator: Aggregator::new(),
+                members: Vec::new(),
+            });
+        open.aggregator.add(key, ehk, &p.record.data);
+        open.members.push(p);
+    }
+
+    /// Closes the shard's open aggregate into a queued entry.
+    fn seal(&mut self, shard: &str) {
+        let Some(mut open) = self.aggregates.remove(shard) else {
+            return;
+        };
+        if open.members.len() <= 1 {
+            // One record is sent as it is, as the KPL does.
+            if let Some(p) = open.members.pop() {
+                self.push_entry(Entry::single(p));
+            }
+            return;
+        }
+        let first = &open.members[0].record;
+        let hash = effective_hash_key(&first.partition_key, first.explicit_hash_key.as_deref());
+        let entry = Entry {
+            partition_key: first.partition_key.clone(),
+            // Route the aggregate by its first member's hash key: the shard all members map to.
+            explicit_hash_key: Some(hash.to_string()),
+            data: Bytes::from(open.aggregator.finish()),
+            deadline: open
+                .members
+                .iter()
+                .map(|p| p.deadline)
+                .min()
+                .unwrap_or_else(Instant::now),
+            members: open.members,
+            predicted_shard: Some(shard.to_string()),
+            attempts: 0,
+            last_error: String::new(),
+        };
+        self.push_entry(entry);
+    }
+
+    fn seal_all(&mut self) {
+        let shards: Vec<String> = self.aggregates.keys().cloned().collect();
+        for shard in shards {
+            self.seal(&shard);
+        }
+    }
+
+    fn buffered(&self) -> bool {
+        !self.queue.is_empty() || !self.aggregates.is_empty()
     }
 
     fn batch_full(&self) -> bool {
         self.queue.len() >= MAX_BATCH_RECORDS || self.queue_bytes >= MAX_BATCH_BYTES
     }
 
+    /// Starts a shard map refresh unless one ran in the last five seconds.
+    fn refresh_shard_map(&mut self) {
+        if !self.config.aggregation
+            || self.refresh.is_some()
+            || self
+                .last_refresh
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        let client = self.client.clone();
+        let stream = self.config.stream_name.clone();
+        self.refresh = Some(tokio::spawn(async move {
+            match common::kinesis::list_shards(&client, &stream).await {
+                Ok(shards) => Some(ShardMap::from_shards(&shards)),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "shard map refresh failed; sending records unaggregated until it works");
+                    None
+                }
+            }
+        }));
+    }
+
     async fn run(mut self) {
+        // Learn the shard map before the first record, so aggregation starts at once. Records
+        // queue up meanwhile; if the listing fails they go out unaggregated until it works.
+        self.refresh_shard_map();
+        if let Some(first) = self.refresh.take() {
+            self.shard_map = first.await.ok().flatten();
+        }
         let mut open = true;
         loop {
+            let linger_over = self
+                .oldest
+                .is_some_and(|t| t.elapsed() >= self.config.linger);
+            if linger_over || !open {
+                self.seal_all();
+            }
             // Send every batch that is ready while call slots are free.
             while !self.queue.is_empty() && self.calls.len() < self.config.max_in_flight {
-                let linger_over = self
-                    .oldest
-                    .is_some_and(|t| t.elapsed() >= self.config.linger);
                 if !(self.batch_full() || linger_over || !open) {
                     break;
                 }
                 self.spawn_call();
             }
-            if !open && self.queue.is_empty() && self.calls.is_empty() && self.waiting_retries == 0
-            {
+            if !self.buffered() {
+                self.oldest = None;
+            }
+            if !open && !self.buffered() && self.calls.is_empty() && self.waiting_retries == 0 {
                 return;
             }
             let linger_at = self
@@ -327,13 +519,24 @@ impl Worker {
                     Some(p) => self.push(p),
                     None => open = false,
                 },
-                Some(p) = self.retry_rx.recv() => {
+                Some(entry) = self.retry_rx.recv() => {
                     self.waiting_retries -= 1;
-                    self.push(p);
+                    self.oldest.get_or_insert_with(Instant::now);
+                    self.push_entry(entry);
                 }
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
                     if let Ok(outcome) = done {
+                        if outcome.shard_map_stale {
+                            self.refresh_shard_map();
+                        }
                         self.schedule_retries(outcome.retry);
+                    }
+                }
+                refreshed = join_opt(&mut self.refresh) => {
+                    self.refresh = None;
+                    if let Some(map) = refreshed {
+                        self.seal_all();
+                        self.shard_map = Some(map);
                     }
                 }
                 _ = sleep_until_opt(linger_at) => {}
@@ -344,8 +547,8 @@ impl Worker {
     fn spawn_call(&mut self) {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        while let Some(p) = self.queue.front() {
-            let size = p.record.size();
+        while let Some(e) = self.queue.front() {
+            let size = e.size();
             if batch.len() == MAX_BATCH_RECORDS
                 || (bytes + size > MAX_BATCH_BYTES && !batch.is_empty())
             {
@@ -355,11 +558,7 @@ impl Worker {
             batch.extend(self.queue.pop_front());
         }
         self.queue_bytes -= bytes;
-        self.oldest = if self.queue.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
+        self.oldest = self.buffered().then(Instant::now);
         let client = self.client.clone();
         let stream = self.config.stream_name.clone();
         self.calls.spawn(put_records(client, stream, batch));
@@ -367,29 +566,36 @@ impl Worker {
 
     /// Failed entries wait out their backoff, then return to the queue; those past their time
     /// to live fail now.
-    fn schedule_retries(&mut self, retry: Vec<Pending>) {
+    fn schedule_retries(&mut self, retry: Vec<Entry>) {
         let now = Instant::now();
-        for p in retry {
+        for entry in retry {
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_cap);
-            for _ in 1..p.attempts {
+            for _ in 1..entry.attempts {
                 backoff.next_delay();
             }
             let delay = backoff.next_delay();
-            if now + delay >= p.deadline {
+            if now + delay >= entry.deadline {
                 let err = SendError::Expired {
-                    attempts: p.attempts,
-                    last_error: p.last_error.clone(),
+                    attempts: entry.attempts,
+                    last_error: entry.last_error.clone(),
                 };
-                p.finish(Err(err));
+                entry.fail(err);
                 continue;
             }
             self.waiting_retries += 1;
             let tx = self.retry_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = tx.send(p);
+                let _ = tx.send(entry);
             });
         }
+    }
+}
+
+async fn join_opt<T>(task: &mut Option<tokio::task::JoinHandle<Option<T>>>) -> Option<T> {
+    match task {
+        Some(handle) => handle.await.ok().flatten(),
+        None => std::future::pending().await,
     }
 }
 
@@ -400,15 +606,58 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-async fn put_records(client: Client, stream: String, mut batch: Vec<Pending>) -> CallOutcome {
+/// The open shards' hash key ranges, to group user records by the shard they will land on.
+#[derive(Debug, Clone, Default)]
+pub struct ShardMap {
+    /// (starting hash key, ending hash key, shard id), sorted by start.
+    ranges: Vec<(u128, u128, String)>,
+}
+
+impl ShardMap {
+    pub fn from_shards(shards: &[aws_sdk_kinesis::types::Shard]) -> Self {
+        let mut ranges: Vec<(u128, u128, String)> = shards
+            .iter()
+            .filter(|s| {
+                s.sequence_number_range()
+                    .is_none_or(|r| r.ending_sequence_number().is_none())
+            })
+            .filter_map(|s| {
+                let range = s.hash_key_range()?;
+                Some((
+                    range.starting_hash_key().parse().ok()?,
+                    range.ending_hash_key().parse().ok()?,
+                    s.shard_id().to_string(),
+                ))
+            })
+            .collect();
+        ranges.sort();
+        Self { ranges }
+    }
+
+    /// The shard whose range holds `hash`.
+    pub fn shard_for_hash(&self, hash: u128) -> Option<&str> {
+        let i = self.ranges.partition_point(|(start, _, _)| *start <= hash);
+        let (_, end, shard) = self.ranges.get(i.checked_sub(1)?)?;
+        (hash <= *end).then_some(shard.as_str())
+    }
+
+    pub fn shard_for(&self, record: &UserRecord) -> Option<&str> {
+        self.shard_for_hash(effective_hash_key(
+            &record.partition_key,
+            record.explicit_hash_key.as_deref(),
+        ))
+    }
+}
+
+async fn put_records(client: Client, stream: String, mut batch: Vec<Entry>) -> CallOutcome {
     let entries: Vec<PutRecordsRequestEntry> = batch
         .iter_mut()
-        .filter_map(|p| {
-            p.attempts += 1;
+        .filter_map(|e| {
+            e.attempts += 1;
             PutRecordsRequestEntry::builder()
-                .data(Blob::new(p.record.data.to_vec()))
-                .partition_key(p.record.partition_key.clone())
-                .set_explicit_hash_key(p.record.explicit_hash_key.clone())
+                .data(Blob::new(e.data.to_vec()))
+                .partition_key(e.partition_key.clone())
+                .set_explicit_hash_key(e.explicit_hash_key.clone())
                 .build()
                 .ok()
         })
@@ -419,14 +668,17 @@ async fn put_records(client: Client, stream: String, mut batch: Vec<Pending>) ->
         .set_records(Some(entries))
         .send()
         .await;
-    let mut retry = Vec::new();
+    let mut outcome = CallOutcome {
+        retry: Vec::new(),
+        shard_map_stale: false,
+    };
     match result {
         Ok(out) => {
             let results = out.records();
-            for (i, mut p) in batch.into_iter().enumerate() {
+            for (i, mut e) in batch.into_iter().enumerate() {
                 let Some(entry) = results.get(i) else {
-                    p.last_error = "PutRecords answered fewer entries than sent".into();
-                    retry.push(p);
+                    e.last_error = "PutRecords answered fewer entries than sent".into();
+                    outcome.retry.push(e);
                     continue;
                 };
                 match (
@@ -435,48 +687,46 @@ async fn put_records(client: Client, stream: String, mut batch: Vec<Pending>) ->
                     entry.sequence_number(),
                 ) {
                     (None, Some(shard), Some(seq)) => {
-                        let ack = Ack {
-                            shard_id: shard.to_string(),
-                            sequence_number: seq.to_string(),
-                            attempts: p.attempts,
-                        };
-                        p.finish(Ok(ack));
+                        if e.predicted_shard.as_deref().is_some_and(|p| p != shard) {
+                            outcome.shard_map_stale = true;
+                        }
+                        e.succeed(shard, seq);
                     }
                     (Some(code), _, _) if !is_retryable_code(code) => {
                         let msg = format!("{code}: {}", entry.error_message().unwrap_or_default());
-                        p.finish(Err(SendError::Rejected(msg)));
+                        e.fail(SendError::Rejected(msg));
                     }
                     (code, _, _) => {
-                        p.last_error = format!(
+                        e.last_error = format!(
                             "{}: {}",
                             code.unwrap_or("NoSequenceNumber"),
                             entry.error_message().unwrap_or_default()
                         );
-                        retry.push(p);
+                        outcome.retry.push(e);
                     }
                 }
             }
-            if !retry.is_empty() {
-                tracing::debug!(stream = %stream, failed = retry.len(), "partial PutRecords failure, retrying failed entries");
+            if !outcome.retry.is_empty() {
+                tracing::debug!(stream = %stream, failed = outcome.retry.len(), "partial PutRecords failure, retrying failed entries");
             }
         }
         Err(err) if is_retryable(&err) => {
             let text = error_text(&err);
             tracing::warn!(stream = %stream, records = batch.len(), error = %text, "PutRecords failed, will retry");
-            for mut p in batch {
-                p.last_error = text.clone();
-                retry.push(p);
+            for mut e in batch {
+                e.last_error = text.clone();
+                outcome.retry.push(e);
             }
         }
         Err(err) => {
             let text = error_text(&err);
             tracing::error!(stream = %stream, records = batch.len(), error = %text, "PutRecords rejected");
-            for p in batch {
-                p.finish(Err(SendError::Rejected(text.clone())));
+            for e in batch {
+                e.fail(SendError::Rejected(text.clone()));
             }
         }
     }
-    CallOutcome { retry }
+    outcome
 }
 
 #[cfg(test)]
@@ -498,5 +748,43 @@ mod tests {
             validate(&UserRecord::new("k", vec![0u8; MAX_RECORD_BYTES])),
             Err(SendError::Invalid(_))
         ));
+    }
+
+    fn shard(id: &str, start: u128, end: u128, closed: bool) -> aws_sdk_kinesis::types::Shard {
+        let mut range =
+            aws_sdk_kinesis::types::SequenceNumberRange::builder().starting_sequence_number("1");
+        if closed {
+            range = range.ending_sequence_number("2");
+        }
+        aws_sdk_kinesis::types::Shard::builder()
+            .shard_id(id)
+            .hash_key_range(
+                aws_sdk_kinesis::types::HashKeyRange::builder()
+                    .starting_hash_key(start.to_string())
+                    .ending_hash_key(end.to_string())
+                    .build()
+                    .unwrap(),
+            )
+            .sequence_number_range(range.build().unwrap())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn shard_map_finds_the_open_shard_owning_a_hash_key() {
+        let half = u128::MAX / 2;
+        let map = ShardMap::from_shards(&[
+            shard("closed-parent", 0, u128::MAX, true),
+            shard("low", 0, half, false),
+            shard("high", half + 1, u128::MAX, false),
+        ]);
+        assert_eq!(map.shard_for_hash(0), Some("low"));
+        assert_eq!(map.shard_for_hash(half), Some("low"));
+        assert_eq!(map.shard_for_hash(half + 1), Some("high"));
+        assert_eq!(map.shard_for_hash(u128::MAX), Some("high"));
+        let mut record = UserRecord::new("ignored", vec![1u8]);
+        record.explicit_hash_key = Some("5".into());
+        assert_eq!(map.shard_for(&record), Some("low"));
+        assert_eq!(ShardMap::default().shard_for_hash(1), None);
     }
 }

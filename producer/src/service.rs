@@ -36,6 +36,8 @@ impl ProducerConfig {
             max_buffered_bytes: s.max_buffered_bytes,
             max_in_flight: s.max_in_flight,
             record_ttl: s.record_ttl,
+            aggregation: s.aggregation,
+            aggregation_max_bytes: s.aggregation_max_bytes,
             ..ProducerConfig::new(s.shared.stream_name.clone())
         }
     }
@@ -190,6 +192,7 @@ async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
                         id = %id,
                         shard_id = %ack.shard_id,
                         sequence_number = %ack.sequence_number,
+                        sub_sequence_number = ack.sub_sequence_number,
                         attempts = ack.attempts,
                         "record sent"
                     );

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use common::testkit::{self, field, Kind, ServiceProcess};
 
 fn producer_bin() -> &'static Path {
@@ -23,42 +22,14 @@ async fn stream_contents(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
 ) -> HashMap<String, (String, String)> {
-    let mut found = HashMap::new();
-    for shard in common::kinesis::list_shards(client, stream).await.unwrap() {
-        let mut it = client
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_string);
-        while let Some(iterator) = it {
-            let out = client
-                .get_records()
-                .shard_iterator(iterator)
-                .send()
-                .await
-                .unwrap();
-            for r in out.records() {
-                let m = common::message::DataMessage::from_json(r.data().as_ref()).unwrap();
-                found.insert(
-                    m.id.to_string(),
-                    (
-                        shard.shard_id().to_string(),
-                        r.sequence_number().to_string(),
-                    ),
-                );
-            }
-            if out.records().is_empty() {
-                break;
-            }
-            it = out.next_shard_iterator().map(str::to_string);
-        }
-    }
-    found
+    testkit::read_stream(client, stream)
+        .await
+        .into_iter()
+        .map(|(shard, r)| {
+            let m = common::message::DataMessage::from_json(r.data().as_ref()).unwrap();
+            (m.id.to_string(), (shard, r.sequence_number().to_string()))
+        })
+        .collect()
 }
 
 #[tokio::test]

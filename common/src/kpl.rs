@@ -1,0 +1,310 @@
+//! The KPL aggregation format (awslabs/kinesis-aggregation, `aggregation-format.md`).
+//!
+//! One Kinesis record carries many user records:
+//! `F3 89 9A C2` ++ protobuf `AggregatedRecord` ++ MD5(protobuf bytes).
+//! A record without the magic prefix, or whose digest or protobuf does not check, is an
+//! ordinary record ([`deaggregate`] returns `None`), as the format specifies.
+//!
+//! Partition keys map to shards by the MD5 of the key read as a big-endian 128-bit number
+//! ([`hash_key`]), unless an explicit hash key (a decimal 128-bit number) is given.
+
+use std::collections::HashMap;
+
+use md5::{Digest, Md5};
+use prost::encoding::encoded_len_varint;
+use prost::Message;
+
+/// The four bytes every aggregated record starts with.
+pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+const DIGEST_LEN: usize = 16;
+
+/// protobuf messages of the format (proto2; field numbers as in `kpl_agg.proto`).
+pub mod pb {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AggregatedRecord {
+        #[prost(string, repeated, tag = "1")]
+        pub partition_key_table: Vec<String>,
+        #[prost(string, repeated, tag = "2")]
+        pub explicit_hash_key_table: Vec<String>,
+        #[prost(message, repeated, tag = "3")]
+        pub records: Vec<Record>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Record {
+        #[prost(uint64, required, tag = "1")]
+        pub partition_key_index: u64,
+        #[prost(uint64, optional, tag = "2")]
+        pub explicit_hash_key_index: Option<u64>,
+        #[prost(bytes = "vec", required, tag = "3")]
+        pub data: Vec<u8>,
+        #[prost(message, repeated, tag = "4")]
+        pub tags: Vec<Tag>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Tag {
+        #[prost(string, required, tag = "1")]
+        pub key: String,
+        #[prost(string, optional, tag = "2")]
+        pub value: Option<String>,
+    }
+}
+
+/// The 128-bit hash key Kinesis derives from a partition key.
+pub fn hash_key(partition_key: &str) -> u128 {
+    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
+}
+
+/// The hash key a user record routes by: its explicit hash key if valid, else its key's MD5.
+pub fn effective_hash_key(partition_key: &str, explicit_hash_key: Option<&str>) -> u128 {
+    explicit_hash_key
+        .and_then(|k| k.parse::<u128>().ok())
+        .unwrap_or_else(|| hash_key(partition_key))
+}
+
+/// One user record found inside an aggregated record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubRecord {
+    pub partition_key: String,
+    pub explicit_hash_key: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// The user records of an aggregated record, in order, or `None` when `data` is an ordinary
+/// record (no magic prefix, wrong digest, undecodable protobuf or dangling table index).
+pub fn deaggregate(data: &[u8]) -> Option<Vec<SubRecord>> {
+    let body = data.strip_prefix(&MAGIC)?;
+    if body.len() < DIGEST_LEN {
+        return None;
+    }
+    let (message, digest) = body.split_at(body.len() - DIGEST_LEN);
+    if Md5::digest(message).as_slice() != digest {
+        return None;
+    }
+    let agg = pb::AggregatedRecord::decode(message).ok()?;
+    agg.records
+        .into_iter()
+        .map(|r| {
+            let partition_key = agg
+                .partition_key_table
+                .get(usize::try_from(r.partition_key_index).ok()?)?
+                .clone();
+            let explicit_hash_key = match r.explicit_hash_key_index {
+                None => None,
+                Some(i) => Some(
+                    agg.explicit_hash_key_table
+                        .get(usize::try_from(i).ok()?)?
+                        .clone(),
+                ),
+            };
+            Some(SubRecord {
+                partition_key,
+                explicit_hash_key,
+                data: r.data,
+            })
+        })
+        .collect()
+}
+
+/// Builds one aggregated record, keeping track of its exact encoded size.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    message: pb::AggregatedRecord,
+    keys: HashMap<String, u64>,
+    hash_keys: HashMap<String, u64>,
+    /// Encoded protobuf size so far.
+    encoded: usize,
+}
+
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.message.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.message.records.is_empty()
+    }
+
+    /// Bytes of the finished aggregate (magic, protobuf and digest) as it stands.
+    pub fn size(&self) -> usize {
+        MAGIC.len() + self.encoded + DIGEST_LEN
+    }
+
+    /// What [`Aggregator::size`] would be after adding this record.
+    pub fn size_with(
+        &self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+    ) -> usize {
+        self.size() + self.growth(partition_key, explicit_hash_key, data_len)
+    }
+
+    fn growth(
+        &self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data_len: usize,
+    ) -> usize {
+        let mut table = 0;
+        let key_index = match self.keys.get(partition_key) {
+            Some(i) => *i,
+            None => {
+                table += field_len(partition_key.len());
+                self.keys.len() as u64
+            }
+        };
+        let mut record = 1 + encoded_len_varint(key_index) + field_len(data_len);
+        if let Some(ehk) = explicit_hash_key {
+            let ehk_index = match self.hash_keys.get(ehk) {
+                Some(i) => *i,
+                None => {
+                    table += field_len(ehk.len());
+                    self.hash_keys.len() as u64
+                }
+            };
+            record += 1 + encoded_len_varint(ehk_index);
+        }
+        table + field_len(record)
+    }
+
+    /// Appends a user record.
+    pub fn add(&mut self, partition_key: &str, explicit_hash_key: Option<&str>, data: &[u8]) {
+        self.encoded += self.growth(partition_key, explicit_hash_key, data.len());
+        let next = self.keys.len() as u64;
+        let partition_key_index =
+            *self
+                .keys
+                .entry(partition_key.to_string())
+                .or_insert_with(|| {
+                    self.message
+                        .partition_key_table
+                        .push(partition_key.to_string());
+                    next
+                });
+        let explicit_hash_key_index = explicit_hash_key.map(|ehk| {
+            let next = self.hash_keys.len() as u64;
+            *self.hash_keys.entry(ehk.to_string()).or_insert_with(|| {
+                self.message.explicit_hash_key_table.push(ehk.to_string());
+                next
+            })
+        });
+        self.message.records.push(pb::Record {
+            partition_key_index,
+            explicit_hash_key_index,
+            data: data.to_vec(),
+            tags: Vec::new(),
+        });
+    }
+
+    /// The aggregated record's bytes; the aggregator is empty again afterwards.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let message = std::mem::take(&mut self.message);
+        self.keys.clear();
+        self.hash_keys.clear();
+        self.encoded = 0;
+        let mut out = Vec::with_capacity(MAGIC.len() + message.encoded_len() + DIGEST_LEN);
+        out.extend_from_slice(&MAGIC);
+        message.encode(&mut out).expect("a Vec grows as needed");
+        let digest = Md5::digest(&out[MAGIC.len()..]);
+        out.extend_from_slice(&digest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_order_keys_and_data() {
+        let mut agg = Aggregator::new();
+        agg.add("a", None, b"one");
+        agg.add("b", Some("12345"), b"two");
+        agg.add("a", None, b"");
+        let predicted = agg.size();
+        let bytes = agg.finish();
+        assert_eq!(bytes.len(), predicted, "size is tracked exactly");
+        assert!(agg.is_empty());
+        let subs = deaggregate(&bytes).expect("aggregated");
+        assert_eq!(subs.len(), 3);
+        assert_eq!(
+            subs[0],
+            SubRecord {
+                partition_key: "a".into(),
+                explicit_hash_key: None,
+                data: b"one".to_vec()
+            }
+        );
+        assert_eq!(subs[1].explicit_hash_key.as_deref(), Some("12345"));
+        assert_eq!(subs[1].data, b"two");
+        assert_eq!(subs[2].partition_key, "a");
+    }
+
+    #[test]
+    fn partition_keys_are_stored_once() {
+        let mut agg = Aggregator::new();
+        for _ in 0..100 {
+            agg.add("same-key", None, b"x");
+        }
+        let bytes = agg.finish();
+        let message = pb::AggregatedRecord::decode(&bytes[4..bytes.len() - 16]).unwrap();
+        assert_eq!(message.partition_key_table, vec!["same-key".to_string()]);
+        assert_eq!(message.records.len(), 100);
+    }
+
+    #[test]
+    fn size_with_predicts_large_records_and_indexes() {
+        let mut agg = Aggregator::new();
+        for i in 0..300 {
+            let key = format!("key-{i}");
+            let data = vec![7u8; 200 + i];
+            let expected = agg.size_with(&key, Some(&i.to_string()), data.len());
+            agg.add(&key, Some(&i.to_string()), &data);
+            assert_eq!(agg.size(), expected);
+        }
+        let predicted = agg.size();
+        assert_eq!(agg.finish().len(), predicted);
+    }
+
+    #[test]
+    fn ordinary_records_are_not_deaggregated() {
+        assert_eq!(deaggregate(b"{\"Id\":1}"), None);
+        assert_eq!(deaggregate(&MAGIC), None);
+        let mut agg = Aggregator::new();
+        agg.add("k", None, b"data");
+        let mut bytes = agg.finish();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        assert_eq!(
+            deaggregate(&bytes),
+            None,
+            "a bad digest means an ordinary record"
+        );
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&[0xFF; 8]);
+        garbage.extend_from_slice(&Md5::digest([0xFFu8; 8]));
+        assert_eq!(
+            deaggregate(&garbage),
+            None,
+            "bad protobuf means an ordinary record"
+        );
+    }
+
+    #[test]
+    fn hash_key_is_the_big_endian_md5() {
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e
+        assert_eq!(hash_key(""), 0xd41d8cd98f00b204e9800998ecf8427e);
+        assert_eq!(effective_hash_key("x", Some("42")), 42);
+        assert_eq!(effective_hash_key("", Some("not a number")), hash_key(""));
+    }
+}
