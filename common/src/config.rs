@@ -549,7 +549,7 @@ impl LeaseSettings {
     /// a third of the failover time, as the KCL does, so two renewals may fail before a lease
     /// expires.
     pub fn renew_interval(&self) -> Duration {
-        self.failover / 3
+        Duration::from_millis((self.failover.as_millis() / 3) as u64)
     }
 }
 

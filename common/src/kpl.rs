@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use md5::{Digest, Md5};
-use prost::encoding::encoded_len_varint;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 
 /// The four bytes every aggregated record starts with.
@@ -107,18 +107,47 @@ pub fn deaggregate(data: &[u8]) -> Option<Vec<SubRecord>> {
         .collect()
 }
 
-/// Builds one aggregated record, keeping track of its exact encoded size.
-#[derive(Debug, Default)]
+/// Builds one aggregated record, encoding as records arrive.
+///
+/// The protobuf is written incrementally: a new partition (or explicit hash) key's table entry
+/// goes out just before the first record that uses it. protobuf parsers collect repeated
+/// fields in the order they appear, wherever they are, so this is the same message the KPL
+/// writes with its tables first, without holding every record twice.
+#[derive(Debug)]
 pub struct Aggregator {
-    message: pb::AggregatedRecord,
+    /// Magic prefix followed by the protobuf written so far.
+    buf: Vec<u8>,
     keys: HashMap<String, u64>,
     hash_keys: HashMap<String, u64>,
-    /// Encoded protobuf size so far.
-    encoded: usize,
+    records: usize,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self {
+            buf: MAGIC.to_vec(),
+            keys: HashMap::new(),
+            hash_keys: HashMap::new(),
+            records: 0,
+        }
+    }
 }
 
 fn field_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
+}
+
+/// The table index of `key`, writing its table entry (field `tag`) when it is new.
+fn table_index(table: &mut HashMap<String, u64>, buf: &mut Vec<u8>, tag: u32, key: &str) -> u64 {
+    if let Some(i) = table.get(key) {
+        return *i;
+    }
+    let i = table.len() as u64;
+    table.insert(key.to_owned(), i);
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(key.len() as u64, buf);
+    buf.extend_from_slice(key.as_bytes());
+    i
 }
 
 impl Aggregator {
@@ -127,29 +156,20 @@ impl Aggregator {
     }
 
     pub fn len(&self) -> usize {
-        self.message.records.len()
+        self.records
     }
 
     pub fn is_empty(&self) -> bool {
-        self.message.records.is_empty()
+        self.records == 0
     }
 
     /// Bytes of the finished aggregate (magic, protobuf and digest) as it stands.
     pub fn size(&self) -> usize {
-        MAGIC.len() + self.encoded + DIGEST_LEN
+        self.buf.len() + DIGEST_LEN
     }
 
     /// What [`Aggregator::size`] would be after adding this record.
     pub fn size_with(
-        &self,
-        partition_key: &str,
-        explicit_hash_key: Option<&str>,
-        data_len: usize,
-    ) -> usize {
-        self.size() + self.growth(partition_key, explicit_hash_key, data_len)
-    }
-
-    fn growth(
         &self,
         partition_key: &str,
         explicit_hash_key: Option<&str>,
@@ -163,62 +183,60 @@ impl Aggregator {
                 self.keys.len() as u64
             }
         };
-        let mut record = 1 + encoded_len_varint(key_index) + field_len(data_len);
-        if let Some(ehk) = explicit_hash_key {
-            let ehk_index = match self.hash_keys.get(ehk) {
+        let record = record_len(
+            key_index,
+            explicit_hash_key.map(|ehk| match self.hash_keys.get(ehk) {
                 Some(i) => *i,
                 None => {
                     table += field_len(ehk.len());
                     self.hash_keys.len() as u64
                 }
-            };
-            record += 1 + encoded_len_varint(ehk_index);
-        }
-        table + field_len(record)
+            }),
+            data_len,
+        );
+        self.size() + table + field_len(record)
     }
 
     /// Appends a user record.
     pub fn add(&mut self, partition_key: &str, explicit_hash_key: Option<&str>, data: &[u8]) {
-        self.encoded += self.growth(partition_key, explicit_hash_key, data.len());
-        let next = self.keys.len() as u64;
-        let partition_key_index =
-            *self
-                .keys
-                .entry(partition_key.to_string())
-                .or_insert_with(|| {
-                    self.message
-                        .partition_key_table
-                        .push(partition_key.to_string());
-                    next
-                });
-        let explicit_hash_key_index = explicit_hash_key.map(|ehk| {
-            let next = self.hash_keys.len() as u64;
-            *self.hash_keys.entry(ehk.to_string()).or_insert_with(|| {
-                self.message.explicit_hash_key_table.push(ehk.to_string());
-                next
-            })
-        });
-        self.message.records.push(pb::Record {
-            partition_key_index,
-            explicit_hash_key_index,
-            data: data.to_vec(),
-            tags: Vec::new(),
-        });
+        let key_index = table_index(&mut self.keys, &mut self.buf, 1, partition_key);
+        let hash_key_index =
+            explicit_hash_key.map(|ehk| table_index(&mut self.hash_keys, &mut self.buf, 2, ehk));
+        let buf = &mut self.buf;
+        encode_key(3, WireType::LengthDelimited, buf);
+        encode_varint(
+            record_len(key_index, hash_key_index, data.len()) as u64,
+            buf,
+        );
+        encode_key(1, WireType::Varint, buf);
+        encode_varint(key_index, buf);
+        if let Some(i) = hash_key_index {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(i, buf);
+        }
+        encode_key(3, WireType::LengthDelimited, buf);
+        encode_varint(data.len() as u64, buf);
+        buf.extend_from_slice(data);
+        self.records += 1;
     }
 
     /// The aggregated record's bytes; the aggregator is empty again afterwards.
     pub fn finish(&mut self) -> Vec<u8> {
-        let message = std::mem::take(&mut self.message);
+        let mut out = std::mem::replace(&mut self.buf, MAGIC.to_vec());
         self.keys.clear();
         self.hash_keys.clear();
-        self.encoded = 0;
-        let mut out = Vec::with_capacity(MAGIC.len() + message.encoded_len() + DIGEST_LEN);
-        out.extend_from_slice(&MAGIC);
-        message.encode(&mut out).expect("a Vec grows as needed");
+        self.records = 0;
         let digest = Md5::digest(&out[MAGIC.len()..]);
         out.extend_from_slice(&digest);
         out
     }
+}
+
+/// Encoded length of a `Record` message body.
+fn record_len(key_index: u64, hash_key_index: Option<u64>, data_len: usize) -> usize {
+    1 + encoded_len_varint(key_index)
+        + hash_key_index.map_or(0, |i| 1 + encoded_len_varint(i))
+        + field_len(data_len)
 }
 
 #[cfg(test)]

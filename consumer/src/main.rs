@@ -3,6 +3,10 @@
 //! Exit codes: 0 after a stop signal; 1 when the run failed (stream missing); 2 for a bad
 //! setting.
 
+// glibc's malloc showed up as a quarter of the producer's CPU profile at high rates.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use common::config::ConsumerSettings;
 
 #[tokio::main]

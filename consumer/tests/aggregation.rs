@@ -157,8 +157,14 @@ async fn records_the_producer_aggregates_are_unpacked_by_the_official_library() 
     assert_eq!(sent.len(), 200);
     // A shard's last record of a flush may go alone (as the KPL sends a lone record): the rest
     // are aggregated.
-    let aggregated = sent.iter().filter(|e| e["sub_sequence_number"].is_u64()).count();
-    assert!(aggregated >= 190, "only {aggregated} of 200 records were aggregated");
+    let aggregated = sent
+        .iter()
+        .filter(|e| e["sub_sequence_number"].is_u64())
+        .count();
+    assert!(
+        aggregated >= 190,
+        "only {aggregated} of 200 records were aggregated"
+    );
 
     let stored = testkit::read_stream(&client, &stream).await;
     assert!(

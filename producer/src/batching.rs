@@ -70,8 +70,9 @@ impl UserRecord {
 /// Kinesis's acknowledgement of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
-    pub shard_id: String,
-    pub sequence_number: String,
+    /// Shared by every record of one aggregate, hence reference-counted.
+    pub shard_id: Arc<str>,
+    pub sequence_number: Arc<str>,
     /// The record's index inside the aggregated Kinesis record that carried it (KPL
     /// sub-sequence number); `None` when it was sent on its own.
     pub sub_sequence_number: Option<u64>,
@@ -300,10 +301,12 @@ impl Entry {
 
     fn succeed(self, shard_id: &str, sequence_number: &str) {
         let aggregated = self.members.len() > 1 || self.predicted_shard.is_some();
+        let (shard_id, sequence_number): (Arc<str>, Arc<str>) =
+            (shard_id.into(), sequence_number.into());
         for (i, p) in self.members.into_iter().enumerate() {
             let ack = Ack {
-                shard_id: shard_id.to_string(),
-                sequence_number: sequence_number.to_string(),
+                shard_id: shard_id.clone(),
+                sequence_number: sequence_number.clone(),
                 sub_sequence_number: aggregated.then_some(i as u64),
                 attempts: self.attempts,
             };
@@ -516,7 +519,17 @@ impl Worker {
                 .map(|t| t + self.config.linger);
             tokio::select! {
                 msg = self.rx.recv(), if open => match msg {
-                    Some(p) => self.push(p),
+                    Some(p) => {
+                        self.push(p);
+                        // Take whatever else is waiting in one go: one wake-up per burst rather
+                        // than per record.
+                        for _ in 0..4096 {
+                            match self.rx.try_recv() {
+                                Ok(p) => self.push(p),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => open = false,
                 },
                 Some(entry) = self.retry_rx.recv() => {

@@ -172,6 +172,10 @@ async fn feed(
     handed_over
 }
 
+async fn outcome((id, receipt): (Uuid, Receipt)) -> (Uuid, Result<crate::Ack, crate::SendError>) {
+    (id, receipt.await)
+}
+
 /// Logs each acknowledgement as it arrives; returns (acknowledged, failed).
 async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
     let mut pending = FuturesUnordered::new();
@@ -182,7 +186,12 @@ async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
     loop {
         tokio::select! {
             next = receipts.recv(), if open => match next {
-                Some((id, receipt)) => pending.push(async move { (id, receipt.await) }),
+                Some(first) => {
+                    pending.push(outcome(first));
+                    while let Ok(next) = receipts.try_recv() {
+                        pending.push(outcome(next));
+                    }
+                }
                 None => open = false,
             },
             Some((id, result)) = pending.next(), if !pending.is_empty() => match result {
