@@ -134,7 +134,7 @@ def throughput(emu, name, cmd, extra_env, count, parse_stdout=False):
 def ours(aggregated):
     return {"PRODUCER_INTERVAL_MS": "0", "PRODUCER_MESSAGES_PER_TICK": "1000",
             "PRODUCER_AGGREGATION": "true" if aggregated else "false", "PRODUCER_SOURCE": "bench",
-            "LOG_FORMAT": "json", "RUST_LOG": "warn"}
+            "PRODUCER_SHARD_RATE_LIMIT": "0", "LOG_FORMAT": "json", "RUST_LOG": "warn"}
 
 
 def percentile(sorted_values, p):

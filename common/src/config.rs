@@ -109,6 +109,11 @@ pub const PRODUCER_AGGREGATION_MAX_BYTES: VarSpec = var(
     Some("51200"),
     "a whole number of bytes from 1024 to 1048000",
 );
+pub const PRODUCER_SHARD_RATE_LIMIT: VarSpec = var(
+    "PRODUCER_SHARD_RATE_LIMIT",
+    Some("100"),
+    "a percentage from 0 (no limit) to 1000 of each shard's 1,000 records and 1 MiB a second",
+);
 pub const PRODUCER_SHUTDOWN_TIMEOUT_MS: VarSpec = var(
     "PRODUCER_SHUTDOWN_TIMEOUT_MS",
     Some("4000"),
@@ -185,6 +190,7 @@ pub const PRODUCER_VARS: &[VarSpec] = &[
     PRODUCER_SOURCE,
     PRODUCER_AGGREGATION,
     PRODUCER_AGGREGATION_MAX_BYTES,
+    PRODUCER_SHARD_RATE_LIMIT,
     PRODUCER_SHUTDOWN_TIMEOUT_MS,
 ];
 
@@ -461,6 +467,8 @@ pub struct ProducerSettings {
     pub source: Option<String>,
     pub aggregation: bool,
     pub aggregation_max_bytes: usize,
+    /// Percentage of each shard's write limits to stay under; 0 = no limiter.
+    pub shard_rate_limit_percent: u32,
     pub shutdown_timeout: Duration,
 }
 
@@ -494,6 +502,7 @@ impl ProducerSettings {
                 1024,
                 1_048_000,
             )?,
+            shard_rate_limit_percent: raw.required_number(&PRODUCER_SHARD_RATE_LIMIT, 0, 1000)?,
             shutdown_timeout: raw.millis(&PRODUCER_SHUTDOWN_TIMEOUT_MS, 0, 600_000)?,
         })
     }

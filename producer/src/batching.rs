@@ -106,6 +106,9 @@ pub struct ProducerConfig {
     pub aggregation: bool,
     /// Largest aggregated record, in bytes (the KPL's default is 51200).
     pub aggregation_max_bytes: usize,
+    /// Keep each shard under this percentage of its write limits (1,000 records and 1 MiB a
+    /// second); 0 turns the limiter off.
+    pub shard_rate_limit_percent: u32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
 }
@@ -121,6 +124,7 @@ impl ProducerConfig {
             record_ttl: Duration::from_secs(30),
             aggregation: false,
             aggregation_max_bytes: 51_200,
+            shard_rate_limit_percent: 100,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(5),
         }
@@ -268,22 +272,24 @@ struct Entry {
     explicit_hash_key: Option<String>,
     data: Bytes,
     members: Vec<Pending>,
-    /// Set for aggregates: the shard every member's hash key fell into when it was built.
+    /// The shard the shard map says this record lands on (when a map is in use).
     predicted_shard: Option<String>,
+    aggregated: bool,
     attempts: u32,
     last_error: String,
     deadline: Instant,
 }
 
 impl Entry {
-    fn single(p: Pending) -> Self {
+    fn single(p: Pending, predicted_shard: Option<String>) -> Self {
         Self {
             partition_key: p.record.partition_key.clone(),
             explicit_hash_key: p.record.explicit_hash_key.clone(),
             data: p.record.data.clone(),
             deadline: p.deadline,
             members: vec![p],
-            predicted_shard: None,
+            predicted_shard,
+            aggregated: false,
             attempts: 0,
             last_error: String::new(),
         }
@@ -300,7 +306,7 @@ impl Entry {
     }
 
     fn succeed(self, shard_id: &str, sequence_number: &str) {
-        let aggregated = self.members.len() > 1 || self.predicted_shard.is_some();
+        let aggregated = self.aggregated;
         let (shard_id, sequence_number): (Arc<str>, Arc<str>) =
             (shard_id.into(), sequence_number.into());
         for (i, p) in self.members.into_iter().enumerate() {
@@ -347,6 +353,10 @@ struct Worker {
     aggregates: HashMap<String, OpenAggregate>,
     refresh: Option<tokio::task::JoinHandle<Option<ShardMap>>>,
     last_refresh: Option<Instant>,
+    /// Per-shard budgets, when rate limiting is on.
+    limiter: Option<RateLimiter>,
+    /// When to try again after every queued record was held back by the limiter.
+    rate_wait: Option<Instant>,
 }
 
 impl Worker {
@@ -356,6 +366,8 @@ impl Worker {
         rx: mpsc::UnboundedReceiver<Pending>,
     ) -> Self {
         let (retry_tx, retry_rx) = mpsc::unbounded_channel();
+        let limiter = (config.shard_rate_limit_percent > 0)
+            .then(|| RateLimiter::new(config.shard_rate_limit_percent));
         Self {
             client,
             config,
@@ -371,6 +383,8 @@ impl Worker {
             aggregates: HashMap::new(),
             refresh: None,
             last_refresh: None,
+            limiter,
+            rate_wait: None,
         }
     }
 
@@ -382,13 +396,17 @@ impl Worker {
     /// Takes a new user record: into its shard's aggregate when aggregating, else as is.
     fn push(&mut self, p: Pending) {
         self.oldest.get_or_insert_with(Instant::now);
-        let shard = match (&self.shard_map, self.config.aggregation) {
-            (Some(map), true) => map.shard_for(&p.record).map(str::to_string),
-            _ => None,
-        };
-        let Some(shard) = shard else {
-            self.push_entry(Entry::single(p));
-            return;
+        let shard = self
+            .shard_map
+            .as_ref()
+            .and_then(|map| map.shard_for(&p.record))
+            .map(str::to_string);
+        let shard = match shard {
+            Some(shard) if self.config.aggregation => shard,
+            other => {
+                self.push_entry(Entry::single(p, other));
+                return;
+            }
         };
         let (key, ehk, len) = (
             p.record.partition_key.as_str(),
@@ -421,7 +439,7 @@ impl Worker {
         if open.members.len() <= 1 {
             // One record is sent as it is, as the KPL does.
             if let Some(p) = open.members.pop() {
-                self.push_entry(Entry::single(p));
+                self.push_entry(Entry::single(p, Some(shard.to_string())));
             }
             return;
         }
@@ -440,6 +458,7 @@ impl Worker {
                 .unwrap_or_else(Instant::now),
             members: open.members,
             predicted_shard: Some(shard.to_string()),
+            aggregated: true,
             attempts: 0,
             last_error: String::new(),
         };
@@ -463,7 +482,7 @@ impl Worker {
 
     /// Starts a shard map refresh unless one ran in the last five seconds.
     fn refresh_shard_map(&mut self) {
-        if !self.config.aggregation
+        if !(self.config.aggregation || self.limiter.is_some())
             || self.refresh.is_some()
             || self
                 .last_refresh
@@ -501,11 +520,11 @@ impl Worker {
                 self.seal_all();
             }
             // Send every batch that is ready while call slots are free.
+            self.rate_wait = None;
             while !self.queue.is_empty() && self.calls.len() < self.config.max_in_flight {
-                if !(self.batch_full() || linger_over || !open) {
+                if !(self.batch_full() || linger_over || !open) || !self.spawn_call() {
                     break;
                 }
-                self.spawn_call();
             }
             if !self.buffered() {
                 self.oldest = None;
@@ -553,28 +572,50 @@ impl Worker {
                     }
                 }
                 _ = sleep_until_opt(linger_at) => {}
+                _ = sleep_until_opt(self.rate_wait) => {}
             }
         }
     }
 
-    fn spawn_call(&mut self) {
+    /// Sends the next batch; false when every queued record waits for its shard's rate budget.
+    fn spawn_call(&mut self) -> bool {
+        let now = Instant::now();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        while let Some(e) = self.queue.front() {
+        let mut deferred = Vec::new();
+        while let Some(e) = self.queue.pop_front() {
             let size = e.size();
             if batch.len() == MAX_BATCH_RECORDS
                 || (bytes + size > MAX_BATCH_BYTES && !batch.is_empty())
             {
+                self.queue.push_front(e);
                 break;
             }
-            bytes += size;
-            batch.extend(self.queue.pop_front());
+            let allowed = match (self.limiter.as_mut(), e.predicted_shard.as_deref()) {
+                (Some(limiter), Some(shard)) => limiter.try_take(shard, size, now),
+                _ => true,
+            };
+            if allowed {
+                bytes += size;
+                batch.push(e);
+            } else {
+                deferred.push(e);
+            }
+        }
+        // Records held back keep their order, ahead of everything newer.
+        for e in deferred.into_iter().rev() {
+            self.queue.push_front(e);
         }
         self.queue_bytes -= bytes;
+        if batch.is_empty() {
+            self.rate_wait = Some(now + RATE_RETRY);
+            return false;
+        }
         self.oldest = self.buffered().then(Instant::now);
         let client = self.client.clone();
         let stream = self.config.stream_name.clone();
         self.calls.spawn(put_records(client, stream, batch));
+        true
     }
 
     /// Failed entries wait out their backoff, then return to the queue; those past their time
@@ -616,6 +657,60 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Pause before trying again when every queued record is over its shard's budget.
+const RATE_RETRY: Duration = Duration::from_millis(20);
+
+/// Token buckets per shard for the Kinesis write limits: records and bytes a second, with up
+/// to one second's worth of burst.
+#[derive(Debug)]
+pub struct RateLimiter {
+    records_per_sec: f64,
+    bytes_per_sec: f64,
+    shards: HashMap<String, Budget>,
+}
+
+#[derive(Debug)]
+struct Budget {
+    records: f64,
+    bytes: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    /// Per-shard limits of 1,000 records and 1 MiB a second, scaled by `percent`.
+    pub fn new(percent: u32) -> Self {
+        let scale = f64::from(percent) / 100.0;
+        Self {
+            records_per_sec: 1000.0 * scale,
+            bytes_per_sec: 1_048_576.0 * scale,
+            shards: HashMap::new(),
+        }
+    }
+
+    /// Takes one record of `bytes` from the shard's budget if it has room now.
+    pub fn try_take(&mut self, shard: &str, bytes: usize, now: Instant) -> bool {
+        let (max_records, max_bytes) = (self.records_per_sec, self.bytes_per_sec);
+        let budget = self.shards.entry(shard.to_string()).or_insert(Budget {
+            records: max_records,
+            bytes: max_bytes,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(budget.at).as_secs_f64();
+        budget.records = (budget.records + elapsed * max_records).min(max_records);
+        budget.bytes = (budget.bytes + elapsed * max_bytes).min(max_bytes);
+        budget.at = now;
+        // A record larger than a whole second's byte budget may go when the budget is full.
+        let bytes = (bytes as f64).min(max_bytes);
+        if budget.records >= 1.0 && budget.bytes >= bytes {
+            budget.records -= 1.0;
+            budget.bytes -= bytes;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -781,6 +876,27 @@ mod tests {
             .sequence_number_range(range.build().unwrap())
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn rate_limiter_holds_each_shard_to_its_budget() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(100);
+        let taken = (0..1500).filter(|_| limiter.try_take("a", 100, t0)).count();
+        assert_eq!(taken, 1000, "one second's worth of records at once");
+        assert!(
+            limiter.try_take("b", 100, t0),
+            "shards have their own budgets"
+        );
+        assert!(!limiter.try_take("a", 100, t0 + Duration::from_millis(0)));
+        let later = t0 + Duration::from_millis(100);
+        let refilled = (0..500)
+            .filter(|_| limiter.try_take("a", 100, later))
+            .count();
+        assert_eq!(refilled, 100, "100 ms refills 100 records");
+        let mut bytes = RateLimiter::new(50);
+        assert!(bytes.try_take("a", 400_000, t0));
+        assert!(!bytes.try_take("a", 400_000, t0), "half of 1 MiB a second");
     }
 
     #[test]

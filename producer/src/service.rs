@@ -38,6 +38,7 @@ impl ProducerConfig {
             record_ttl: s.record_ttl,
             aggregation: s.aggregation,
             aggregation_max_bytes: s.aggregation_max_bytes,
+            shard_rate_limit_percent: s.shard_rate_limit_percent,
             ..ProducerConfig::new(s.shared.stream_name.clone())
         }
     }

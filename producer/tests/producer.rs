@@ -173,3 +173,44 @@ async fn a_stream_that_never_appears_ends_the_producer_with_a_clear_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_shard_rate_limit_spreads_a_burst_over_time() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("producer-rate");
+    testkit::create_stream(&emu.kinesis(), &stream, 1).await;
+    // 10% of 1,000 records a second: 100 at once, then 100 a second.
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &env_with(
+            &emu.endpoint(),
+            &stream,
+            &[
+                ("PRODUCER_COUNT", "250"),
+                ("PRODUCER_INTERVAL_MS", "0"),
+                ("PRODUCER_SHARD_RATE_LIMIT", "10"),
+            ],
+        ),
+    );
+    let status = producer.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        producer.dump()
+    );
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        field(&producer.events("record sent"), "timestamp")
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+    assert_eq!(times.len(), 250);
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    // 150 records beyond the burst need at least 1.5 s at 100 a second.
+    assert!(
+        last - first >= chrono::TimeDelta::milliseconds(1400),
+        "250 records took only {} ms",
+        (last - first).num_milliseconds()
+    );
+}
