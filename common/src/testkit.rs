@@ -295,6 +295,13 @@ pub fn service_env_with_dynamo(
     env
 }
 
+/// [`service_env`] plus the given settings (later ones win).
+pub fn env_with(endpoint: &str, stream: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = service_env(endpoint, stream);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
 /// Creates a stream and waits until it is ACTIVE.
 pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
     client
@@ -308,6 +315,28 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
     crate::kinesis::wait_for_stream(client, name, Duration::from_secs(30), &never)
         .await
         .expect("stream becomes ACTIVE");
+}
+
+/// Creates a one-shard stream and returns the id of its shard.
+pub async fn create_single_shard_stream(client: &aws_sdk_kinesis::Client, name: &str) -> String {
+    create_stream(client, name, 1).await;
+    crate::kinesis::list_shards(client, name)
+        .await
+        .expect("ListShards")[0]
+        .shard_id()
+        .to_string()
+}
+
+/// Splits a full-range shard into two halves of the hash key space.
+pub async fn split_in_half(client: &aws_sdk_kinesis::Client, stream: &str, shard_id: &str) {
+    client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(shard_id)
+        .new_starting_hash_key((1u128 << 127).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether it held.
@@ -404,6 +433,18 @@ impl ServiceProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Asserts the process exits with `code` within `limit`, showing its output if not.
+    pub fn expect_exit(&mut self, limit: Duration, code: i32) {
+        let status = self.wait_exit(limit);
+        assert_eq!(status.and_then(|s| s.code()), Some(code), "{}", self.dump());
+    }
+
+    /// Sends SIGTERM and asserts the process exits 0 within 5 seconds, as the services promise.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        self.expect_exit(Duration::from_secs(5), 0);
     }
 
     /// Everything the process printed, for a failure message.

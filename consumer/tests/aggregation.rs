@@ -22,12 +22,6 @@ fn producer_bin() -> PathBuf {
     testkit::sibling_binary(env!("CARGO_BIN_EXE_consumer"), "producer")
 }
 
-fn env_with(endpoint: &str, stream: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = testkit::service_env(endpoint, stream);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
-
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -94,7 +88,7 @@ async fn records_aggregated_by_the_official_library_are_read_one_by_one() {
 
     let reader = ServiceProcess::spawn(
         consumer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[("CONSUMER_POLL_INTERVAL_MS", "200")],
@@ -135,7 +129,7 @@ async fn records_the_producer_aggregates_are_unpacked_by_the_official_library() 
 
     let mut producer = ServiceProcess::spawn(
         &producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[
@@ -145,14 +139,7 @@ async fn records_the_producer_aggregates_are_unpacked_by_the_official_library() 
             ],
         ),
     );
-    assert_eq!(
-        producer
-            .wait_exit(Duration::from_secs(60))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    producer.expect_exit(Duration::from_secs(60), 0);
     let sent = producer.events("record sent");
     assert_eq!(sent.len(), 200);
     // A shard's last record of a flush may go alone (as the KPL sends a lone record): the rest
@@ -207,16 +194,11 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
     let emu = testkit::shared(Kind::KinesisMock);
     let client = emu.kinesis();
     let stream = testkit::unique_name("agg-split");
-    testkit::create_stream(&client, &stream, 1).await;
-    let parent = common::kinesis::list_shards(&client, &stream)
-        .await
-        .unwrap()[0]
-        .shard_id()
-        .to_string();
+    let parent = testkit::create_single_shard_stream(&client, &stream).await;
 
     let reader = ServiceProcess::spawn(
         consumer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[
@@ -227,7 +209,7 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
     );
     let mut producer = ServiceProcess::spawn(
         &producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[
@@ -243,22 +225,8 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
     })
     .await;
     assert!(some, "{}", reader.dump());
-    client
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split(&parent)
-        .new_starting_hash_key((1u128 << 127).to_string())
-        .send()
-        .await
-        .expect("SplitShard");
-    assert_eq!(
-        producer
-            .wait_exit(Duration::from_secs(120))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    testkit::split_in_half(&client, &stream, &parent).await;
+    producer.expect_exit(Duration::from_secs(120), 0);
     let sent: HashSet<String> = field(&producer.events("record sent"), "id")
         .into_iter()
         .collect();
@@ -282,12 +250,6 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
     .await;
     assert!(all, "{}", reader.dump());
     let mut reader = reader;
-    reader.signal("TERM");
-    assert_eq!(
-        reader
-            .wait_exit(Duration::from_secs(5))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    reader.stop();
     assert_eq!(reader.events("record received").len(), 400, "exactly once");
 }

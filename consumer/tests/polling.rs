@@ -18,16 +18,10 @@ fn producer_bin() -> PathBuf {
     testkit::sibling_binary(env!("CARGO_BIN_EXE_consumer"), "producer")
 }
 
-fn env_with(endpoint: &str, stream: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = testkit::service_env(endpoint, stream);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
-
 fn consumer(endpoint: &str, stream: &str) -> ServiceProcess {
     ServiceProcess::spawn(
         consumer_bin(),
-        &env_with(
+        &testkit::env_with(
             endpoint,
             stream,
             &[
@@ -44,9 +38,7 @@ fn ids(process: &ServiceProcess, message: &str) -> Vec<String> {
 
 /// Stops the consumer with SIGTERM, checking it exits 0 within 5 seconds.
 fn stop(mut process: ServiceProcess) -> ServiceProcess {
-    process.signal("TERM");
-    let status = process.wait_exit(Duration::from_secs(5));
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", process.dump());
+    process.stop();
     process
 }
 
@@ -59,20 +51,13 @@ async fn every_message_sent_to_a_two_shard_stream_is_read_exactly_once() {
     let reader = consumer(&emu.endpoint(), &stream);
     let mut producer = ServiceProcess::spawn(
         &producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[("PRODUCER_COUNT", "40"), ("PRODUCER_INTERVAL_MS", "0")],
         ),
     );
-    assert_eq!(
-        producer
-            .wait_exit(Duration::from_secs(60))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    producer.expect_exit(Duration::from_secs(60), 0);
     let sent: HashSet<String> = ids(&producer, "record sent").into_iter().collect();
     assert_eq!(sent.len(), 40);
 
@@ -121,17 +106,12 @@ async fn a_shard_split_mid_run_loses_nothing_and_reads_the_parent_before_its_chi
     let emu = testkit::shared(Kind::KinesisMock);
     let client = emu.kinesis();
     let stream = testkit::unique_name("split");
-    testkit::create_stream(&client, &stream, 1).await;
-    let parent = common::kinesis::list_shards(&client, &stream)
-        .await
-        .unwrap()[0]
-        .shard_id()
-        .to_string();
+    let parent = testkit::create_single_shard_stream(&client, &stream).await;
 
     let reader = consumer(&emu.endpoint(), &stream);
     let mut producer = ServiceProcess::spawn(
         &producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[("PRODUCER_COUNT", "60"), ("PRODUCER_INTERVAL_MS", "50")],
@@ -142,23 +122,9 @@ async fn a_shard_split_mid_run_loses_nothing_and_reads_the_parent_before_its_chi
     })
     .await;
     assert!(some_read, "{}", reader.dump());
-    client
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split(&parent)
-        .new_starting_hash_key((1u128 << 127).to_string())
-        .send()
-        .await
-        .expect("SplitShard");
+    testkit::split_in_half(&client, &stream, &parent).await;
 
-    assert_eq!(
-        producer
-            .wait_exit(Duration::from_secs(90))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    producer.expect_exit(Duration::from_secs(90), 0);
     let sent: HashSet<String> = ids(&producer, "record sent").into_iter().collect();
     assert_eq!(sent.len(), 60);
     let written_to_children = field(&producer.events("record sent"), "shard_id")
@@ -257,7 +223,7 @@ async fn latest_skips_what_was_written_before_the_consumer_started() {
 
     let reader = ServiceProcess::spawn(
         consumer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[
@@ -326,7 +292,7 @@ async fn sigterm_while_waiting_for_the_stream_exits_0_within_5_seconds() {
     let emu = testkit::shared(Kind::KinesisMock);
     let process = ServiceProcess::spawn(
         consumer_bin(),
-        &env_with(&emu.endpoint(), &testkit::unique_name("absent"), &[]),
+        &testkit::env_with(&emu.endpoint(), &testkit::unique_name("absent"), &[]),
     );
     let waiting = testkit::eventually(Duration::from_secs(30), || {
         !process

@@ -11,12 +11,6 @@ fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))
 }
 
-fn env_with(endpoint: &str, stream: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = testkit::service_env(endpoint, stream);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
-
 /// Every (id -> (shard, sequence number)) actually stored in the stream.
 async fn stream_contents(
     client: &aws_sdk_kinesis::Client,
@@ -41,19 +35,13 @@ async fn every_record_reported_sent_is_on_the_stream_with_that_sequence_number()
 
     let mut producer = ServiceProcess::spawn(
         producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[("PRODUCER_COUNT", "30"), ("PRODUCER_INTERVAL_MS", "0")],
         ),
     );
-    let status = producer.wait_exit(Duration::from_secs(60));
-    assert_eq!(
-        status.map(|s| s.code()),
-        Some(Some(0)),
-        "{}",
-        producer.dump()
-    );
+    producer.expect_exit(Duration::from_secs(60), 0);
 
     let sent = producer.events("record sent");
     assert_eq!(sent.len(), 30, "{}", producer.dump());
@@ -79,7 +67,7 @@ async fn fixed_partition_key_puts_every_message_on_one_shard() {
     testkit::create_stream(&client, &stream, 4).await;
     let mut producer = ServiceProcess::spawn(
         producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[
@@ -89,14 +77,7 @@ async fn fixed_partition_key_puts_every_message_on_one_shard() {
             ],
         ),
     );
-    assert_eq!(
-        producer
-            .wait_exit(Duration::from_secs(60))
-            .and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    producer.expect_exit(Duration::from_secs(60), 0);
     let shards: std::collections::HashSet<_> = field(&producer.events("record sent"), "shard_id")
         .into_iter()
         .collect();
@@ -110,21 +91,14 @@ async fn sigterm_stops_the_producer_with_exit_0_within_5_seconds() {
     testkit::create_stream(&emu.kinesis(), &stream, 1).await;
     let mut producer = ServiceProcess::spawn(
         producer_bin(),
-        &env_with(&emu.endpoint(), &stream, &[("PRODUCER_INTERVAL_MS", "50")]),
+        &testkit::env_with(&emu.endpoint(), &stream, &[("PRODUCER_INTERVAL_MS", "50")]),
     );
     let started = testkit::eventually(Duration::from_secs(60), || {
         !producer.events("record sent").is_empty()
     })
     .await;
     assert!(started, "{}", producer.dump());
-    producer.signal("TERM");
-    let status = producer.wait_exit(Duration::from_secs(5));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    producer.stop();
     assert!(
         !producer.events("producer stopped").is_empty(),
         "{}",
@@ -155,7 +129,7 @@ async fn a_stream_that_never_appears_ends_the_producer_with_a_clear_error() {
     let stream = testkit::unique_name("never-created");
     let mut producer = ServiceProcess::spawn(
         producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[("STREAM_WAIT_TIMEOUT_MS", "1500")],
@@ -182,7 +156,7 @@ async fn the_shard_rate_limit_spreads_a_burst_over_time() {
     // 10% of 1,000 records a second: 100 at once, then 100 a second.
     let mut producer = ServiceProcess::spawn(
         producer_bin(),
-        &env_with(
+        &testkit::env_with(
             &emu.endpoint(),
             &stream,
             &[
@@ -192,13 +166,7 @@ async fn the_shard_rate_limit_spreads_a_burst_over_time() {
             ],
         ),
     );
-    let status = producer.wait_exit(Duration::from_secs(60));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        producer.dump()
-    );
+    producer.expect_exit(Duration::from_secs(60), 0);
     let times: Vec<chrono::DateTime<chrono::Utc>> =
         field(&producer.events("record sent"), "timestamp")
             .iter()
