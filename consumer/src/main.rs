@@ -22,7 +22,7 @@ async fn main() -> std::process::ExitCode {
     let cancel = common::shutdown::on_signal();
     let result = async {
         let sdk = common::aws::load().await?;
-        consumer::run(settings, common::aws::kinesis(&sdk), cancel).await
+        consumer::run(settings, &sdk, cancel).await
     }
     .await;
     match result {

@@ -253,3 +253,101 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
     reader.stop();
     assert_eq!(reader.events("record received").len(), 400, "exactly once");
 }
+
+#[tokio::test]
+async fn a_leased_restart_between_aggregates_neither_skips_nor_repeats_user_records() {
+    let kinesis = testkit::shared(Kind::KinesisMock);
+    let dynamo = testkit::shared(Kind::Dynalite);
+    let client = kinesis.kinesis();
+    let stream = testkit::unique_name("agg-restart");
+    testkit::create_stream(&client, &stream, 1).await;
+    let mut env =
+        testkit::service_env_with_dynamo(&kinesis.endpoint(), &dynamo.endpoint(), &stream);
+    env.extend(
+        [
+            ("CONSUMER_MODE", "leased"),
+            ("CONSUMER_APPLICATION_NAME", stream.as_str()),
+            ("CONSUMER_FAILOVER_MS", "3000"),
+            ("CONSUMER_POLL_INTERVAL_MS", "200"),
+            // One Kinesis record (one aggregate) a batch: a checkpoint after every aggregate.
+            ("CONSUMER_MAX_RECORDS", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let produce = |count: &str| {
+        ServiceProcess::spawn(
+            &producer_bin(),
+            &testkit::env_with(
+                &kinesis.endpoint(),
+                &stream,
+                &[
+                    ("PRODUCER_COUNT", count),
+                    ("PRODUCER_INTERVAL_MS", "20"),
+                    ("PRODUCER_MESSAGES_PER_TICK", "10"),
+                    ("PRODUCER_AGGREGATION", "true"),
+                    ("PRODUCER_LINGER_MS", "20"),
+                ],
+            ),
+        )
+    };
+    let mut first_batch = produce("150");
+    first_batch.expect_exit(Duration::from_secs(60), 0);
+
+    let mut first = ServiceProcess::spawn(consumer_bin(), &{
+        let mut e = env.clone();
+        e.push(("CONSUMER_WORKER_ID".into(), "first".into()));
+        e
+    });
+    let some = testkit::eventually(Duration::from_secs(60), || {
+        first.events("record received").len() >= 40
+    })
+    .await;
+    assert!(some, "{}", first.dump());
+    first.stop();
+    let checkpoints = first.events("checkpoint");
+    let last = checkpoints.last().expect("the first worker checkpointed");
+    assert!(
+        last["sub_sequence_number"].as_u64().is_some_and(|s| s > 0),
+        "the checkpoint points inside an aggregate: {last}"
+    );
+
+    let mut second_batch = produce("50");
+    second_batch.expect_exit(Duration::from_secs(60), 0);
+    let sent: HashSet<String> = field(&first_batch.events("record sent"), "id")
+        .into_iter()
+        .chain(field(&second_batch.events("record sent"), "id"))
+        .collect();
+    assert_eq!(sent.len(), 200);
+
+    let mut second = ServiceProcess::spawn(consumer_bin(), &{
+        let mut e = env.clone();
+        e.push(("CONSUMER_WORKER_ID".into(), "second".into()));
+        e
+    });
+    let read_by_first = field(&first.events("record received"), "id");
+    let all = testkit::eventually(Duration::from_secs(60), || {
+        read_by_first.len() + second.events("record received").len() >= 200
+    })
+    .await;
+    assert!(all, "{}", second.dump());
+    second.stop();
+    let read_by_second = field(&second.events("record received"), "id");
+    let mut all_read: Vec<String> = read_by_first
+        .iter()
+        .chain(&read_by_second)
+        .cloned()
+        .collect();
+    all_read.sort();
+    let total = all_read.len();
+    all_read.dedup();
+    assert_eq!(
+        total,
+        all_read.len(),
+        "a user record was read twice across the restart"
+    );
+    assert_eq!(
+        all_read.into_iter().collect::<HashSet<_>>(),
+        sent,
+        "no user record skipped"
+    );
+}

@@ -190,6 +190,15 @@ fn run_local_delivers_every_produced_record_to_the_consumer() {
         received, sent,
         "shard_id / sequence_number differ between producer and consumer"
     );
+    // The compose file runs the consumer in leased mode: it took leases and checkpointed.
+    let consumer_log = read_lines(&run_dir.join("consumer.log"));
+    for event in ["lease acquired", "checkpoint", "lease released"] {
+        assert!(
+            !common::testkit::events(&consumer_log, event).is_empty(),
+            "no `{event}` in the consumer log\n{}",
+            diagnostics(&run_dir)
+        );
+    }
 
     let _ = std::fs::remove_dir_all(&run_dir);
 }

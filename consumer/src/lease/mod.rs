@@ -1,0 +1,69 @@
+//! Leased mode (`CONSUMER_MODE=leased`): any number of consumer processes share a stream's
+//! shards through a DynamoDB lease table in the Java KCL 2.x format, and record their progress
+//! in it, so a restarted or replacement worker resumes where the last one stopped.
+//!
+//! - [`table`]: the lease item format (KCL attribute names) and its conditional writes.
+//! - [`balance`]: which leases to take: expired ones first, then at most one stolen per cycle,
+//!   towards `ceil(leases / live workers)` each.
+//! - [`sync`]: leases for new shards, and when a child shard may start (all parents at
+//!   `SHARD_END`).
+//! - [`processor`]: the library API, a [`RecordProcessor`] per shard and its [`Checkpointer`].
+//! - `held`, `shard`, [`worker`]: renewing, taking and processing.
+//!
+//! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
+//! it were processed; what a worker processed after its last checkpoint is processed again by
+//! the next holder). Every write is conditional on the lease's counter and owner, so two
+//! workers never both hold a shard: a worker whose write fails stops the shard and never
+//! checkpoints it again. Per partition key, records are processed in order, and a child shard's
+//! records after all of its parents' records.
+//!
+//! Timings: a lease expires after `CONSUMER_FAILOVER_MS` (default 10 s) without its counter
+//! moving; leases are renewed, and the table scanned for leases to take, every third of that.
+
+pub mod balance;
+mod held;
+pub mod processor;
+mod shard;
+pub mod sync;
+pub mod table;
+pub mod worker;
+
+pub use processor::{
+    CheckpointError, Checkpointer, InitializationInput, LoggingProcessorFactory,
+    ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
+};
+pub use worker::{Worker, WorkerConfig};
+
+use common::config::ConsumerSettings;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the service's leased consumer (logging each record) until `cancel` fires.
+pub async fn run(
+    settings: &ConsumerSettings,
+    kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let worker_id = settings
+        .lease
+        .worker_id
+        .clone()
+        .unwrap_or_else(default_worker_id);
+    let config = WorkerConfig::from_settings(settings, worker_id);
+    Worker::new(config, kinesis, dynamodb, LoggingProcessorFactory)
+        .run(cancel)
+        .await
+}
+
+/// The host name (the container id under docker) plus a random suffix, so two processes on one
+/// host, or a restarted container, never share an id.
+pub fn default_worker_id() -> String {
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}

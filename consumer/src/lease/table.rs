@@ -1,0 +1,830 @@
+//! The lease table: one DynamoDB item per shard, in the Java KCL 2.x format, so a table written
+//! by a Java KCL application is read here and the other way round.
+//!
+//! | attribute | type | meaning |
+//! |---|---|---|
+//! | `leaseKey` | S | the shard id (hash key) |
+//! | `leaseOwner` | S | the worker holding the lease; absent when nobody does |
+//! | `leaseCounter` | N | bumped by every write; a counter that stops moving means a dead owner |
+//! | `checkpoint` | S | a sequence number, or `TRIM_HORIZON` / `LATEST` / `AT_TIMESTAMP` / `SHARD_END` |
+//! | `checkpointSubSequenceNumber` | N | position inside a KPL-aggregated record |
+//! | `ownerSwitchesSinceCheckpoint` | N | how often the lease changed hands without progress |
+//! | `parentShardId` | SS | parents that must reach `SHARD_END` first (absent when none) |
+//! | `childShardIds` | SS | written with `SHARD_END` |
+//! | `pendingCheckpoint`, `pendingCheckpointSubSequenceNumber` | S, N | the KCL's two-phase checkpoint; read, cleared by a checkpoint |
+//! | `startingHashKey` / `endingHashKey` | S | the shard's hash key range |
+//!
+//! Every change of an existing item is an `UpdateItem` conditional on `leaseCounter` and
+//! `leaseOwner` as last seen, sets the counter one higher, and returns the new item. A write that
+//! fails its condition means somebody else wrote in between ([`WriteError::Conflict`]).
+//! Attributes this module does not know (a newer KCL's) are left alone by these updates.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+use common::kinesis::{error_code, error_text};
+use tokio_util::sync::CancellationToken;
+
+pub const LEASE_KEY: &str = "leaseKey";
+pub const LEASE_OWNER: &str = "leaseOwner";
+pub const LEASE_COUNTER: &str = "leaseCounter";
+pub const CHECKPOINT: &str = "checkpoint";
+pub const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+pub const PARENT_SHARD_IDS: &str = "parentShardId";
+pub const CHILD_SHARD_IDS: &str = "childShardIds";
+pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+pub const PENDING_CHECKPOINT_SUB_SEQUENCE: &str = "pendingCheckpointSubSequenceNumber";
+pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+pub const STARTING_HASH_KEY: &str = "startingHashKey";
+pub const ENDING_HASH_KEY: &str = "endingHashKey";
+
+/// A position in a shard: a Kinesis sequence number and, for a KPL-aggregated record, the index
+/// of the user record inside it (0 for an ordinary record).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExtendedSequenceNumber {
+    pub sequence_number: String,
+    pub sub_sequence_number: i64,
+}
+
+impl ExtendedSequenceNumber {
+    pub fn new(sequence_number: impl Into<String>, sub_sequence_number: i64) -> Self {
+        Self {
+            sequence_number: sequence_number.into(),
+            sub_sequence_number,
+        }
+    }
+}
+
+/// Sequence numbers are decimal integers of up to 128 bits, compared by value.
+pub fn compare_sequence_numbers(a: &str, b: &str) -> Ordering {
+    let a = a.trim_start_matches('0');
+    let b = b.trim_start_matches('0');
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// A sequence number as Kinesis writes them: decimal digits only.
+pub fn is_sequence_number(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Ord for ExtendedSequenceNumber {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_sequence_numbers(&self.sequence_number, &other.sequence_number)
+            .then(self.sub_sequence_number.cmp(&other.sub_sequence_number))
+    }
+}
+
+impl PartialOrd for ExtendedSequenceNumber {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What the `checkpoint` attribute says: a sentinel or how far the shard was processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    TrimHorizon,
+    Latest,
+    AtTimestamp,
+    /// Every record of the shard was processed; its children may start.
+    ShardEnd,
+    /// Records up to and including this position were processed.
+    At(ExtendedSequenceNumber),
+}
+
+impl Checkpoint {
+    pub const TRIM_HORIZON: &'static str = "TRIM_HORIZON";
+    pub const LATEST: &'static str = "LATEST";
+    pub const AT_TIMESTAMP: &'static str = "AT_TIMESTAMP";
+    pub const SHARD_END: &'static str = "SHARD_END";
+
+    /// Reads the `checkpoint` / `checkpointSubSequenceNumber` pair.
+    pub fn parse(value: &str, sub_sequence_number: i64) -> Option<Self> {
+        Some(match value {
+            Self::TRIM_HORIZON => Checkpoint::TrimHorizon,
+            Self::LATEST => Checkpoint::Latest,
+            Self::AT_TIMESTAMP => Checkpoint::AtTimestamp,
+            Self::SHARD_END => Checkpoint::ShardEnd,
+            seq if is_sequence_number(seq) => {
+                Checkpoint::At(ExtendedSequenceNumber::new(seq, sub_sequence_number))
+            }
+            _ => return None,
+        })
+    }
+
+    /// The `checkpoint` attribute's value.
+    pub fn value(&self) -> &str {
+        match self {
+            Checkpoint::TrimHorizon => Self::TRIM_HORIZON,
+            Checkpoint::Latest => Self::LATEST,
+            Checkpoint::AtTimestamp => Self::AT_TIMESTAMP,
+            Checkpoint::ShardEnd => Self::SHARD_END,
+            Checkpoint::At(esn) => &esn.sequence_number,
+        }
+    }
+
+    /// The `checkpointSubSequenceNumber` attribute's value (0 for the sentinels, like the KCL).
+    pub fn sub_sequence_number(&self) -> i64 {
+        match self {
+            Checkpoint::At(esn) => esn.sub_sequence_number,
+            _ => 0,
+        }
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Checkpoint::At(esn) if esn.sub_sequence_number != 0 => {
+                write!(f, "{}/{}", esn.sequence_number, esn.sub_sequence_number)
+            }
+            other => f.write_str(other.value()),
+        }
+    }
+}
+
+/// One lease item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard id.
+    pub key: String,
+    pub owner: Option<String>,
+    pub counter: i64,
+    pub checkpoint: Checkpoint,
+    pub owner_switches_since_checkpoint: i64,
+    pub parent_shard_ids: Vec<String>,
+    pub child_shard_ids: Vec<String>,
+    /// Written by a Java KCL's `prepareCheckpoint`; kept as read, cleared by a checkpoint.
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// `(startingHashKey, endingHashKey)`.
+    pub hash_key_range: Option<(String, String)>,
+}
+
+impl Lease {
+    /// A new, unowned lease for a shard, as shard sync creates it.
+    pub fn new_for_shard(
+        shard_id: impl Into<String>,
+        parent_shard_ids: Vec<String>,
+        hash_key_range: Option<(String, String)>,
+        checkpoint: Checkpoint,
+    ) -> Self {
+        Self {
+            key: shard_id.into(),
+            owner: None,
+            counter: 0,
+            checkpoint,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids,
+            child_shard_ids: Vec::new(),
+            pending_checkpoint: None,
+            hash_key_range,
+        }
+    }
+
+    pub fn is_owned_by(&self, worker_id: &str) -> bool {
+        self.owner.as_deref() == Some(worker_id)
+    }
+
+    /// The whole item, as `PutItem` writes a new lease.
+    pub fn to_item(&self) -> HashMap<String, AttributeValue> {
+        let mut item = HashMap::new();
+        item.insert(LEASE_KEY.into(), s(&self.key));
+        if let Some(owner) = &self.owner {
+            item.insert(LEASE_OWNER.into(), s(owner));
+        }
+        item.insert(LEASE_COUNTER.into(), n(self.counter));
+        item.insert(CHECKPOINT.into(), s(self.checkpoint.value()));
+        item.insert(
+            CHECKPOINT_SUB_SEQUENCE.into(),
+            n(self.checkpoint.sub_sequence_number()),
+        );
+        item.insert(
+            OWNER_SWITCHES.into(),
+            n(self.owner_switches_since_checkpoint),
+        );
+        // DynamoDB refuses empty sets: an absent attribute means "none", as for the KCL.
+        if !self.parent_shard_ids.is_empty() {
+            item.insert(
+                PARENT_SHARD_IDS.into(),
+                AttributeValue::Ss(self.parent_shard_ids.clone()),
+            );
+        }
+        if !self.child_shard_ids.is_empty() {
+            item.insert(
+                CHILD_SHARD_IDS.into(),
+                AttributeValue::Ss(self.child_shard_ids.clone()),
+            );
+        }
+        if let Some(pending) = &self.pending_checkpoint {
+            item.insert(PENDING_CHECKPOINT.into(), s(&pending.sequence_number));
+            item.insert(
+                PENDING_CHECKPOINT_SUB_SEQUENCE.into(),
+                n(pending.sub_sequence_number),
+            );
+        }
+        if let Some((start, end)) = &self.hash_key_range {
+            item.insert(STARTING_HASH_KEY.into(), s(start));
+            item.insert(ENDING_HASH_KEY.into(), s(end));
+        }
+        item
+    }
+
+    /// Reads an item. Optional attributes may be missing (older KCL versions omit some).
+    pub fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Self, LeaseFormatError> {
+        let key = get_s(item, LEASE_KEY)
+            .ok()
+            .flatten()
+            .ok_or(LeaseFormatError::missing(LEASE_KEY))?;
+        let bad = |attribute: &'static str| LeaseFormatError {
+            key: key.clone(),
+            attribute,
+        };
+        let counter = get_n(item, LEASE_COUNTER).map_err(|_| bad(LEASE_COUNTER))?;
+        let sub = get_n(item, CHECKPOINT_SUB_SEQUENCE)
+            .map_err(|_| bad(CHECKPOINT_SUB_SEQUENCE))?
+            .unwrap_or(0);
+        let checkpoint = match get_s(item, CHECKPOINT).map_err(|_| bad(CHECKPOINT))? {
+            Some(value) => Checkpoint::parse(&value, sub).ok_or_else(|| bad(CHECKPOINT))?,
+            // The KCL always writes one; treat a bare item as never processed.
+            None => Checkpoint::TrimHorizon,
+        };
+        let pending = match get_s(item, PENDING_CHECKPOINT).map_err(|_| bad(PENDING_CHECKPOINT))? {
+            Some(seq) if !seq.is_empty() => Some(ExtendedSequenceNumber::new(
+                seq,
+                get_n(item, PENDING_CHECKPOINT_SUB_SEQUENCE)
+                    .map_err(|_| bad(PENDING_CHECKPOINT_SUB_SEQUENCE))?
+                    .unwrap_or(0),
+            )),
+            _ => None,
+        };
+        let range = match (
+            get_s(item, STARTING_HASH_KEY).map_err(|_| bad(STARTING_HASH_KEY))?,
+            get_s(item, ENDING_HASH_KEY).map_err(|_| bad(ENDING_HASH_KEY))?,
+        ) {
+            (Some(start), Some(end)) => Some((start, end)),
+            _ => None,
+        };
+        Ok(Self {
+            owner: get_s(item, LEASE_OWNER)
+                .map_err(|_| bad(LEASE_OWNER))?
+                .filter(|o| !o.is_empty()),
+            counter: counter.unwrap_or(0),
+            checkpoint,
+            owner_switches_since_checkpoint: get_n(item, OWNER_SWITCHES)
+                .map_err(|_| bad(OWNER_SWITCHES))?
+                .unwrap_or(0),
+            parent_shard_ids: get_ss(item, PARENT_SHARD_IDS).map_err(|_| bad(PARENT_SHARD_IDS))?,
+            child_shard_ids: get_ss(item, CHILD_SHARD_IDS).map_err(|_| bad(CHILD_SHARD_IDS))?,
+            pending_checkpoint: pending,
+            hash_key_range: range,
+            key,
+        })
+    }
+}
+
+/// An item that is not a lease this module can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lease item {key:?}: attribute {attribute} is missing or has the wrong type")]
+pub struct LeaseFormatError {
+    pub key: String,
+    pub attribute: &'static str,
+}
+
+impl LeaseFormatError {
+    fn missing(attribute: &'static str) -> Self {
+        Self {
+            key: String::new(),
+            attribute,
+        }
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<String>, ()> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(()),
+    }
+}
+
+fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<i64>, ()> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(v)) => v.trim().parse().map(Some).map_err(|_| ()),
+        Some(_) => Err(()),
+    }
+}
+
+fn get_ss(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Vec<String>, ()> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+        Some(AttributeValue::Ss(v)) => {
+            let mut v = v.clone();
+            v.sort();
+            Ok(v)
+        }
+        Some(_) => Err(()),
+    }
+}
+
+/// Why a conditional write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The item changed since it was read (another worker wrote), or it is gone.
+    #[error("lease {0} was changed by another writer")]
+    Conflict(String),
+    #[error("lease {key}: {message}")]
+    Failed { key: String, message: String },
+}
+
+/// The DynamoDB table holding one application's leases.
+#[derive(Debug, Clone)]
+pub struct LeaseTable {
+    client: Client,
+    name: String,
+}
+
+impl LeaseTable {
+    pub fn new(client: Client, name: impl Into<String>) -> Self {
+        Self {
+            client,
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the table (on-demand capacity, hash key `leaseKey`) unless it exists, and waits
+    /// until it is ACTIVE. Several workers may race to create it: all of them then wait.
+    pub async fn create_if_missing(
+        &self,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut created = false;
+        loop {
+            match self
+                .client
+                .describe_table()
+                .table_name(&self.name)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let status = out.table().and_then(|t| t.table_status());
+                    if matches!(status, Some(TableStatus::Active) | None) {
+                        return Ok(());
+                    }
+                }
+                Err(err) if error_code(&err) == Some("ResourceNotFoundException") && !created => {
+                    self.create().await?;
+                    created = true;
+                    continue;
+                }
+                Err(err) if error_code(&err) == Some("ResourceNotFoundException") => {}
+                Err(err) => anyhow::bail!(
+                    "cannot describe lease table {:?}: {}",
+                    self.name,
+                    error_text(&err)
+                ),
+            }
+            if started.elapsed() >= timeout {
+                anyhow::bail!(
+                    "lease table {:?} did not become ACTIVE within {timeout:?}",
+                    self.name
+                );
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => anyhow::bail!("stop requested while waiting for lease table {:?}", self.name),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    async fn create(&self) -> anyhow::Result<()> {
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.name)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(LEASE_KEY)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(LEASE_KEY)
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(table = %self.name, "lease table created");
+                Ok(())
+            }
+            // Another worker created it first.
+            Err(err) if error_code(&err) == Some("ResourceInUseException") => Ok(()),
+            Err(err) => anyhow::bail!(
+                "cannot create lease table {:?}: {}",
+                self.name,
+                error_text(&err)
+            ),
+        }
+    }
+
+    /// Every lease, read consistently. Items that are not readable leases are skipped with a
+    /// warning rather than stopping the worker.
+    pub async fn list(&self) -> anyhow::Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("scanning lease table {:?}: {}", self.name, error_text(&e))
+                })?;
+            for item in out.items() {
+                match Lease::from_item(item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(err) => {
+                        tracing::warn!(table = %self.name, error = %err, "unreadable lease item skipped")
+                    }
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    /// One lease, read consistently; `None` when there is no such item.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<Lease>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .key(LEASE_KEY, s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading lease {key}: {}", error_text(&e)))?;
+        out.item()
+            .map(Lease::from_item)
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Writes a new lease unless one exists for the shard. Returns whether it was written.
+    pub async fn create_lease(&self, lease: &Lease) -> anyhow::Result<bool> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(lease.to_item()))
+            .condition_expression("attribute_not_exists(#key)")
+            .expression_attribute_names("#key", LEASE_KEY)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if error_code(&err) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(err) => anyhow::bail!("creating lease {}: {}", lease.key, error_text(&err)),
+        }
+    }
+
+    /// Bumps the counter: "still alive".
+    pub async fn renew(&self, lease: &Lease) -> Result<Lease, WriteError> {
+        Update::new(lease).send(self).await
+    }
+
+    /// Makes `worker_id` the owner (of an expired or unowned lease, or one being stolen).
+    pub async fn take(&self, lease: &Lease, worker_id: &str) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.set(LEASE_OWNER, s(worker_id));
+        if lease.owner.as_deref().is_some_and(|o| o != worker_id) {
+            update.set(
+                OWNER_SWITCHES,
+                n(lease.owner_switches_since_checkpoint.saturating_add(1)),
+            );
+        }
+        update.send(self).await
+    }
+
+    /// Records progress; a `ShardEnd` checkpoint also records the children.
+    pub async fn checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        child_shard_ids: &[String],
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.set(CHECKPOINT, s(checkpoint.value()));
+        update.set(CHECKPOINT_SUB_SEQUENCE, n(checkpoint.sub_sequence_number()));
+        update.set(OWNER_SWITCHES, n(0));
+        if !child_shard_ids.is_empty() {
+            let mut children = child_shard_ids.to_vec();
+            children.sort();
+            children.dedup();
+            update.set(CHILD_SHARD_IDS, AttributeValue::Ss(children));
+        }
+        update.remove(PENDING_CHECKPOINT);
+        update.remove(PENDING_CHECKPOINT_SUB_SEQUENCE);
+        update.remove(PENDING_CHECKPOINT_STATE);
+        update.send(self).await
+    }
+
+    /// Gives the lease up: removes the owner so that any worker may take it at once.
+    pub async fn release(&self, lease: &Lease) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.remove(LEASE_OWNER);
+        update.send(self).await
+    }
+}
+
+/// A conditional `UpdateItem` on one lease: the condition is the counter and owner as last
+/// seen, the counter always goes one up.
+struct Update<'a> {
+    lease: &'a Lease,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    sets: Vec<String>,
+    removes: Vec<String>,
+}
+
+impl<'a> Update<'a> {
+    fn new(lease: &'a Lease) -> Self {
+        let mut update = Self {
+            lease,
+            names: HashMap::new(),
+            values: HashMap::new(),
+            sets: Vec::new(),
+            removes: Vec::new(),
+        };
+        update.set(LEASE_COUNTER, n(lease.counter.saturating_add(1)));
+        update
+    }
+
+    fn name(&mut self, attribute: &str) -> String {
+        let alias = format!("#a{}", self.names.len());
+        self.names.insert(alias.clone(), attribute.to_string());
+        alias
+    }
+
+    fn set(&mut self, attribute: &str, value: AttributeValue) {
+        let name = self.name(attribute);
+        let placeholder = format!(":v{}", self.values.len());
+        self.values.insert(placeholder.clone(), value);
+        self.sets.push(format!("{name} = {placeholder}"));
+    }
+
+    fn remove(&mut self, attribute: &str) {
+        let name = self.name(attribute);
+        self.removes.push(name);
+    }
+
+    async fn send(mut self, table: &LeaseTable) -> Result<Lease, WriteError> {
+        let counter = self.name(LEASE_COUNTER);
+        let owner = self.name(LEASE_OWNER);
+        let mut condition = format!("{counter} = :expected_counter");
+        self.values
+            .insert(":expected_counter".into(), n(self.lease.counter));
+        match &self.lease.owner {
+            Some(o) => {
+                condition.push_str(&format!(" AND {owner} = :expected_owner"));
+                self.values.insert(":expected_owner".into(), s(o));
+            }
+            None => condition.push_str(&format!(" AND attribute_not_exists({owner})")),
+        }
+        let mut expression = format!("SET {}", self.sets.join(", "));
+        if !self.removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", self.removes.join(", ")));
+        }
+        let key = self.lease.key.clone();
+        let result = table
+            .client
+            .update_item()
+            .table_name(&table.name)
+            .key(LEASE_KEY, s(&key))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(self.names))
+            .set_expression_attribute_values(Some(self.values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => match out.attributes() {
+                Some(item) => Lease::from_item(item).map_err(|e| WriteError::Failed {
+                    key,
+                    message: e.to_string(),
+                }),
+                None => Err(WriteError::Failed {
+                    key,
+                    message: "UpdateItem returned no attributes".into(),
+                }),
+            },
+            Err(err) if error_code(&err) == Some("ConditionalCheckFailedException") => {
+                Err(WriteError::Conflict(key))
+            }
+            Err(err) => Err(WriteError::Failed {
+                key,
+                message: error_text(&err),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_lease() -> Lease {
+        Lease {
+            key: "shardId-000000000002".into(),
+            owner: Some("worker-a".into()),
+            counter: 42,
+            checkpoint: Checkpoint::At(ExtendedSequenceNumber::new(
+                "49590338271490256608559692538361571095921575989136588898",
+                3,
+            )),
+            owner_switches_since_checkpoint: 1,
+            parent_shard_ids: vec!["shardId-000000000000".into(), "shardId-000000000001".into()],
+            child_shard_ids: vec!["shardId-000000000003".into()],
+            pending_checkpoint: None,
+            hash_key_range: Some(("0".into(), "170141183460469231731687303715884105727".into())),
+        }
+    }
+
+    #[test]
+    fn a_lease_round_trips_with_the_kcl_attribute_names_and_types() {
+        let lease = full_lease();
+        let item = lease.to_item();
+        let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            vec![
+                "checkpoint",
+                "checkpointSubSequenceNumber",
+                "childShardIds",
+                "endingHashKey",
+                "leaseCounter",
+                "leaseKey",
+                "leaseOwner",
+                "ownerSwitchesSinceCheckpoint",
+                "parentShardId",
+                "startingHashKey",
+            ]
+        );
+        assert_eq!(item["leaseKey"], s("shardId-000000000002"));
+        assert_eq!(item["leaseCounter"], AttributeValue::N("42".into()));
+        assert_eq!(
+            item["checkpointSubSequenceNumber"],
+            AttributeValue::N("3".into())
+        );
+        assert!(matches!(item["parentShardId"], AttributeValue::Ss(ref v) if v.len() == 2));
+        assert_eq!(Lease::from_item(&item).unwrap(), lease);
+    }
+
+    #[test]
+    fn empty_sets_and_no_owner_are_absent_attributes() {
+        let lease = Lease::new_for_shard("shardId-1", Vec::new(), None, Checkpoint::TrimHorizon);
+        let item = lease.to_item();
+        assert!(!item.contains_key("leaseOwner"));
+        assert!(!item.contains_key("parentShardId"));
+        assert!(!item.contains_key("childShardIds"));
+        assert_eq!(item["checkpoint"], s("TRIM_HORIZON"));
+        assert_eq!(Lease::from_item(&item).unwrap(), lease);
+    }
+
+    /// An item as the Java KCL 2.x writes it, pending checkpoint included.
+    #[test]
+    fn an_item_written_by_the_java_kcl_is_read() {
+        let item: HashMap<String, AttributeValue> = [
+            ("leaseKey", s("shardId-000000000001")),
+            ("leaseOwner", s("ip-10-0-0-1:6d6e8b3c")),
+            ("leaseCounter", AttributeValue::N("1337".into())),
+            ("checkpoint", s("SHARD_END")),
+            ("checkpointSubSequenceNumber", AttributeValue::N("0".into())),
+            (
+                "ownerSwitchesSinceCheckpoint",
+                AttributeValue::N("0".into()),
+            ),
+            (
+                "parentShardId",
+                AttributeValue::Ss(vec!["shardId-000000000000".into()]),
+            ),
+            (
+                "childShardIds",
+                AttributeValue::Ss(vec![
+                    "shardId-000000000004".into(),
+                    "shardId-000000000003".into(),
+                ]),
+            ),
+            ("pendingCheckpoint", s("4959")),
+            (
+                "pendingCheckpointSubSequenceNumber",
+                AttributeValue::N("2".into()),
+            ),
+            ("startingHashKey", s("0")),
+            ("endingHashKey", s("99")),
+            ("someNewerKclAttribute", AttributeValue::Bool(true)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let lease = Lease::from_item(&item).unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("ip-10-0-0-1:6d6e8b3c"));
+        assert_eq!(lease.counter, 1337);
+        assert_eq!(lease.checkpoint, Checkpoint::ShardEnd);
+        assert_eq!(
+            lease.child_shard_ids,
+            vec!["shardId-000000000003", "shardId-000000000004"]
+        );
+        assert_eq!(
+            lease.pending_checkpoint,
+            Some(ExtendedSequenceNumber::new("4959", 2))
+        );
+        assert_eq!(lease.hash_key_range, Some(("0".into(), "99".into())));
+    }
+
+    #[test]
+    fn a_minimal_item_reads_with_defaults_and_a_bad_one_names_the_attribute() {
+        let item: HashMap<String, AttributeValue> = [("leaseKey".to_string(), s("shardId-9"))]
+            .into_iter()
+            .collect();
+        let lease = Lease::from_item(&item).unwrap();
+        assert_eq!(lease.counter, 0);
+        assert_eq!(lease.owner, None);
+        assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon);
+        let mut bad = item.clone();
+        bad.insert("leaseCounter".into(), s("many"));
+        assert_eq!(
+            Lease::from_item(&bad).unwrap_err().attribute,
+            "leaseCounter"
+        );
+        let mut bad = item;
+        bad.insert("checkpoint".into(), s("BEGINNING"));
+        assert_eq!(Lease::from_item(&bad).unwrap_err().attribute, "checkpoint");
+    }
+
+    #[test]
+    fn checkpoint_sentinels_and_sequence_numbers() {
+        for word in ["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "SHARD_END"] {
+            let cp = Checkpoint::parse(word, 0).unwrap();
+            assert_eq!(cp.value(), word);
+            assert_eq!(cp.sub_sequence_number(), 0);
+        }
+        let cp = Checkpoint::parse("123", 4).unwrap();
+        assert_eq!(cp, Checkpoint::At(ExtendedSequenceNumber::new("123", 4)));
+        assert_eq!(cp.to_string(), "123/4");
+        assert_eq!(Checkpoint::parse("12a", 0), None);
+    }
+
+    #[test]
+    fn sequence_numbers_compare_by_value() {
+        assert_eq!(compare_sequence_numbers("9", "10"), Ordering::Less);
+        assert_eq!(compare_sequence_numbers("0010", "10"), Ordering::Equal);
+        assert_eq!(
+            compare_sequence_numbers(
+                "49590338271490256608559692538361571095921575989136588898",
+                "49590338271490256608559692538361571095921575989136588899"
+            ),
+            Ordering::Less
+        );
+        let a = ExtendedSequenceNumber::new("100", 5);
+        let b = ExtendedSequenceNumber::new("100", 6);
+        let c = ExtendedSequenceNumber::new("101", 0);
+        assert!(a < b && b < c);
+    }
+}

@@ -1,0 +1,494 @@
+//! The worker: one per process. Three loops share the set of held leases:
+//!
+//! - the **renewer** bumps every held lease's counter each renewal interval (failover / 3);
+//! - the **coordinator** (this task) scans the table every renewal interval, and once more
+//!   just after the moment a lease seen would expire, notes which counters moved, and takes
+//!   leases as [`super::balance`] says; it syncs shards to leases at
+//!   start, every `CONSUMER_SHARD_SYNC_MS` and whenever one of its shards ends; it starts a shard
+//!   task for each lease taken and forgets the lease when the task ends;
+//! - one **shard task** per held lease ([`super::shard`]).
+//!
+//! Expiry is local, as in the KCL: a lease is expired when its counter has not changed for the
+//! failover time *as observed by this worker* (no clocks are compared across machines). A lease
+//! seen for the first time gets a full failover time before it counts as expired, unless it has
+//! no owner.
+//!
+//! Stopping (the token passed to [`Worker::run`]): no more taking; each shard task finishes the
+//! batch in hand, checkpoints and ends; then every lease is released (owner removed, condition
+//! on counter and owner) so other workers take them at their next scan. Bounded by
+//! [`SHUTDOWN_BUDGET`], so the process exits within 5 seconds of SIGTERM.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::config::{ConsumerSettings, InitialPosition};
+use futures_util::future::join_all;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::Notify;
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::balance::{self, LeaseView};
+use super::held::HeldLease;
+use super::processor::RecordProcessorFactory;
+use super::shard::{self, ShardContext, ShardOutcome};
+use super::sync::{leases_to_create, ShardInfo};
+use super::table::{Checkpoint, Lease, LeaseTable};
+
+/// Time allowed for shard tasks to finish their batch and for the leases to be released after
+/// a stop request: within the 5 seconds a stopped container gets, with room for the rest.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(3500);
+
+/// How long after a lease's expiry time the extra scan looks, so that it is past, not at, it.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
+
+/// Everything a worker needs to know; see [`WorkerConfig::from_settings`].
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub stream: String,
+    /// The lease table's name.
+    pub application_name: String,
+    pub worker_id: String,
+    pub failover: Duration,
+    pub renew_interval: Duration,
+    pub max_leases_per_worker: Option<usize>,
+    pub shard_sync_interval: Duration,
+    pub initial_position: InitialPosition,
+    pub max_records: i32,
+    pub poll_interval: Duration,
+    /// How long to wait for a new lease table to become ACTIVE.
+    pub table_wait_timeout: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_settings(settings: &ConsumerSettings, worker_id: String) -> Self {
+        Self {
+            stream: settings.shared.stream_name.clone(),
+            application_name: settings.lease.application_name.clone(),
+            worker_id,
+            failover: settings.lease.failover,
+            renew_interval: settings.lease.renew_interval(),
+            max_leases_per_worker: settings.lease.max_leases_per_worker,
+            shard_sync_interval: settings.shard_sync_interval,
+            initial_position: settings.initial_position,
+            max_records: settings.max_records,
+            poll_interval: settings.poll_interval,
+            table_wait_timeout: settings.shared.stream_wait_timeout,
+        }
+    }
+}
+
+type HeldMap = Arc<Mutex<HashMap<String, Arc<HeldLease>>>>;
+
+/// What this worker last saw of a lease, to tell a live owner from a dead one.
+#[derive(Debug, Clone)]
+struct Observation {
+    counter: i64,
+    owner: Option<String>,
+    since: Instant,
+    /// At `SHARD_END`: nobody needs to hold it, its expiry does not matter.
+    ended: bool,
+}
+
+/// A lease-coordinated consumer of one stream.
+pub struct Worker<F: RecordProcessorFactory> {
+    config: WorkerConfig,
+    kinesis: aws_sdk_kinesis::Client,
+    table: LeaseTable,
+    factory: Arc<F>,
+}
+
+impl<F: RecordProcessorFactory> Worker<F> {
+    pub fn new(
+        config: WorkerConfig,
+        kinesis: aws_sdk_kinesis::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        factory: F,
+    ) -> Self {
+        let table = LeaseTable::new(dynamodb, config.application_name.clone());
+        Self {
+            config,
+            kinesis,
+            table,
+            factory: Arc::new(factory),
+        }
+    }
+
+    /// Runs until `cancel` fires, then hands the leases back.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        match self
+            .table
+            .create_if_missing(self.config.table_wait_timeout, &cancel)
+            .await
+        {
+            Ok(()) => {}
+            Err(_) if cancel.is_cancelled() => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        let held: HeldMap = Arc::default();
+        let ctx = Arc::new(ShardContext {
+            kinesis: self.kinesis.clone(),
+            table: self.table.clone(),
+            stream: self.config.stream.clone(),
+            worker_id: self.config.worker_id.clone(),
+            initial_position: self.config.initial_position,
+            max_records: self.config.max_records,
+            poll_interval: self.config.poll_interval,
+            parent_poll: self.config.renew_interval,
+            sync_now: Arc::new(Notify::new()),
+        });
+        let mut coordinator = Coordinator {
+            config: self.config.clone(),
+            table: self.table.clone(),
+            kinesis: self.kinesis.clone(),
+            factory: self.factory.clone(),
+            ctx: ctx.clone(),
+            held: held.clone(),
+            observed: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_shards: HashMap::new(),
+            rng: StdRng::from_entropy(),
+        };
+        tracing::info!(
+            stream = %self.config.stream,
+            table = %self.table.name(),
+            worker_id = %self.config.worker_id,
+            failover_ms = self.config.failover.as_millis() as u64,
+            renew_ms = self.config.renew_interval.as_millis() as u64,
+            mode = "leased",
+            "consumer started"
+        );
+        coordinator.sync_shards().await;
+
+        let renewer_stop = CancellationToken::new();
+        let renewer = tokio::spawn(renew_loop(
+            held.clone(),
+            self.config.renew_interval,
+            renewer_stop.clone(),
+        ));
+
+        let mut take_tick = tokio::time::interval(self.config.renew_interval);
+        take_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sync_tick.tick().await;
+        loop {
+            let next_expiry = coordinator.next_expiry();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = take_tick.tick() => coordinator.take_leases(&cancel).await,
+                // A lease is due to expire: look right then, not up to a scan interval later.
+                _ = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)), if next_expiry.is_some() => {
+                    coordinator.take_leases(&cancel).await;
+                }
+                _ = sync_tick.tick() => coordinator.sync_shards().await,
+                _ = ctx.sync_now.notified() => {
+                    coordinator.sync_shards().await;
+                    // The children just got leases: take them now rather than a tick later.
+                    coordinator.take_leases(&cancel).await;
+                }
+                Some(done) = coordinator.tasks.join_next_with_id(), if !coordinator.tasks.is_empty() => {
+                    coordinator.shard_task_done(done).await;
+                }
+            }
+        }
+
+        coordinator.shutdown().await;
+        renewer_stop.cancel();
+        let _ = renewer.await;
+        tracing::info!(stream = %self.config.stream, worker_id = %self.config.worker_id, "consumer stopped");
+        Ok(())
+    }
+}
+
+/// Renews every held lease each interval, all at once, until `stop`.
+async fn renew_loop(held: HeldMap, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let leases: Vec<Arc<HeldLease>> = snapshot(&held);
+        join_all(leases.iter().map(|lease| lease.renew())).await;
+    }
+}
+
+fn snapshot(held: &HeldMap) -> Vec<Arc<HeldLease>> {
+    held.lock()
+        .map(|h| h.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+struct Coordinator<F: RecordProcessorFactory> {
+    config: WorkerConfig,
+    table: LeaseTable,
+    kinesis: aws_sdk_kinesis::Client,
+    factory: Arc<F>,
+    ctx: Arc<ShardContext>,
+    held: HeldMap,
+    observed: HashMap<String, Observation>,
+    tasks: JoinSet<ShardOutcome>,
+    task_shards: HashMap<Id, String>,
+    rng: StdRng,
+}
+
+impl<F: RecordProcessorFactory> Coordinator<F> {
+    fn me(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    fn held_keys(&self) -> HashSet<String> {
+        self.held
+            .lock()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn forget(&self, shard_id: &str) -> Option<Arc<HeldLease>> {
+        self.held.lock().ok().and_then(|mut h| h.remove(shard_id))
+    }
+
+    /// Records what the scan shows, keeping the time of the last counter (or owner) change.
+    fn observe(&mut self, leases: &[Lease], now: Instant) {
+        let mut next = HashMap::with_capacity(leases.len());
+        for lease in leases {
+            let since = match self.observed.get(&lease.key) {
+                Some(o) if o.counter == lease.counter && o.owner == lease.owner => o.since,
+                _ => now,
+            };
+            next.insert(
+                lease.key.clone(),
+                Observation {
+                    counter: lease.counter,
+                    owner: lease.owner.clone(),
+                    since,
+                    ended: lease.checkpoint == Checkpoint::ShardEnd,
+                },
+            );
+        }
+        self.observed = next;
+    }
+
+    /// When the next lease held by another worker expires if its counter does not move again.
+    fn next_expiry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.observed
+            .values()
+            .filter(|o| o.owner.is_some() && o.owner.as_deref() != Some(self.me()) && !o.ended)
+            .map(|o| o.since + self.config.failover + EXPIRY_MARGIN)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
+        lease.owner.is_none()
+            // Ours in the table but not held here: a previous run with the same worker id.
+            || lease.is_owned_by(self.me())
+            || self
+                .observed
+                .get(&lease.key)
+                .is_some_and(|o| now.duration_since(o.since) > self.config.failover)
+    }
+
+    /// One taking cycle: scan, plan, take.
+    async fn take_leases(&mut self, cancel: &CancellationToken) {
+        let leases = match self.table.list().await {
+            Ok(leases) => leases,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "lease table scan failed, taking nothing this cycle");
+                return;
+            }
+        };
+        let now = Instant::now();
+        self.observe(&leases, now);
+        let held = self.held_keys();
+        let views: Vec<LeaseView> = leases
+            .iter()
+            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .map(|l| {
+                if held.contains(&l.key) {
+                    LeaseView {
+                        key: l.key.clone(),
+                        owner: Some(self.me().to_string()),
+                        expired: false,
+                    }
+                } else {
+                    LeaseView {
+                        key: l.key.clone(),
+                        owner: l.owner.clone(),
+                        expired: self.is_expired(l, now),
+                    }
+                }
+            })
+            .collect();
+        let plan = balance::plan(
+            &views,
+            &self.config.worker_id,
+            self.config.max_leases_per_worker,
+            &mut self.rng,
+        );
+        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        for key in &plan.take {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let Some(lease) = by_key.get(key.as_str()) else {
+                continue;
+            };
+            let sent = Instant::now();
+            match self.table.take(lease, self.me()).await {
+                Ok(taken) => {
+                    tracing::info!(
+                        shard_id = %taken.key,
+                        worker_id = %self.me(),
+                        previous_owner = lease.owner.as_deref().unwrap_or(""),
+                        stolen = plan.stolen_from.is_some(),
+                        checkpoint = %taken.checkpoint,
+                        target_leases = plan.target,
+                        workers = plan.workers,
+                        "lease acquired"
+                    );
+                    self.start_shard(taken, sent, cancel);
+                }
+                Err(err) => {
+                    tracing::debug!(shard_id = %key, error = %err, "lease not taken");
+                }
+            }
+        }
+    }
+
+    fn start_shard(&mut self, lease: Lease, taken_at: Instant, cancel: &CancellationToken) {
+        let shard_id = lease.key.clone();
+        let held = Arc::new(HeldLease::new(
+            lease,
+            self.me(),
+            self.table.clone(),
+            self.config.failover,
+            taken_at,
+        ));
+        if let Ok(mut map) = self.held.lock() {
+            map.insert(shard_id.clone(), held.clone());
+        }
+        let processor = self.factory.create(&shard_id);
+        let handle = self.tasks.spawn(shard::consume(
+            self.ctx.clone(),
+            held,
+            processor,
+            cancel.clone(),
+        ));
+        self.task_shards.insert(handle.id(), shard_id);
+    }
+
+    async fn shard_task_done(&mut self, done: Result<(Id, ShardOutcome), tokio::task::JoinError>) {
+        let (id, outcome) = match done {
+            Ok((id, outcome)) => (id, outcome),
+            Err(join) => {
+                let id = join.id();
+                (
+                    id,
+                    ShardOutcome::Failed(format!("shard task panicked: {join}")),
+                )
+            }
+        };
+        let Some(shard_id) = self.task_shards.remove(&id) else {
+            return;
+        };
+        match outcome {
+            // Kept until shutdown releases every lease at once.
+            ShardOutcome::Stopped => {}
+            ShardOutcome::Lost => {
+                self.forget(&shard_id);
+            }
+            ShardOutcome::Ended => {
+                if let Some(lease) = self.forget(&shard_id) {
+                    lease.release().await;
+                }
+            }
+            ShardOutcome::Failed(reason) => {
+                tracing::error!(shard_id = %shard_id, worker_id = %self.me(), error = %reason, "shard processing failed, releasing its lease");
+                if let Some(lease) = self.forget(&shard_id) {
+                    lease.release().await;
+                }
+            }
+        }
+    }
+
+    /// Creates leases for shards that have none.
+    async fn sync_shards(&mut self) {
+        let shards = match common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
+            Ok(shards) => shards,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "shard sync failed, keeping the current leases");
+                return;
+            }
+        };
+        let existing: HashSet<String> = match self.table.list().await {
+            Ok(leases) => leases.into_iter().map(|l| l.key).collect(),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "shard sync failed, keeping the current leases");
+                return;
+            }
+        };
+        let infos: Vec<ShardInfo> = shards.iter().map(ShardInfo::from_shard).collect();
+        for lease in leases_to_create(&infos, &existing, self.config.initial_position) {
+            match self.table.create_lease(&lease).await {
+                Ok(true) => {
+                    tracing::info!(shard_id = %lease.key, checkpoint = %lease.checkpoint, parents = ?lease.parent_shard_ids, "lease created")
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    // Children must not get a lease before their parents: stop this pass.
+                    tracing::warn!(error = %format!("{err:#}"), "lease creation failed, retrying at the next shard sync");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Lets every shard task finish its batch, then releases every lease, within the budget.
+    async fn shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        let release_reserve = Duration::from_millis(1000);
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(
+                deadline - release_reserve,
+                self.tasks.join_next_with_id(),
+            )
+            .await
+            {
+                Ok(Some(done)) => self.shard_task_done(done).await,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        shards = self.tasks.len(),
+                        "shard tasks did not finish in time, abandoning their batches"
+                    );
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let leases: Vec<Arc<HeldLease>> = self
+            .held
+            .lock()
+            .map(|mut h| h.drain().map(|(_, l)| l).collect())
+            .unwrap_or_default();
+        let released = tokio::time::timeout_at(
+            deadline,
+            join_all(leases.iter().map(|lease| lease.release())),
+        )
+        .await;
+        if released.is_err() {
+            tracing::warn!("releasing leases timed out; they will expire instead");
+        }
+    }
+}
