@@ -69,7 +69,11 @@ class Emulator:
     def __init__(self, kind):
         self.port = free_port()
         env = dict(os.environ)
-        if kind == "kinesalite":
+        if kind == "dynalite":
+            cmd = ["node", os.path.join(MODULES, "dynalite", "cli.js"), "--port", str(self.port),
+                   "--createTableMs", "0"]
+            health = f"http://127.0.0.1:{self.port}/"
+        elif kind == "kinesalite":
             cmd = ["node", os.path.join(MODULES, "kinesalite", "cli.js"), "--port", str(self.port),
                    "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0"]
             health = f"http://127.0.0.1:{self.port}/"
@@ -148,15 +152,23 @@ def parse_time(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def end_to_end(rate, seconds, aggregated):
+def end_to_end(rate, seconds, aggregated, leased):
     emu = Emulator("kinesis-mock")
+    dynamo = Emulator("dynalite") if leased else None
     try:
         stream = emu.create_stream(2)
         base = {**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL": emu.endpoint, "STREAM_NAME": stream,
                 "LOG_FORMAT": "json", "RUST_LOG": "info"}
-        log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        consumer = subprocess.Popen([os.path.join(RELEASE, "consumer")], env={**base, "CONSUMER_POLL_INTERVAL_MS": "200"},
-                                    stdout=log, stderr=subprocess.DEVNULL)
+        if dynamo:
+            base.update(AWS_ENDPOINT_URL_DYNAMODB=dynamo.endpoint, CONSUMER_MODE="leased",
+                        CONSUMER_APPLICATION_NAME=stream)
+        log_path = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
+        # The consumer appends to its own descriptor; this script reads through a separate one
+        # (seeking a shared descriptor would move the writer's offset too).
+        with open(log_path, "a") as sink:
+            consumer = subprocess.Popen([os.path.join(RELEASE, "consumer")],
+                                        env={**base, "CONSUMER_POLL_INTERVAL_MS": "200"},
+                                        stdout=sink, stderr=subprocess.DEVNULL)
         per_tick = max(1, rate // 20)
         count = rate * seconds
         env = {**base, "PRODUCER_INTERVAL_MS": "50", "PRODUCER_MESSAGES_PER_TICK": str(per_tick),
@@ -168,9 +180,10 @@ def end_to_end(rate, seconds, aggregated):
         latencies = []
         deadline = time.time() + 120
         while time.time() < deadline:
-            log.seek(0)
             latencies = []
-            for line in log:
+            with open(log_path) as log:
+                lines = log.readlines()
+            for line in lines:
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -183,11 +196,14 @@ def end_to_end(rate, seconds, aggregated):
         consumer.send_signal(signal.SIGTERM)
         _, _, usage = os.wait4(consumer.pid, 0)
         latencies.sort()
+        os.unlink(log_path)
         return {"aggregated": aggregated, "rate": rate, "count": count, "received": len(latencies),
                 "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
                 "producer_rss_mib": producer_rss, "consumer_rss_mib": usage.ru_maxrss / 1024}
     finally:
         emu.stop()
+        if dynamo:
+            dynamo.stop()
 
 
 def main():
@@ -225,11 +241,11 @@ def main():
         print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / best_peer:.1f}x |")
 
     print(f"\n### End to end (kinesis-mock, {args.latency_rate} msg/s for {args.latency_seconds} s, consumer polling every 200 ms)\n")
-    print("| aggregation | received / sent | latency p50 ms | latency p99 ms | producer peak RSS MiB | consumer peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for aggregated in (True, False):
-        e = end_to_end(args.latency_rate, args.latency_seconds, aggregated)
-        print(f"| {'on' if aggregated else 'off'} | {e['received']:,} / {e['count']:,} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['producer_rss_mib']:.1f} | {e['consumer_rss_mib']:.1f} |")
+    print("| consumer mode | aggregation | received / sent | latency p50 ms | latency p99 ms | producer peak RSS MiB | consumer peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for leased, aggregated in ((False, True), (False, False), (True, True)):
+        e = end_to_end(args.latency_rate, args.latency_seconds, aggregated, leased)
+        print(f"| {'leased' if leased else 'polling'} | {'on' if aggregated else 'off'} | {e['received']:,} / {e['count']:,} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['producer_rss_mib']:.1f} | {e['consumer_rss_mib']:.1f} |")
 
 
 if __name__ == "__main__":
