@@ -5,17 +5,14 @@
 //! `AWS_ENDPOINT_URL` or the per-service `AWS_ENDPOINT_URL_KINESIS`/`_DYNAMODB`. Unset the
 //! endpoint variables and the same binary talks to real AWS.
 
-use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
 /// Loads the shared SDK configuration, failing with one line when no region is configured.
 pub async fn load() -> anyhow::Result<SdkConfig> {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        // Whole-call throttling and transient errors are retried by the SDK with backoff;
-        // our own loops add retries on top only where the SDK cannot (partial PutRecords).
-        .retry_config(RetryConfig::standard().with_max_attempts(5))
-        .load()
-        .await;
+    // Whole-call throttling and transient errors are retried by the SDK (standard mode, 3
+    // attempts, tunable with AWS_MAX_ATTEMPTS / AWS_RETRY_MODE); the services' own loops retry
+    // on top of that, and where the SDK cannot (the failed entries of a partial PutRecords).
+    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
     if config.region().is_none() {
         anyhow::bail!(
             "no AWS region configured: set AWS_REGION (for example AWS_REGION=us-east-1) or a profile with a region"

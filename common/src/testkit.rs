@@ -68,9 +68,14 @@ pub struct Emulator {
 
 impl Emulator {
     pub fn start(kind: Kind) -> Self {
+        Self::start_on(kind, free_port(), &[])
+    }
+
+    /// Starts the emulator on `port` with extra environment (kinesis-mock reads its settings,
+    /// such as `INITIALIZE_STREAMS`, from there).
+    pub fn start_on(kind: Kind, port: u16, extra_env: &[(&str, &str)]) -> Self {
         let modules = emulators_dir();
-        let port = free_port();
-        let cmd = match kind {
+        let mut cmd = match kind {
             Kind::KinesisMock => {
                 let pkg = modules.join("kinesis-local");
                 let mut c = Command::new("node");
@@ -123,6 +128,7 @@ impl Emulator {
                 c
             }
         };
+        cmd.envs(extra_env.iter().copied());
         // Run node under a small shell that kills it when our end of its stdin closes: that
         // happens when the guard drops, and also when the test process dies in any way, so no
         // emulator outlives the tests (the shared ones are never dropped).
@@ -139,7 +145,9 @@ impl Emulator {
             .collect();
         let child = Command::new("sh")
             .arg("-c")
-            .arg(r#""$@" & child=$!; read -r _ignored; kill "$child" 2>/dev/null; wait "$child""#)
+            .arg(
+                r#""$@" & child=$!; read -r _ignored; kill -9 "$child" 2>/dev/null; wait "$child""#,
+            )
             .arg("sh")
             .arg(program)
             .args(args)
@@ -540,7 +548,8 @@ pub async fn read_stream(
                     .iter()
                     .map(|r| (shard.shard_id().to_string(), r.clone())),
             );
-            if out.records().is_empty() {
+            // An empty answer is not the end while the shard reports records behind it.
+            if out.records().is_empty() && out.millis_behind_latest().unwrap_or(0) == 0 {
                 break;
             }
             iterator = out.next_shard_iterator().map(str::to_string);

@@ -182,3 +182,75 @@ async fn the_shard_rate_limit_spreads_a_burst_over_time() {
         (last - first).num_milliseconds()
     );
 }
+
+#[tokio::test]
+async fn records_handed_over_while_kinesis_is_down_are_retried_until_it_is_back() {
+    let stream = testkit::unique_name("producer-outage");
+    let port = testkit::free_port();
+    let streams = format!("{stream}:1");
+    let first =
+        testkit::Emulator::start_on(Kind::KinesisMock, port, &[("INITIALIZE_STREAMS", &streams)]);
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &testkit::env_with(
+            &first.endpoint(),
+            &stream,
+            &[
+                ("PRODUCER_COUNT", "60"),
+                ("PRODUCER_INTERVAL_MS", "100"),
+                ("PRODUCER_RECORD_TTL_MS", "60000"),
+                // No SDK-level retries: the producer's own retry loop must carry the outage.
+                ("AWS_MAX_ATTEMPTS", "1"),
+            ],
+        ),
+    );
+    let sending = testkit::eventually(Duration::from_secs(60), || {
+        producer.events("record sent").len() >= 5
+    })
+    .await;
+    assert!(sending, "{}", producer.dump());
+
+    // Kinesis goes away (connections refused) for a few seconds, then comes back on the same
+    // endpoint with the stream in place. Records handed over meanwhile must be retried, not
+    // failed: with PRODUCER_COUNT the producer exits 0 only if all 60 were acknowledged.
+    drop(first);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second =
+        testkit::Emulator::start_on(Kind::KinesisMock, port, &[("INITIALIZE_STREAMS", &streams)]);
+
+    producer.expect_exit(Duration::from_secs(90), 0);
+    let sent = producer.events("record sent");
+    assert_eq!(sent.len(), 60, "{}", producer.dump());
+    assert!(
+        producer.events("record not sent").is_empty(),
+        "{}",
+        producer.dump()
+    );
+    let retried = sent
+        .iter()
+        .filter(|e| e["attempts"].as_u64() > Some(1))
+        .count();
+    assert!(
+        retried > 0,
+        "no record needed a second PutRecords: {}",
+        producer.dump()
+    );
+    assert!(!producer.events("PutRecords failed, will retry").is_empty());
+    // The records the new emulator holds (all but the few acknowledged before the outage) are
+    // the ones reported sent, with the same sequence numbers.
+    let stored = stream_contents(&second.kinesis(), &stream).await;
+    assert!(
+        stored.len() >= 40,
+        "only {} records reached the new emulator\n{}",
+        stored.len(),
+        producer.dump()
+    );
+    for (id, (shard, seq)) in &stored {
+        let event = sent
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} is on the stream but was never reported sent"));
+        assert_eq!(event["shard_id"].as_str(), Some(shard.as_str()));
+        assert_eq!(event["sequence_number"].as_str(), Some(seq.as_str()));
+    }
+}
