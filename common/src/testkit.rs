@@ -3,6 +3,7 @@
 //! whose log lines the tests read. Everything started here is killed when its guard drops, also
 //! when a test panics.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -415,6 +416,43 @@ impl ServiceProcess {
     /// The JSON log events (one object a line) whose `message` is `message`, in order.
     pub fn events(&self, message: &str) -> Vec<Value> {
         events(&self.lines(), message)
+    }
+
+    /// The distinct values of `field` over the events whose `message` is `message`.
+    pub fn field_set(&self, message: &str, field_name: &str) -> HashSet<String> {
+        field(&self.events(message), field_name)
+            .into_iter()
+            .collect()
+    }
+
+    /// Waits until the ids logged as `record received` are exactly `expected`.
+    pub async fn wait_until_received(&self, expected: &HashSet<String>, limit: Duration) -> bool {
+        eventually(limit, || {
+            self.field_set("record received", "id") == *expected
+        })
+        .await
+    }
+
+    /// The shards a leased-mode consumer believes it holds, from its log: acquired and not
+    /// since lost or released.
+    pub fn held_leases(&self) -> HashSet<String> {
+        let mut held = HashSet::new();
+        for line in self.lines() {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let shard = event["shard_id"].as_str().unwrap_or_default().to_string();
+            match event["message"].as_str() {
+                Some("lease acquired") => {
+                    held.insert(shard);
+                }
+                Some("lease lost" | "lease released") => {
+                    held.remove(&shard);
+                }
+                _ => {}
+            }
+        }
+        held
     }
 
     /// Sends a signal (`TERM`, `INT`, `KILL`) with the system's `kill` command.

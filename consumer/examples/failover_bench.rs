@@ -79,23 +79,6 @@ fn at(event: &Value) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn held_per_log(p: &ServiceProcess) -> HashSet<String> {
-    let mut held = HashSet::new();
-    for e in json_lines(p) {
-        let shard = e["shard_id"].as_str().unwrap_or_default().to_string();
-        match e["message"].as_str() {
-            Some("lease acquired") => {
-                held.insert(shard);
-            }
-            Some("lease lost" | "lease released") => {
-                held.remove(&shard);
-            }
-            _ => {}
-        }
-    }
-    held
-}
-
 async fn owners(
     dynamo: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -170,10 +153,7 @@ async fn one_run(
                     .collect()
             };
             let (v, s) = (of("victim"), of("survivor"));
-            v.len() == 2
-                && s.len() == 2
-                && held_per_log(&victim) == v
-                && held_per_log(&survivor) == s
+            v.len() == 2 && s.len() == 2 && victim.held_leases() == v && survivor.held_leases() == s
         },
     )
     .await;

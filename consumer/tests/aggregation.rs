@@ -241,13 +241,9 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
         "after the split the producer wrote to both children"
     );
 
-    let all = testkit::eventually(Duration::from_secs(60), || {
-        field(&reader.events("record received"), "id")
-            .into_iter()
-            .collect::<HashSet<_>>()
-            == sent
-    })
-    .await;
+    let all = reader
+        .wait_until_received(&sent, Duration::from_secs(60))
+        .await;
     assert!(all, "{}", reader.dump());
     let mut reader = reader;
     reader.stop();

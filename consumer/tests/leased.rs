@@ -144,27 +144,6 @@ fn load(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
     load
 }
 
-/// The shards `process` believes it holds, from its log: acquired and not since lost or released.
-fn held_per_log(process: &ServiceProcess) -> HashSet<String> {
-    let mut held = HashSet::new();
-    for line in process.lines() {
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        let shard = event["shard_id"].as_str().unwrap_or_default().to_string();
-        match event["message"].as_str() {
-            Some("lease acquired") => {
-                held.insert(shard);
-            }
-            Some("lease lost" | "lease released") => {
-                held.remove(&shard);
-            }
-            _ => {}
-        }
-    }
-    held
-}
-
 /// Waits until the two workers hold two leases each, and each knows exactly which: a worker
 /// that had a lease stolen has noticed. Then no steal is pending, and records produced from now
 /// on are not repeated by balancing.
@@ -179,7 +158,7 @@ async fn settle_two_by_two(setup: &Setup, a: (&str, &ServiceProcess), b: (&str, 
                 .collect()
         };
         let (sa, sb) = (of(a.0), of(b.0));
-        sa.len() == 2 && sb.len() == 2 && held_per_log(a.1) == sa && held_per_log(b.1) == sb
+        sa.len() == 2 && sb.len() == 2 && a.1.held_leases() == sa && b.1.held_leases() == sb
     })
     .await;
     assert!(

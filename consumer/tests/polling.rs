@@ -61,13 +61,9 @@ async fn every_message_sent_to_a_two_shard_stream_is_read_exactly_once() {
     let sent: HashSet<String> = ids(&producer, "record sent").into_iter().collect();
     assert_eq!(sent.len(), 40);
 
-    let all_read = testkit::eventually(Duration::from_secs(60), || {
-        ids(&reader, "record received")
-            .into_iter()
-            .collect::<HashSet<_>>()
-            == sent
-    })
-    .await;
+    let all_read = reader
+        .wait_until_received(&sent, Duration::from_secs(60))
+        .await;
     assert!(all_read, "{}", reader.dump());
     let reader = stop(reader);
     let received = ids(&reader, "record received");
@@ -136,13 +132,9 @@ async fn a_shard_split_mid_run_loses_nothing_and_reads_the_parent_before_its_chi
         "the producer wrote to the children after the split"
     );
 
-    let all_read = testkit::eventually(Duration::from_secs(60), || {
-        ids(&reader, "record received")
-            .into_iter()
-            .collect::<HashSet<_>>()
-            == sent
-    })
-    .await;
+    let all_read = reader
+        .wait_until_received(&sent, Duration::from_secs(60))
+        .await;
     assert!(all_read, "{}", reader.dump());
     let reader = stop(reader);
     let events = reader.events("record received");
