@@ -103,6 +103,22 @@ pub async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<Sh
     }
 }
 
+/// Whether the shard still takes writes (it has no ending sequence number).
+pub fn is_open(shard: &Shard) -> bool {
+    shard
+        .sequence_number_range()
+        .is_none_or(|r| r.ending_sequence_number().is_none())
+}
+
+/// The shard's inclusive hash key range as numbers.
+pub fn hash_range(shard: &Shard) -> Option<(u128, u128)> {
+    let range = shard.hash_key_range()?;
+    Some((
+        range.starting_hash_key().parse().ok()?,
+        range.ending_hash_key().parse().ok()?,
+    ))
+}
+
 /// The service error code, if the call reached the service.
 pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     match err {

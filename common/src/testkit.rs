@@ -326,6 +326,23 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         .expect("stream becomes ACTIVE");
 }
 
+/// Puts one record with `PutRecord`, as a client other than the producer would.
+pub async fn put_record(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    partition_key: &str,
+    data: impl Into<Vec<u8>>,
+) -> aws_sdk_kinesis::operation::put_record::PutRecordOutput {
+    client
+        .put_record()
+        .stream_name(stream)
+        .partition_key(partition_key)
+        .data(aws_sdk_kinesis::primitives::Blob::new(data))
+        .send()
+        .await
+        .expect("PutRecord")
+}
+
 /// Creates a one-shard stream and returns the id of its shard.
 pub async fn create_single_shard_stream(client: &aws_sdk_kinesis::Client, name: &str) -> String {
     create_stream(client, name, 1).await;

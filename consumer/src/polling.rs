@@ -93,13 +93,7 @@ impl ShardGraph {
 /// Records each shard's inclusive hash key range, to flag user records that hash outside it.
 fn remember_ranges(ranges: &mut HashMap<String, (u128, u128)>, shards: &[Shard]) {
     for shard in shards {
-        let parsed = shard.hash_key_range().and_then(|r| {
-            Some((
-                r.starting_hash_key().parse().ok()?,
-                r.ending_hash_key().parse().ok()?,
-            ))
-        });
-        if let Some(range) = parsed {
+        if let Some(range) = common::kinesis::hash_range(shard) {
             ranges.insert(shard.shard_id().to_string(), range);
         }
     }
@@ -121,10 +115,7 @@ fn first_listing(shards: &[Shard], position: InitialPosition) -> Vec<(String, Ve
         .iter()
         .filter_map(|shard| match position {
             InitialPosition::Latest => {
-                let open = shard
-                    .sequence_number_range()
-                    .is_none_or(|r| r.ending_sequence_number().is_none());
-                open.then(|| (shard.shard_id().to_string(), Vec::new()))
+                common::kinesis::is_open(shard).then(|| (shard.shard_id().to_string(), Vec::new()))
             }
             _ => Some(parents_of(shard)),
         })

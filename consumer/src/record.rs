@@ -46,41 +46,39 @@ pub fn user_records(record: &Record) -> Vec<UserRecord> {
     }
 }
 
-/// Logs every user record of `record` (see [`log_user_record`]); returns how many were valid.
-pub fn log_record(shard_id: &str, record: &Record) -> usize {
-    log_record_in_range(shard_id, None, record)
-}
-
-/// Like [`log_record`], warning about user records whose hash key is outside `hash_range`
-/// (the shard's inclusive starting and ending hash keys), which are delivered all the same.
+/// Logs every user record of `record` (see [`log_user_record`]), warning about aggregated ones
+/// whose hash key is outside `hash_range` (see [`warn_if_outside_range`]); returns how many were
+/// valid.
 pub fn log_record_in_range(
     shard_id: &str,
     hash_range: Option<(u128, u128)>,
     record: &Record,
 ) -> usize {
-    let users = user_records(record);
-    let aggregated = users
-        .first()
-        .is_some_and(|u| u.sub_sequence_number.is_some());
-    users
+    user_records(record)
         .iter()
         .filter(|user| {
-            if let (true, Some((start, end))) = (aggregated, hash_range) {
-                let hash =
-                    kpl::effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref());
-                if hash < start || hash > end {
-                    tracing::warn!(
-                        shard_id = %shard_id,
-                        sequence_number = %user.sequence_number,
-                        sub_sequence_number = user.sub_sequence_number,
-                        partition_key = %user.partition_key,
-                        "user record hashes outside its shard's range; delivered anyway"
-                    );
-                }
-            }
+            warn_if_outside_range(shard_id, hash_range, user);
             log_user_record(shard_id, user)
         })
         .count()
+}
+
+/// Warns about an aggregated user record whose hash key is outside the shard's inclusive
+/// `hash_range`. It is delivered all the same (the Java KCL drops the whole aggregate).
+pub fn warn_if_outside_range(shard_id: &str, hash_range: Option<(u128, u128)>, user: &UserRecord) {
+    let (Some((start, end)), Some(_)) = (hash_range, user.sub_sequence_number) else {
+        return;
+    };
+    let hash = kpl::effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref());
+    if hash < start || hash > end {
+        tracing::warn!(
+            shard_id = %shard_id,
+            sequence_number = %user.sequence_number,
+            sub_sequence_number = user.sub_sequence_number,
+            partition_key = %user.partition_key,
+            "user record hashes outside its shard's range; delivered anyway"
+        );
+    }
 }
 
 /// Logs one user record as `record received`, or as a `malformed record skipped` warning naming

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_kinesis::primitives::Blob;
 use common::message::DataMessage;
 use common::testkit::{self, field, Kind, ServiceProcess};
 use serde_json::{json, Value};
@@ -77,14 +76,13 @@ async fn records_aggregated_by_the_official_library_are_read_one_by_one() {
     let aggregated = official("aggregate", &Value::from(input));
     let data = unb64(aggregated["data"].as_str().unwrap());
     assert!(data.starts_with(&common::kpl::MAGIC));
-    let put = client
-        .put_record()
-        .stream_name(&stream)
-        .partition_key(aggregated["partitionKey"].as_str().unwrap())
-        .data(Blob::new(data))
-        .send()
-        .await
-        .unwrap();
+    let put = testkit::put_record(
+        &client,
+        &stream,
+        aggregated["partitionKey"].as_str().unwrap(),
+        data,
+    )
+    .await;
 
     let reader = ServiceProcess::spawn(
         consumer_bin(),

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kinesis::primitives::Blob;
 use common::message::DataMessage;
 use common::testkit::{self, field, Kind, ServiceProcess};
 use serde_json::Value;
@@ -115,15 +114,13 @@ impl Setup {
 
     async fn put(&self, partition_key: &str) -> (String, String, String) {
         let message = DataMessage::new();
-        let out = self
-            .kinesis
-            .put_record()
-            .stream_name(&self.stream)
-            .partition_key(partition_key)
-            .data(Blob::new(message.to_json()))
-            .send()
-            .await
-            .expect("PutRecord");
+        let out = testkit::put_record(
+            &self.kinesis,
+            &self.stream,
+            partition_key,
+            message.to_json(),
+        )
+        .await;
         (
             message.id.to_string(),
             out.shard_id().to_string(),

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_kinesis::primitives::Blob;
 use common::testkit::{self, field, Kind, ServiceProcess};
 
 fn consumer_bin() -> &'static Path {
@@ -161,23 +160,9 @@ async fn a_malformed_record_is_skipped_with_a_warning_and_later_records_still_ar
     let client = emu.kinesis();
     let stream = testkit::unique_name("malformed");
     testkit::create_stream(&client, &stream, 1).await;
-    let bad = client
-        .put_record()
-        .stream_name(&stream)
-        .partition_key("k")
-        .data(Blob::new(b"this is not json".to_vec()))
-        .send()
-        .await
-        .unwrap();
+    let bad = testkit::put_record(&client, &stream, "k", b"this is not json".to_vec()).await;
     let good_message = common::message::DataMessage::new();
-    client
-        .put_record()
-        .stream_name(&stream)
-        .partition_key("k")
-        .data(Blob::new(good_message.to_json()))
-        .send()
-        .await
-        .unwrap();
+    testkit::put_record(&client, &stream, "k", good_message.to_json()).await;
 
     let reader = consumer(&emu.endpoint(), &stream);
     let good_id = good_message.id.to_string();
@@ -204,14 +189,7 @@ async fn latest_skips_what_was_written_before_the_consumer_started() {
     let stream = testkit::unique_name("latest");
     testkit::create_stream(&client, &stream, 1).await;
     let old = common::message::DataMessage::new();
-    client
-        .put_record()
-        .stream_name(&stream)
-        .partition_key("k")
-        .data(Blob::new(old.to_json()))
-        .send()
-        .await
-        .unwrap();
+    testkit::put_record(&client, &stream, "k", old.to_json()).await;
 
     let reader = ServiceProcess::spawn(
         consumer_bin(),
@@ -235,14 +213,7 @@ async fn latest_skips_what_was_written_before_the_consumer_started() {
         // Keep writing the same message until it shows up: LATEST starts wherever the iterator
         // was taken, which the test cannot observe directly.
         for _ in 0..100 {
-            client
-                .put_record()
-                .stream_name(&stream)
-                .partition_key("k")
-                .data(Blob::new(new.to_json()))
-                .send()
-                .await
-                .unwrap();
+            testkit::put_record(&client, &stream, "k", new.to_json()).await;
             if testkit::eventually(Duration::from_secs(1), || {
                 ids(&reader, "record received").contains(&new_id)
             })

@@ -725,17 +725,10 @@ impl ShardMap {
     pub fn from_shards(shards: &[aws_sdk_kinesis::types::Shard]) -> Self {
         let mut ranges: Vec<(u128, u128, String)> = shards
             .iter()
-            .filter(|s| {
-                s.sequence_number_range()
-                    .is_none_or(|r| r.ending_sequence_number().is_none())
-            })
+            .filter(|s| common::kinesis::is_open(s))
             .filter_map(|s| {
-                let range = s.hash_key_range()?;
-                Some((
-                    range.starting_hash_key().parse().ok()?,
-                    range.ending_hash_key().parse().ok()?,
-                    s.shard_id().to_string(),
-                ))
+                let (start, end) = common::kinesis::hash_range(s)?;
+                Some((start, end, s.shard_id().to_string()))
             })
             .collect();
         ranges.sort();

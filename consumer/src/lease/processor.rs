@@ -258,7 +258,7 @@ impl RecordProcessor for LoggingProcessor {
                 if self.resume_after.as_ref().is_some_and(|r| position <= *r) {
                     continue;
                 }
-                self.warn_if_outside_shard(&user);
+                crate::record::warn_if_outside_range(&self.shard_id, self.hash_range, &user);
                 crate::record::log_user_record(&self.shard_id, &user);
                 last = Some(position);
             }
@@ -290,26 +290,5 @@ impl RecordProcessor for LoggingProcessor {
     async fn shutdown_requested(&mut self, _checkpointer: &Checkpointer) -> anyhow::Result<()> {
         // Every batch was checkpointed as it was processed.
         Ok(())
-    }
-}
-
-impl LoggingProcessor {
-    /// Like the polling consumer: a user record outside the shard's hash range is delivered
-    /// anyway, with a warning (the Java KCL drops it).
-    fn warn_if_outside_shard(&self, user: &crate::record::UserRecord) {
-        let (Some((start, end)), Some(_)) = (self.hash_range, user.sub_sequence_number) else {
-            return;
-        };
-        let hash =
-            common::kpl::effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref());
-        if hash < start || hash > end {
-            tracing::warn!(
-                shard_id = %self.shard_id,
-                sequence_number = %user.sequence_number,
-                sub_sequence_number = user.sub_sequence_number,
-                partition_key = %user.partition_key,
-                "user record hashes outside its shard's range; delivered anyway"
-            );
-        }
     }
 }

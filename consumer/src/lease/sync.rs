@@ -41,9 +41,7 @@ impl ShardInfo {
                 .flatten()
                 .map(str::to_string)
                 .collect(),
-            open: shard
-                .sequence_number_range()
-                .is_none_or(|r| r.ending_sequence_number().is_none()),
+            open: common::kinesis::is_open(shard),
             hash_key_range: shard.hash_key_range().map(|r| {
                 (
                     r.starting_hash_key().to_string(),
