@@ -47,6 +47,26 @@ pub const STREAM_WAIT_TIMEOUT_MS: VarSpec = var(
     "a whole number of milliseconds, 1 or more",
 );
 pub const LOG_FORMAT: VarSpec = var("LOG_FORMAT", Some("text"), "`text` or `json`");
+pub const KINESIS_ATTEMPT_TIMEOUT_MS: VarSpec = var(
+    "KINESIS_ATTEMPT_TIMEOUT_MS",
+    Some("5000"),
+    "a whole number of milliseconds from 100 to 600000",
+);
+pub const KINESIS_CALL_TIMEOUT_MS: VarSpec = var(
+    "KINESIS_CALL_TIMEOUT_MS",
+    Some("10000"),
+    "a whole number of milliseconds from 100 to 600000",
+);
+pub const DYNAMODB_ATTEMPT_TIMEOUT_MS: VarSpec = var(
+    "DYNAMODB_ATTEMPT_TIMEOUT_MS",
+    Some("1000"),
+    "a whole number of milliseconds from 100 to 600000",
+);
+pub const DYNAMODB_CALL_TIMEOUT_MS: VarSpec = var(
+    "DYNAMODB_CALL_TIMEOUT_MS",
+    Some("2500"),
+    "a whole number of milliseconds from 100 to 600000",
+);
 
 // ---- producer ----
 pub const PRODUCER_INTERVAL_MS: VarSpec = var(
@@ -174,7 +194,16 @@ pub const CONSUMER_MAX_LEASES_PER_WORKER: VarSpec = var(
 );
 
 /// Variables both services read.
-pub const SHARED_VARS: &[VarSpec] = &[CONFIG_FILE, STREAM_NAME, STREAM_WAIT_TIMEOUT_MS, LOG_FORMAT];
+pub const SHARED_VARS: &[VarSpec] = &[
+    CONFIG_FILE,
+    STREAM_NAME,
+    STREAM_WAIT_TIMEOUT_MS,
+    LOG_FORMAT,
+    KINESIS_ATTEMPT_TIMEOUT_MS,
+    KINESIS_CALL_TIMEOUT_MS,
+    DYNAMODB_ATTEMPT_TIMEOUT_MS,
+    DYNAMODB_CALL_TIMEOUT_MS,
+];
 
 /// Variables only the producer reads.
 pub const PRODUCER_VARS: &[VarSpec] = &[
@@ -309,6 +338,30 @@ impl RawConfig {
         Ok(Self { values })
     }
 
+    /// Loads the process environment. A variable of `service` whose value is not valid UTF-8 is
+    /// a [`ConfigError::Invalid`] (shown with its bytes decoded lossily) instead of a panic;
+    /// other variables that are not UTF-8 are none of our business and are ignored.
+    pub fn from_env(service: Service) -> Result<Self, ConfigError> {
+        let ours = service.vars();
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            match value.into_string() {
+                Ok(value) => env.push((key.to_string(), value)),
+                Err(bad) => {
+                    if let Some(spec) = ours.iter().find(|v| v.name == key) {
+                        return Err(ConfigError::Invalid {
+                            var: spec.name,
+                            value: format!("{} (not valid UTF-8)", bad.to_string_lossy()),
+                            allowed: spec.allowed,
+                        });
+                    }
+                }
+            }
+        }
+        Self::load(env)
+    }
+
     /// The value of `spec`, or its default.
     pub fn get(&self, spec: &VarSpec) -> Option<&str> {
         self.values
@@ -426,6 +479,30 @@ pub struct SharedSettings {
     pub stream_name: String,
     pub stream_wait_timeout: Duration,
     pub log_format: LogFormat,
+    pub timeouts: AwsTimeouts,
+}
+
+/// Deadlines for AWS calls: one HTTP attempt, and one call with the SDK's retries. A hung
+/// connection (accepted, never answered) costs at most the attempt timeout per attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsTimeouts {
+    pub kinesis_attempt: Duration,
+    pub kinesis_call: Duration,
+    /// Lease-table calls; kept well under the lease renewal interval (a third of
+    /// `CONSUMER_FAILOVER_MS`) so a hung call cannot outlive a renewal.
+    pub dynamodb_attempt: Duration,
+    pub dynamodb_call: Duration,
+}
+
+impl Default for AwsTimeouts {
+    fn default() -> Self {
+        Self {
+            kinesis_attempt: Duration::from_millis(5000),
+            kinesis_call: Duration::from_millis(10_000),
+            dynamodb_attempt: Duration::from_millis(1000),
+            dynamodb_call: Duration::from_millis(2500),
+        }
+    }
 }
 
 fn valid_stream_name(s: &str) -> bool {
@@ -445,6 +522,12 @@ impl SharedSettings {
                 &LOG_FORMAT,
                 &[("text", LogFormat::Text), ("json", LogFormat::Json)],
             )?,
+            timeouts: AwsTimeouts {
+                kinesis_attempt: raw.millis(&KINESIS_ATTEMPT_TIMEOUT_MS, 100, 600_000)?,
+                kinesis_call: raw.millis(&KINESIS_CALL_TIMEOUT_MS, 100, 600_000)?,
+                dynamodb_attempt: raw.millis(&DYNAMODB_ATTEMPT_TIMEOUT_MS, 100, 600_000)?,
+                dynamodb_call: raw.millis(&DYNAMODB_CALL_TIMEOUT_MS, 100, 600_000)?,
+            },
         })
     }
 }
@@ -509,7 +592,7 @@ impl ProducerSettings {
 
     /// Reads the process environment (the only place the producer does).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_raw(&RawConfig::load(std::env::vars())?)
+        Self::from_raw(&RawConfig::from_env(Service::Producer)?)
     }
 }
 
@@ -650,7 +733,7 @@ impl ConsumerSettings {
 
     /// Reads the process environment (the only place the consumer does).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_raw(&RawConfig::load(std::env::vars())?)
+        Self::from_raw(&RawConfig::from_env(Service::Consumer)?)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::{Shard, StreamStatus};
 use aws_sdk_kinesis::Client;
@@ -127,32 +128,16 @@ pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&s
     }
 }
 
-/// Codes Kinesis returns for conditions that pass: throttling and internal failures.
+/// Whether an entry-level error code of a partial `PutRecords` (or any AWS error code) is one
+/// that passes: throttling and internal failures. See [`crate::aws::ErrorKind`].
 pub fn is_retryable_code(code: &str) -> bool {
-    matches!(
-        code,
-        "ProvisionedThroughputExceededException"
-            | "LimitExceededException"
-            | "ThrottlingException"
-            | "InternalFailure"
-            | "InternalFailureException"
-            | "InternalServerError"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "KMSThrottlingException"
-            | "RequestTimeout"
-    )
+    crate::aws::ErrorKind::from_code(code).is_some_and(crate::aws::ErrorKind::is_retryable)
 }
 
-/// True for throttling, server faults and transport failures (timeouts, connection resets).
-pub fn is_retryable<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
-    match err {
-        SdkError::ServiceError(e) => e.err().code().is_some_and(is_retryable_code),
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        _ => false,
-    }
+/// True for throttling, server faults (by code, or by a 429/5xx status without a known code)
+/// and transport failures (timeouts, connection resets). See [`crate::aws::classify`].
+pub fn is_retryable<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    crate::aws::classify(err).is_retryable()
 }
 
 /// One line describing an SDK error: its code and message, or the transport problem.

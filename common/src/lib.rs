@@ -8,11 +8,14 @@
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`backoff`]: exponential backoff with full jitter.
 //!
-//! With the `testkit` feature, [`testkit`] starts the local emulators for integration tests.
+//! With the `testkit` feature, [`testkit`] starts the local emulators for integration tests, and
+//! [`fault_proxy`] puts faults between a service and an emulator.
 
 pub mod aws;
 pub mod backoff;
 pub mod config;
+#[cfg(feature = "testkit")]
+pub mod fault_proxy;
 pub mod kinesis;
 pub mod kpl;
 pub mod message;

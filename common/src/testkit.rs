@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+pub use crate::fault_proxy::{FaultProxy, Rule};
 use serde_json::Value;
 
 pub const TEST_REGION: &str = "us-east-1";
@@ -558,6 +560,31 @@ pub fn field(events: &[Value], field: &str) -> Vec<String> {
         .iter()
         .filter_map(|e| e.get(field).and_then(Value::as_str).map(str::to_string))
         .collect()
+}
+
+/// Runs `binary` with `var` set to bytes that are not UTF-8 (and nothing else that could reach
+/// AWS); returns its exit code and standard error once it ends (within 10 s).
+pub fn run_with_non_utf8_var(binary: &Path, var: &str) -> (Option<i32>, String) {
+    use std::os::unix::ffi::OsStringExt;
+    let mut child = Command::new(binary)
+        .env_clear()
+        .envs(service_env("http://127.0.0.1:9", "s"))
+        .env(var, std::ffi::OsString::from_vec(vec![b'x', 0xff, 0xfe]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("collect output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Path of a sibling binary of the workspace (built by `cargo test --workspace`).

@@ -25,7 +25,7 @@ pub async fn run(
     sdk: &aws_config::SdkConfig,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = common::aws::kinesis(sdk);
+    let client = common::aws::kinesis(sdk, &settings.shared.timeouts);
     let stream = &settings.shared.stream_name;
     match common::kinesis::wait_for_stream(
         &client,
@@ -42,7 +42,13 @@ pub async fn run(
     match settings.mode {
         ConsumerMode::Polling => polling::run(&settings, client, cancel).await,
         ConsumerMode::Leased => {
-            lease::run(&settings, client, common::aws::dynamodb(sdk), cancel).await
+            lease::run(
+                &settings,
+                client,
+                common::aws::dynamodb(sdk, &settings.shared.timeouts),
+                cancel,
+            )
+            .await
         }
     }
 }

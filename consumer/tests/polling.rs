@@ -266,3 +266,14 @@ async fn sigterm_while_waiting_for_the_stream_exits_0_within_5_seconds() {
     assert!(waiting, "{}", process.dump());
     stop(process);
 }
+
+#[test]
+fn a_setting_that_is_not_utf8_ends_the_consumer_with_one_line_naming_it() {
+    let (code, stderr) = testkit::run_with_non_utf8_var(consumer_bin(), "CONSUMER_MODE");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CONSUMER_MODE") && stderr.contains("not valid UTF-8"),
+        "{stderr}"
+    );
+}

@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let count = number("COUNT", 100_000);
     let concurrency = number("CONCURRENCY", 8);
     let sdk = common::aws::load().await?;
-    let client = common::aws::kinesis(&sdk);
+    let client = common::aws::kinesis(&sdk, &common::config::AwsTimeouts::default());
 
     let started = Instant::now();
     let mut calls = JoinSet::new();

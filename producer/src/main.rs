@@ -22,7 +22,8 @@ async fn main() -> std::process::ExitCode {
     let cancel = common::shutdown::on_signal();
     let result = async {
         let sdk = common::aws::load().await?;
-        producer::service::run(settings, common::aws::kinesis(&sdk), cancel).await
+        let client = common::aws::kinesis(&sdk, &settings.shared.timeouts);
+        producer::service::run(settings, client, cancel).await
     }
     .await;
     match result {

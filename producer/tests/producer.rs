@@ -123,6 +123,17 @@ fn a_bad_setting_ends_the_producer_with_one_line_naming_it() {
     );
 }
 
+#[test]
+fn a_setting_that_is_not_utf8_ends_the_producer_with_one_line_naming_it() {
+    let (code, stderr) = testkit::run_with_non_utf8_var(producer_bin(), "STREAM_NAME");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("STREAM_NAME") && stderr.contains("not valid UTF-8"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_stream_that_never_appears_ends_the_producer_with_a_clear_error() {
     let emu = testkit::shared(Kind::KinesisMock);
