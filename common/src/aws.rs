@@ -144,8 +144,8 @@ impl ErrorKind {
 }
 
 /// Classifies an SDK error: by its AWS error code when it has a known one, else by the HTTP
-/// status, and transport failures (timeouts, refused or dropped connections, unreadable
-/// answers) as transient.
+/// status (429 throttled, 5xx transient, 403 access denied, other 4xx permanent), and transport
+/// failures (timeouts, refused or dropped connections) as transient.
 pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> ErrorKind {
     match err {
         SdkError::ServiceError(e) => e
@@ -153,9 +153,14 @@ pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Err
             .code()
             .and_then(ErrorKind::from_code)
             .unwrap_or_else(|| ErrorKind::from_status(e.raw().status().as_u16())),
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            ErrorKind::Transient
-        }
+        // An answer the SDK could not read: an error answer without an AWS error code (what
+        // gateways and load balancers send) is judged by its status; a success it could not
+        // read, by a dropped connection mid-body, say, is transient.
+        SdkError::ResponseError(e) => match e.raw().status().as_u16() {
+            status if status >= 300 => ErrorKind::from_status(status),
+            _ => ErrorKind::Transient,
+        },
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ErrorKind::Transient,
         SdkError::ConstructionFailure(_) => ErrorKind::Invalid,
         _ => ErrorKind::Other,
     }

@@ -82,7 +82,8 @@ impl Rule {
     }
 
     /// Answers matching requests with `status`, and the AWS error `code` if given (otherwise a
-    /// bare page with no AWS error code, as a proxy or load balancer sends).
+    /// JSON body with only a message and no AWS error type, as a gateway or load balancer
+    /// sends).
     pub fn error(status: u16, code: Option<&str>) -> Self {
         Self::new(Action::Error {
             status,
@@ -359,13 +360,16 @@ fn error_response(status: u16, code: Option<&str>) -> Response<ProxyBody> {
                 json!({"__type": code, "message": format!("{code} injected by the fault proxy")})
                     .to_string(),
             )),
-        None => builder
-            .header("content-type", "text/html")
-            .body(full(format!(
-                "<html><body><h1>{} {}</h1></body></html>",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("")
-            ))),
+        // What API gateways and load balancers commonly send: JSON with a message and no
+        // AWS error type, so the SDK sees a service error without a code.
+        None => {
+            let reason = status.canonical_reason().unwrap_or("");
+            builder
+                .header("content-type", "application/json")
+                .body(full(
+                    json!({"message": format!("{} {reason}", status.as_u16())}).to_string(),
+                ))
+        }
     };
     response.unwrap_or_else(|_| Response::new(full("")))
 }

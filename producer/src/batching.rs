@@ -9,8 +9,17 @@
 //! - **Bounded memory**: [`Producer::enqueue`] waits while the buffer holds
 //!   `max_buffered_records` records or `max_buffered_bytes` bytes (backpressure).
 //!
-//! Not guaranteed: order across retries. A record retried after a partial failure lands after
-//! records of the same partition key that succeeded in the meantime, as with the KPL.
+//! - **The time to live holds whatever the network does**: a record still queued (held back by
+//!   the rate limiter, say) when its `record_ttl` runs out fails then, and a `PutRecords` call
+//!   is abandoned when the earliest time to live among its records runs out, so a hung
+//!   connection neither stretches a record's life nor keeps one of the `max_in_flight` slots.
+//!
+//! Order: the records of one shard leave the rate limiter in the order they were handed over,
+//! and the members of an aggregate keep theirs. Across `PutRecords` calls there is no order:
+//! with `max_in_flight` above 1 two calls carrying records of the same partition key may land
+//! in either order, and a record retried (after a partial failure, a throttled or failed call)
+//! lands after records of its key sent meanwhile, as with the KPL. Per-key order holds only with
+//! `max_in_flight = 1` and no retries.
 //!
 //! With `aggregation`, user records bound for the same shard (by the stream's shard map, which
 //! is refreshed when an aggregate lands elsewhere than predicted, after a split or merge) are
@@ -355,8 +364,18 @@ struct Worker {
     last_refresh: Option<Instant>,
     /// Per-shard budgets, when rate limiting is on.
     limiter: Option<RateLimiter>,
-    /// When to try again after every queued record was held back by the limiter.
+    /// Records the limiter held back, per shard in the order they came: a shard's records go
+    /// out of here before any newer record of that shard, and each record is moved here once,
+    /// so waiting for a budget costs no rescans of the queue.
+    held: HashMap<String, VecDeque<Entry>>,
+    held_count: usize,
+    /// When the first held-back shard gets room again.
     rate_wait: Option<Instant>,
+    /// After a failed shard map listing (while there is no map): when to list again.
+    refresh_retry: Option<Instant>,
+    refresh_backoff: Backoff,
+    /// No queued or held-back record expires before this.
+    next_expiry: Option<Instant>,
 }
 
 impl Worker {
@@ -384,11 +403,20 @@ impl Worker {
             refresh: None,
             last_refresh: None,
             limiter,
+            held: HashMap::new(),
+            held_count: 0,
             rate_wait: None,
+            refresh_retry: None,
+            refresh_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            next_expiry: None,
         }
     }
 
     fn push_entry(&mut self, entry: Entry) {
+        self.next_expiry = Some(
+            self.next_expiry
+                .map_or(entry.deadline, |t| t.min(entry.deadline)),
+        );
         self.queue_bytes += entry.size();
         self.queue.push_back(entry);
     }
@@ -473,6 +501,12 @@ impl Worker {
     }
 
     fn buffered(&self) -> bool {
+        self.lingering() || self.held_count > 0
+    }
+
+    /// Whether records wait for a batch to fill or their linger to pass (held-back ones wait
+    /// for the rate limiter instead).
+    fn lingering(&self) -> bool {
         !self.queue.is_empty() || !self.aggregates.is_empty()
     }
 
@@ -482,12 +516,18 @@ impl Worker {
 
     /// Starts a shard map refresh unless one ran in the last five seconds.
     fn refresh_shard_map(&mut self) {
-        if !(self.config.aggregation || self.limiter.is_some())
-            || self.refresh.is_some()
-            || self
-                .last_refresh
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        if self
+            .last_refresh
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
         {
+            return;
+        }
+        self.start_refresh();
+    }
+
+    fn start_refresh(&mut self) {
+        self.refresh_retry = None;
+        if !(self.config.aggregation || self.limiter.is_some()) || self.refresh.is_some() {
             return;
         }
         self.last_refresh = Some(Instant::now());
@@ -497,7 +537,7 @@ impl Worker {
             match common::kinesis::list_shards(&client, &stream).await {
                 Ok(shards) => Some(ShardMap::from_shards(&shards)),
                 Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "shard map refresh failed; sending records unaggregated until it works");
+                    tracing::warn!(error = %format!("{err:#}"), "shard map refresh failed; until it works records go out unaggregated and not rate limited");
                     None
                 }
             }
@@ -509,7 +549,8 @@ impl Worker {
         // queue up meanwhile; if the listing fails they go out unaggregated until it works.
         self.refresh_shard_map();
         if let Some(first) = self.refresh.take() {
-            self.shard_map = first.await.ok().flatten();
+            let map = first.await.ok().flatten();
+            self.shard_map_listed(map);
         }
         let mut open = true;
         loop {
@@ -519,23 +560,33 @@ impl Worker {
             if linger_over || !open {
                 self.seal_all();
             }
-            // Send every batch that is ready while call slots are free.
-            self.rate_wait = None;
-            while !self.queue.is_empty() && self.calls.len() < self.config.max_in_flight {
-                if !(self.batch_full() || linger_over || !open) || !self.spawn_call() {
+            if self.next_expiry.is_some_and(|t| t <= Instant::now()) {
+                self.next_expiry = self.expire_queued(Instant::now());
+            }
+            // Send every batch that is ready while call slots are free. Held-back records are
+            // ready as soon as their shard has room: their linger is long over.
+            let held_ready = self.rate_wait.is_some_and(|t| t <= Instant::now());
+            while (!self.queue.is_empty() || self.held_count > 0)
+                && self.calls.len() < self.config.max_in_flight
+            {
+                let ready = self.batch_full() || linger_over || !open || held_ready;
+                if !ready || !self.spawn_call() {
                     break;
                 }
             }
-            if !self.buffered() {
+            if !self.lingering() {
                 self.oldest = None;
             }
             if !open && !self.buffered() && self.calls.is_empty() && self.waiting_retries == 0 {
                 return;
             }
+            // Timers that lead to a call only matter while a call slot is free.
+            let slot_free = self.calls.len() < self.config.max_in_flight;
             let linger_at = self
                 .oldest
-                .filter(|_| self.calls.len() < self.config.max_in_flight)
+                .filter(|_| slot_free)
                 .map(|t| t + self.config.linger);
+            let rate_wait = self.rate_wait.filter(|_| slot_free);
             tokio::select! {
                 msg = self.rx.recv(), if open => match msg {
                     Some(p) => {
@@ -566,15 +617,75 @@ impl Worker {
                 }
                 refreshed = join_opt(&mut self.refresh) => {
                     self.refresh = None;
-                    if let Some(map) = refreshed {
-                        self.seal_all();
-                        self.shard_map = Some(map);
-                    }
+                    self.shard_map_listed(refreshed);
                 }
                 _ = sleep_until_opt(linger_at) => {}
-                _ = sleep_until_opt(self.rate_wait) => {}
+                _ = sleep_until_opt(rate_wait) => {}
+                _ = sleep_until_opt(self.refresh_retry) => self.start_refresh(),
+                _ = sleep_until_opt(self.next_expiry) => {}
             }
         }
+    }
+
+    /// Takes in a shard map listing: the new map, or after a failure (while there is no map
+    /// yet) a retry with backoff.
+    fn shard_map_listed(&mut self, map: Option<ShardMap>) {
+        match map {
+            Some(map) => {
+                self.seal_all();
+                self.shard_map = Some(map);
+                self.refresh_backoff.reset();
+                self.refresh_retry = None;
+            }
+            None if self.shard_map.is_none() => {
+                let delay = self.refresh_backoff.ceiling();
+                self.refresh_backoff.next_delay();
+                self.refresh_retry = Some(Instant::now() + delay);
+            }
+            // A stale map that could not be refreshed stays in use; the next misplaced
+            // aggregate asks again.
+            None => {}
+        }
+    }
+
+    /// Fails every queued or held-back record whose time to live ran out; returns when the
+    /// next one will.
+    fn expire_queued(&mut self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let mut take_expired = |queue: &mut VecDeque<Entry>| {
+            let (keep, gone): (VecDeque<Entry>, VecDeque<Entry>) = std::mem::take(queue)
+                .into_iter()
+                .partition(|e| e.deadline > now);
+            *queue = keep;
+            let n = gone.len();
+            expired.extend(gone);
+            n
+        };
+        take_expired(&mut self.queue);
+        for held in self.held.values_mut() {
+            self.held_count -= take_expired(held);
+        }
+        self.held.retain(|_, q| !q.is_empty());
+        if !expired.is_empty() {
+            self.queue_bytes = self.queue.iter().map(Entry::size).sum();
+        }
+        for e in expired {
+            let last_error = if e.last_error.is_empty() {
+                "never sent: still queued when its time to live ran out".to_string()
+            } else {
+                e.last_error.clone()
+            };
+            let attempts = e.attempts;
+            e.fail(SendError::Expired {
+                attempts,
+                last_error,
+            });
+        }
+        self.queue
+            .iter()
+            .chain(self.held.values().flatten())
+            .map(|e| e.deadline)
+            .min()
     }
 
     /// Sends the next batch; false when every queued record waits for its shard's rate budget.
@@ -582,36 +693,70 @@ impl Worker {
         let now = Instant::now();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut deferred = Vec::new();
+        let fits = |batch: &Vec<Entry>, bytes: usize, size: usize| {
+            batch.len() < MAX_BATCH_RECORDS && (bytes + size <= MAX_BATCH_BYTES || batch.is_empty())
+        };
+        // Held-back records first, each shard's in order, as far as its budget allows.
+        if let Some(limiter) = self.limiter.as_mut() {
+            for (shard, held) in self.held.iter_mut() {
+                while let Some(e) = held.front() {
+                    let size = e.size();
+                    if !fits(&batch, bytes, size) || !limiter.try_take(shard, size, now) {
+                        break;
+                    }
+                    if let Some(e) = held.pop_front() {
+                        bytes += size;
+                        batch.push(e);
+                        self.held_count -= 1;
+                    }
+                }
+            }
+            self.held.retain(|_, q| !q.is_empty());
+        }
         while let Some(e) = self.queue.pop_front() {
             let size = e.size();
-            if batch.len() == MAX_BATCH_RECORDS
-                || (bytes + size > MAX_BATCH_BYTES && !batch.is_empty())
-            {
+            if !fits(&batch, bytes, size) {
                 self.queue.push_front(e);
                 break;
             }
-            let allowed = match (self.limiter.as_mut(), e.predicted_shard.as_deref()) {
-                (Some(limiter), Some(shard)) => limiter.try_take(shard, size, now),
-                _ => true,
+            self.queue_bytes -= size;
+            let shard = match (self.limiter.as_mut(), e.predicted_shard.as_deref()) {
+                (Some(limiter), Some(shard)) => {
+                    // Behind older held-back records of its shard, or over the budget: held.
+                    if !self.held.contains_key(shard) && limiter.try_take(shard, size, now) {
+                        None
+                    } else {
+                        Some(shard.to_string())
+                    }
+                }
+                _ => None,
             };
-            if allowed {
-                bytes += size;
-                batch.push(e);
-            } else {
-                deferred.push(e);
+            match shard {
+                Some(shard) => {
+                    self.held.entry(shard).or_default().push_back(e);
+                    self.held_count += 1;
+                }
+                None => {
+                    bytes += size;
+                    batch.push(e);
+                }
             }
         }
-        // Records held back keep their order, ahead of everything newer.
-        for e in deferred.into_iter().rev() {
-            self.queue.push_front(e);
-        }
-        self.queue_bytes -= bytes;
+        // Wake up when the first held-back shard has room for its oldest record, but not
+        // before a linger has passed: budget trickles back one record at a time, and a call
+        // per record would cost far more than the wait.
+        let linger = self.config.linger;
+        self.rate_wait = self.limiter.as_ref().and_then(|limiter| {
+            self.held
+                .iter()
+                .filter_map(|(shard, q)| Some(limiter.ready_at(shard, q.front()?.size(), now)))
+                .min()
+                .map(|at| at.max(now + linger))
+        });
         if batch.is_empty() {
-            self.rate_wait = Some(now + RATE_RETRY);
             return false;
         }
-        self.oldest = self.buffered().then(Instant::now);
+        self.oldest = self.lingering().then(Instant::now);
         let client = self.client.clone();
         let stream = self.config.stream_name.clone();
         self.calls.spawn(put_records(client, stream, batch));
@@ -660,9 +805,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Pause before trying again when every queued record is over its shard's budget.
-const RATE_RETRY: Duration = Duration::from_millis(20);
-
 /// Token buckets per shard for the Kinesis write limits: records and bytes a second, with up
 /// to one second's worth of burst.
 #[derive(Debug)]
@@ -690,20 +832,33 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one record of `bytes` from the shard's budget if it has room now.
-    pub fn try_take(&mut self, shard: &str, bytes: usize, now: Instant) -> bool {
+    /// The shard's budget brought up to `now` (a full one for a shard not seen before).
+    fn budget(&mut self, shard: &str, now: Instant) -> &mut Budget {
         let (max_records, max_bytes) = (self.records_per_sec, self.bytes_per_sec);
-        let budget = self.shards.entry(shard.to_string()).or_insert(Budget {
-            records: max_records,
-            bytes: max_bytes,
-            at: now,
-        });
+        // Look up before inserting: no key allocation on the hot path.
+        if !self.shards.contains_key(shard) {
+            self.shards.insert(
+                shard.to_string(),
+                Budget {
+                    records: max_records,
+                    bytes: max_bytes,
+                    at: now,
+                },
+            );
+        }
+        let budget = self.shards.get_mut(shard).expect("inserted above");
         let elapsed = now.saturating_duration_since(budget.at).as_secs_f64();
         budget.records = (budget.records + elapsed * max_records).min(max_records);
         budget.bytes = (budget.bytes + elapsed * max_bytes).min(max_bytes);
         budget.at = now;
+        budget
+    }
+
+    /// Takes one record of `bytes` from the shard's budget if it has room now.
+    pub fn try_take(&mut self, shard: &str, bytes: usize, now: Instant) -> bool {
         // A record larger than a whole second's byte budget may go when the budget is full.
-        let bytes = (bytes as f64).min(max_bytes);
+        let bytes = (bytes as f64).min(self.bytes_per_sec);
+        let budget = self.budget(shard, now);
         if budget.records >= 1.0 && budget.bytes >= bytes {
             budget.records -= 1.0;
             budget.bytes -= bytes;
@@ -711,6 +866,18 @@ impl RateLimiter {
         } else {
             false
         }
+    }
+
+    /// When the shard's budget will have room for one record of `bytes` (`now` if it has).
+    pub fn ready_at(&self, shard: &str, bytes: usize, now: Instant) -> Instant {
+        let Some(budget) = self.shards.get(shard) else {
+            return now;
+        };
+        let bytes = (bytes as f64).min(self.bytes_per_sec);
+        let wait_records = (1.0 - budget.records).max(0.0) / self.records_per_sec;
+        let wait_bytes = (bytes - budget.bytes).max(0.0) / self.bytes_per_sec;
+        // A millisecond more, so the budget is surely there when the timer fires.
+        budget.at + Duration::from_secs_f64(wait_records.max(wait_bytes)) + Duration::from_millis(1)
     }
 }
 
@@ -763,15 +930,31 @@ async fn put_records(client: Client, stream: String, mut batch: Vec<Entry>) -> C
                 .ok()
         })
         .collect();
-    let result = client
-        .put_records()
-        .stream_name(&stream)
-        .set_records(Some(entries))
-        .send()
-        .await;
     let mut outcome = CallOutcome {
         retry: Vec::new(),
         shard_map_stale: false,
+    };
+    let call = client
+        .put_records()
+        .stream_name(&stream)
+        .set_records(Some(entries))
+        .send();
+    // However the network behaves, the call ends when the first of its records' time to live
+    // does (the SDK's own timeouts usually end it sooner).
+    let first_deadline = batch.iter().map(|e| e.deadline).min();
+    let result = match first_deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(stream = %stream, records = batch.len(), "PutRecords did not answer within the records' time to live; abandoned");
+                for mut e in batch {
+                    e.last_error = "PutRecords did not answer within the record's time to live (Kinesis may still have stored it)".into();
+                    outcome.retry.push(e);
+                }
+                return outcome;
+            }
+        },
+        None => call.await,
     };
     match result {
         Ok(out) => {
@@ -890,6 +1073,22 @@ mod tests {
         let mut bytes = RateLimiter::new(50);
         assert!(bytes.try_take("a", 400_000, t0));
         assert!(!bytes.try_take("a", 400_000, t0), "half of 1 MiB a second");
+    }
+
+    #[test]
+    fn rate_limiter_says_when_a_shard_has_room_again() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(1); // 10 records a second
+        assert_eq!(limiter.ready_at("a", 100, t0), t0, "unknown shard: now");
+        while limiter.try_take("a", 100, t0) {}
+        let at = limiter.ready_at("a", 100, t0);
+        let wait = at - t0;
+        assert!(
+            wait >= Duration::from_millis(100) && wait <= Duration::from_millis(102),
+            "{wait:?}"
+        );
+        assert!(!limiter.try_take("a", 100, at - Duration::from_millis(2)));
+        assert!(limiter.try_take("a", 100, at), "room when it said so");
     }
 
     #[test]

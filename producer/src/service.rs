@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use common::config::ProducerSettings;
 use common::message::DataMessage;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -123,7 +124,7 @@ pub async fn run(
 async fn feed(
     settings: &ProducerSettings,
     producer: &Producer,
-    receipts: &mpsc::Sender<(Uuid, Receipt)>,
+    receipts: &mpsc::Sender<Handed>,
     cancel: &CancellationToken,
 ) -> u64 {
     let mut ticker = (!settings.interval.is_zero()).then(|| {
@@ -160,7 +161,8 @@ async fn feed(
             match receipt {
                 Ok(receipt) => {
                     handed_over += 1;
-                    if receipts.send((message.id, receipt)).await.is_err() {
+                    let handed = (message.id, message.created_on, receipt);
+                    if receipts.send(handed).await.is_err() {
                         return handed_over;
                     }
                 }
@@ -173,12 +175,17 @@ async fn feed(
     handed_over
 }
 
-async fn outcome((id, receipt): (Uuid, Receipt)) -> (Uuid, Result<crate::Ack, crate::SendError>) {
-    (id, receipt.await)
+/// A message handed to the producer: its id, its `CreatedOn` and the receipt to wait on.
+type Handed = (Uuid, DateTime<Utc>, Receipt);
+
+type Outcome = (Uuid, DateTime<Utc>, Result<crate::Ack, crate::SendError>);
+
+async fn outcome((id, created_on, receipt): Handed) -> Outcome {
+    (id, created_on, receipt.await)
 }
 
 /// Logs each acknowledgement as it arrives; returns (acknowledged, failed).
-async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
+async fn log_acks(mut receipts: mpsc::Receiver<Handed>) -> (u64, u64) {
     let mut pending = FuturesUnordered::new();
     let (mut acked, mut failed) = (0u64, 0u64);
     let mut open = true;
@@ -195,7 +202,7 @@ async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
                 }
                 None => open = false,
             },
-            Some((id, result)) = pending.next(), if !pending.is_empty() => match result {
+            Some((id, created_on, result)) = pending.next(), if !pending.is_empty() => match result {
                 Ok(ack) => {
                     acked += 1;
                     tracing::info!(
@@ -207,9 +214,17 @@ async fn log_acks(mut receipts: mpsc::Receiver<(Uuid, Receipt)>) -> (u64, u64) {
                         "record sent"
                     );
                 }
+                // Records cut off by the shutdown timeout are one count in `producer
+                // stopped` (`unsent`), not one error line each.
+                Err(crate::SendError::Stopped) => failed += 1,
                 Err(err) => {
                     failed += 1;
-                    tracing::error!(id = %id, error = %err, "record not sent");
+                    tracing::error!(
+                        id = %id,
+                        created_on = %created_on.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        error = %err,
+                        "record not sent"
+                    );
                 }
             },
             else => return (acked, failed),

@@ -70,9 +70,16 @@ async fn faults_reach_the_sdk_as_the_real_failures_would() {
         .await
         .expect("ListShards passes");
 
+    // Answers without an AWS error code, as gateways send them: judged by their status.
     proxy.set(vec![Rule::error(502, None)]);
     let err = describe().await.expect_err("bad gateway");
     assert_eq!(classify(&err), ErrorKind::Transient, "{err:?}");
+    proxy.set(vec![Rule::error(429, None)]);
+    let err = describe().await.expect_err("too many requests");
+    assert_eq!(classify(&err), ErrorKind::Throttled, "{err:?}");
+    proxy.set(vec![Rule::error(403, None)]);
+    let err = describe().await.expect_err("forbidden");
+    assert_eq!(classify(&err), ErrorKind::AccessDenied, "{err:?}");
 
     proxy.set(vec![
         Rule::error(400, Some("AccessDeniedException")).times(1)
