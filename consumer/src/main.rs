@@ -1,7 +1,7 @@
 //! `consumer`: reads every shard of the Kinesis stream and logs each `DataMessage` it finds.
 //!
 //! Exit codes: 0 after a stop signal; 1 when the run failed (stream missing); 2 for a bad
-//! setting.
+//! setting, including a lease table that belongs to another stream.
 
 // glibc's malloc showed up as a quarter of the producer's CPU profile at high rates.
 #[global_allocator]
@@ -29,7 +29,15 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             common::telemetry::log_error_chain("consumer failed", &err);
-            std::process::ExitCode::FAILURE
+            // STREAM_NAME and CONSUMER_APPLICATION_NAME do not go together: a setting to fix.
+            if err
+                .downcast_ref::<consumer::lease::table::OtherStreamError>()
+                .is_some()
+            {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

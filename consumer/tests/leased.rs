@@ -783,6 +783,72 @@ async fn a_lease_table_written_by_the_java_kcl_is_taken_over_from_its_checkpoint
     assert!(counter > 1234);
 }
 
+/// `STREAM_NAME` changed and `CONSUMER_APPLICATION_NAME` kept (easy with docker compose): the
+/// consumer must not resume the new stream's shards from the old stream's checkpoints (shard ids
+/// repeat across streams). It stops at start with one line naming both streams and the table,
+/// exit 2, and leaves the table as it was.
+#[tokio::test]
+async fn a_lease_table_of_another_stream_stops_the_consumer_at_start() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("old-stream", 2).await;
+    let mut producer = setup.producer(10, 0);
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let mut first = setup.worker("first");
+    let read = testkit::eventually(Duration::from_secs(60), || {
+        ids(&first).into_iter().collect::<HashSet<_>>() == sent
+    })
+    .await;
+    assert!(read, "{}", first.dump());
+    stop(&mut first);
+    let sorted = |mut items: Vec<HashMap<String, AttributeValue>>| {
+        items.sort_by_key(|i| s(i, "leaseKey"));
+        items
+    };
+    let before = sorted(setup.items().await);
+    assert_eq!(before.len(), 2, "{before:?}");
+    for item in &before {
+        assert_eq!(
+            s(item, "kinesisStreamName").as_deref(),
+            Some(setup.stream.as_str()),
+            "{item:?}"
+        );
+    }
+
+    let new_stream = testkit::unique_name("new-stream");
+    testkit::create_stream(&setup.kinesis, &new_stream, 2).await;
+    testkit::put_record(
+        &setup.kinesis,
+        &new_stream,
+        "key",
+        DataMessage::new().to_json(),
+    )
+    .await;
+    let mut second = setup.worker_with("second", &[("STREAM_NAME", new_stream.as_str())]);
+    second.expect_exit(Duration::from_secs(30), 2);
+    let output: Vec<String> = second
+        .lines()
+        .into_iter()
+        .chain(second.stderr_lines())
+        .collect();
+    let naming: Vec<&String> = output
+        .iter()
+        .filter(|l| l.contains(&setup.stream) && l.contains(&new_stream) && l.contains(&setup.app))
+        .collect();
+    assert_eq!(naming.len(), 1, "{}", second.dump());
+    assert!(
+        second.events("lease acquired").is_empty(),
+        "{}",
+        second.dump()
+    );
+    assert!(
+        second.events("record received").is_empty(),
+        "{}",
+        second.dump()
+    );
+    assert_eq!(sorted(setup.items().await), before, "the table was changed");
+}
+
 #[tokio::test]
 async fn a_restarted_worker_resumes_from_the_checkpoint() {
     let _serial = SERIAL.lock().await;

@@ -18,6 +18,13 @@
 //! `leaseOwner` as last seen, sets the counter one higher, and returns the new item. A write that
 //! fails its condition means somebody else wrote in between ([`WriteError::Conflict`]).
 //! Attributes this module does not know (a newer KCL's) are left alone by these updates.
+//!
+//! One attribute is this consumer's own, not the KCL's: `kinesisStreamName` (S), the stream a
+//! lease was created for. The KCL ignores attributes it does not know, so a Java application
+//! still reads the table; [`LeaseTable::check_stream`] uses it to refuse, at start, a table left
+//! by another stream, whose checkpoints would otherwise be applied to this stream's shards
+//! (shard ids repeat across streams). Leases without it (written by the Java KCL, or by an
+//! older version of this consumer) are accepted.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -45,6 +52,8 @@ pub const PENDING_CHECKPOINT_SUB_SEQUENCE: &str = "pendingCheckpointSubSequenceN
 pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
 pub const STARTING_HASH_KEY: &str = "startingHashKey";
 pub const ENDING_HASH_KEY: &str = "endingHashKey";
+/// Not a KCL attribute: see the module documentation.
+pub const STREAM_NAME: &str = "kinesisStreamName";
 
 /// A position in a shard: a Kinesis sequence number and, for a KPL-aggregated record, the index
 /// of the user record inside it (0 for an ordinary record).
@@ -353,11 +362,27 @@ pub enum WriteError {
     Failed { key: String, message: String },
 }
 
+/// The lease table holds leases of another stream (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "lease table {table:?} holds the leases of stream {found:?}, not of stream {expected:?}: \
+     give each stream its own table (CONSUMER_APPLICATION_NAME), or delete this one to start over"
+)]
+pub struct OtherStreamError {
+    pub table: String,
+    /// The stream this worker reads.
+    pub expected: String,
+    /// The stream named by a lease in the table.
+    pub found: String,
+}
+
 /// The DynamoDB table holding one application's leases.
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
     client: Client,
     name: String,
+    /// Written as [`STREAM_NAME`] into every lease this table creates.
+    stream: Option<String>,
 }
 
 impl LeaseTable {
@@ -365,7 +390,15 @@ impl LeaseTable {
         Self {
             client,
             name: name.into(),
+            stream: None,
         }
+    }
+
+    /// Marks every lease created from now on as belonging to `stream`, and lets
+    /// [`LeaseTable::check_stream`] compare the table against it.
+    pub fn for_stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -504,13 +537,58 @@ impl LeaseTable {
             .map_err(Into::into)
     }
 
+    /// Fails with [`OtherStreamError`] when a lease in the table was created for another stream
+    /// than the one given to [`LeaseTable::for_stream`]. Leases that name no stream pass.
+    pub async fn check_stream(&self) -> anyhow::Result<()> {
+        let Some(expected) = &self.stream else {
+            return Ok(());
+        };
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .projection_expression("#stream")
+                .expression_attribute_names("#stream", STREAM_NAME)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("scanning lease table {:?}: {}", self.name, error_text(&e))
+                })?;
+            let other = out
+                .items()
+                .iter()
+                .filter_map(|item| get_s(item, STREAM_NAME).ok().flatten())
+                .find(|found| found != expected);
+            if let Some(found) = other {
+                return Err(OtherStreamError {
+                    table: self.name.clone(),
+                    expected: expected.clone(),
+                    found,
+                }
+                .into());
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Writes a new lease unless one exists for the shard. Returns whether it was written.
     pub async fn create_lease(&self, lease: &Lease) -> anyhow::Result<bool> {
+        let mut item = lease.to_item();
+        if let Some(stream) = &self.stream {
+            item.insert(STREAM_NAME.into(), s(stream));
+        }
         let result = self
             .client
             .put_item()
             .table_name(&self.name)
-            .set_item(Some(lease.to_item()))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(#key)")
             .expression_attribute_names("#key", LEASE_KEY)
             .send()

@@ -108,7 +108,8 @@ impl<F: RecordProcessorFactory> Worker<F> {
         dynamodb: aws_sdk_dynamodb::Client,
         factory: F,
     ) -> Self {
-        let table = LeaseTable::new(dynamodb, config.application_name.clone());
+        let table =
+            LeaseTable::new(dynamodb, config.application_name.clone()).for_stream(&config.stream);
         Self {
             config,
             kinesis,
@@ -130,6 +131,11 @@ impl<F: RecordProcessorFactory> Worker<F> {
             Ok(()) => {}
             Err(_) if cancel.is_cancelled() => return Ok(()),
             Err(err) => return Err(err),
+        }
+        // A table left by another stream would resume this stream's shards from its checkpoints.
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            checked = self.table.check_stream() => checked?,
         }
         let held: HeldMap = Arc::default();
         let ctx = Arc::new(ShardContext {
