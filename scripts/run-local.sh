@@ -22,6 +22,9 @@
 #   START_TIMEOUT_SECONDS         wait for the emulators to answer (default 30)
 #   CONSUME_TIMEOUT_SECONDS       wait for the consumer after the producer exited (default 60)
 #   FOLLOW_LOGS                   1: show producer and consumer logs here (default 1 on a terminal)
+#   KINESIS_MOCK_PACKAGE          kinesis-mock from emulators/node_modules (default
+#                                 kinesis-local-0.5.2, the version LocalStack 4.14.0 runs;
+#                                 kinesis-local is 0.6.2)
 #
 # Logs in RUN_DIR: kinesis-mock.log, dynalite.log, localstack-init.log, producer.log,
 # consumer.log, plus the environment each got (*.env) and the emulator endpoints (endpoints.env).
@@ -44,6 +47,7 @@ consumer_bin="${CONSUMER_BIN:-$repo/target/debug/consumer}"
 start_timeout="${START_TIMEOUT_SECONDS:-30}"
 consume_timeout="${CONSUME_TIMEOUT_SECONDS:-60}"
 follow_logs="${FOLLOW_LOGS:-}"
+kinesis_mock="$repo/emulators/node_modules/${KINESIS_MOCK_PACKAGE:-kinesis-local-0.5.2}"
 if [[ -z "$follow_logs" ]]; then
   if [[ -t 1 ]]; then follow_logs=1; else follow_logs=0; fi
 fi
@@ -93,10 +97,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---- tools ----
-if [[ ! -f emulators/node_modules/kinesis-local/main.js || ! -x emulators/node_modules/.bin/dynalite ]]; then
+if [[ ! -f "$kinesis_mock/main.js" || ! -x emulators/node_modules/.bin/dynalite ]]; then
   say "installing the emulators (npm ci --prefix emulators)"
   npm ci --prefix emulators --no-audit --no-fund >&2
 fi
+[[ -f "$kinesis_mock/main.js" ]] || die "no kinesis-mock in $kinesis_mock (check KINESIS_MOCK_PACKAGE)"
 venv_bin="$(scripts/dev-venv.sh)"
 python="$venv_bin/python"
 
@@ -116,7 +121,7 @@ printf 'AWS_ENDPOINT_URL_KINESIS=%s\nAWS_ENDPOINT_URL_DYNAMODB=%s\n' "$kinesis_u
 
 # ---- emulators ----
 kinesis_env=(
-  KINESIS_MOCK_CERT_PATH="$repo/emulators/node_modules/kinesis-local/server.json"
+  KINESIS_MOCK_CERT_PATH="$kinesis_mock/server.json"
   KINESIS_MOCK_PLAIN_PORT="$kinesis_port"
   KINESIS_MOCK_TLS_PORT="$kinesis_tls_port"
   LOG_LEVEL="${KINESIS_MOCK_LOG_LEVEL:-WARN}"
@@ -128,7 +133,7 @@ for op in CREATE_STREAM DELETE_STREAM REGISTER_STREAM_CONSUMER DEREGISTER_STREAM
   var="${op}_DURATION"
   kinesis_env+=("$var=${!var:-0ms}")
 done
-env "${kinesis_env[@]}" node emulators/node_modules/kinesis-local/main.js >"$run_dir/kinesis-mock.log" 2>&1 &
+env "${kinesis_env[@]}" node "$kinesis_mock/main.js" >"$run_dir/kinesis-mock.log" 2>&1 &
 kinesis_pid=$!
 children+=("$kinesis_pid")
 emulators/node_modules/.bin/dynalite --port "$dynamodb_port" >"$run_dir/dynalite.log" 2>&1 &

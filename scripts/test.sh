@@ -2,6 +2,11 @@
 # The whole test suite, from a fresh clone: installs the pinned emulators (npm) and dev tools
 # (PyPI, into .venv), then runs every test of the workspace. Needs Rust, Node.js and Python 3.
 # Usage: scripts/test.sh [extra cargo test arguments]
+#
+# Without arguments (as CI runs it) the consumer's Kinesis suites (polling, aggregation, leased)
+# then run a second time against kinesis-mock 0.5.2, the engine LocalStack 4.14.0 installs, so
+# the docker compose demo's engine is tested too; the first pass uses 0.6.2. With arguments only
+# the first pass runs (KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 selects 0.5.2 for it).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -11,5 +16,11 @@ npm ci --prefix emulators --no-audit --no-fund --loglevel=error >&2
 echo "==> installing the dev tools pinned in requirements-dev.txt into .venv" >&2
 scripts/dev-venv.sh >/dev/null
 
-echo "==> cargo test --workspace" >&2
+echo "==> cargo test --workspace (kinesis-mock: ${KINESIS_MOCK_PACKAGE:-kinesis-local})" >&2
 cargo test --workspace --all-targets --locked "$@"
+
+if (($# == 0)); then
+  echo "==> consumer Kinesis suites again, against kinesis-mock 0.5.2 (LocalStack 4.14.0's)" >&2
+  KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 \
+    cargo test --locked -p consumer --test polling --test aggregation --test leased
+fi

@@ -25,12 +25,25 @@ pub fn emulators_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../emulators"));
     let modules = dir.join("node_modules");
+    let kinesis_mock = kinesis_mock_package();
     assert!(
-        modules.join("kinesis-local").is_dir() && modules.join("dynalite").is_dir(),
-        "emulators are not installed in {}: run `npm ci --prefix emulators` first",
+        modules.join(&kinesis_mock).is_dir() && modules.join("dynalite").is_dir(),
+        "emulators are not installed in {} (looked for {kinesis_mock} and dynalite): run \
+         `npm ci --prefix emulators` first",
         modules.display()
     );
     modules
+}
+
+/// The folder of `emulators/node_modules` that [`Kind::KinesisMock`] runs: `kinesis-local`
+/// (kinesis-mock 0.6.2) unless `KINESIS_MOCK_PACKAGE` names another, such as
+/// `kinesis-local-0.5.2` (the version LocalStack 4.14.0 installs). `scripts/test.sh` runs the
+/// consumer's Kinesis suites once with each.
+pub fn kinesis_mock_package() -> String {
+    std::env::var("KINESIS_MOCK_PACKAGE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "kinesis-local".to_string())
 }
 
 /// A port nobody listens on right now.
@@ -80,7 +93,7 @@ impl Emulator {
         let modules = emulators_dir();
         let mut cmd = match kind {
             Kind::KinesisMock => {
-                let pkg = modules.join("kinesis-local");
+                let pkg = modules.join(kinesis_mock_package());
                 let mut c = Command::new("node");
                 c.arg(pkg.join("main.js"))
                     .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
