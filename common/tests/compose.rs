@@ -6,7 +6,12 @@
 //! - the init container creates the stream the services use, with the same region, access key
 //!   and endpoint (LocalStack keys streams by account and region);
 //! - both services start only after `localstack-init` completed successfully;
-//! - `consumer` can be scaled (no `container_name`, no fixed host port).
+//! - `consumer` can be scaled (no `container_name`, no fixed host port);
+//! - `localstack` runs the AWS services the stack needs, has a health check the init container
+//!   waits on, and is published on loopback only (it has no authentication);
+//! - the init container's deadline is a host variable with a default that fits a first start;
+//! - every shell script and every file a Linux container reads is checked out with LF line
+//!   endings on every platform (`.gitattributes`; a CRLF `create-stream.sh` dies in bash).
 //!
 //! Values are checked as written and after compose-style interpolation with nothing set on the
 //! host (`${VAR:-default}` becomes `default`).
@@ -20,13 +25,18 @@ use common::config::{
 use serde_yaml::Value;
 
 const INIT: &str = "localstack-init";
+const LOCALSTACK: &str = "localstack";
 const SERVICES: [(&str, Service); 2] = [
     ("producer", Service::Producer),
     ("consumer", Service::Consumer),
 ];
 
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn compose_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml")
+    repo_root().join("docker-compose.yml")
 }
 
 fn compose() -> Value {
@@ -305,4 +315,184 @@ fn interpolation_follows_compose() {
         interpolate("http://localstack:4566", "t"),
         "http://localstack:4566"
     );
+}
+
+#[test]
+fn localstack_runs_what_the_stack_needs_and_reports_its_health() {
+    let compose = compose();
+    let env = effective_environment(&compose, LOCALSTACK);
+    let services: Vec<String> = env
+        .get("SERVICES")
+        .map(|v| v.split(',').map(|s| s.trim().to_lowercase()).collect())
+        .unwrap_or_default();
+    // Kinesis for everyone, DynamoDB for the leased consumer's lease table (compose's default
+    // CONSUMER_MODE). An empty SERVICES would start everything LocalStack has.
+    for needed in ["kinesis", "dynamodb"] {
+        assert!(
+            services.iter().any(|s| s == needed),
+            "services.{LOCALSTACK}.environment.SERVICES must include {needed} (it is {services:?})"
+        );
+    }
+    let test = service(&compose, LOCALSTACK)
+        .get("healthcheck")
+        .and_then(|h| h.get("test"))
+        .unwrap_or_else(|| panic!("services.{LOCALSTACK}.healthcheck.test is missing"));
+    let words: Vec<String> = match test {
+        Value::Sequence(items) => items
+            .iter()
+            .filter_map(|i| scalar(i, "healthcheck.test item"))
+            .collect(),
+        other => vec![scalar(other, "healthcheck.test").unwrap_or_default()],
+    };
+    assert!(
+        words.first().is_some_and(|w| w != "NONE")
+            && words.iter().any(|w| w.contains("/_localstack/health")),
+        "services.{LOCALSTACK}.healthcheck.test must query /_localstack/health: {words:?}"
+    );
+    let condition = service(&compose, INIT)
+        .get("depends_on")
+        .and_then(|d| d.get(LOCALSTACK))
+        .and_then(|d| d.get("condition"))
+        .and_then(Value::as_str);
+    assert_eq!(
+        condition,
+        Some("service_healthy"),
+        "services.{INIT}.depends_on.{LOCALSTACK}.condition must be service_healthy"
+    );
+}
+
+/// The host address of a `ports:` entry, `None` when it binds every interface.
+fn published_host_ip(entry: &Value) -> Option<String> {
+    if let Some(ip) = entry.get("host_ip") {
+        return scalar(ip, "ports[].host_ip").map(|ip| interpolate(&ip, "ports[].host_ip"));
+    }
+    if entry.is_mapping() {
+        return None;
+    }
+    let short = interpolate(&scalar(entry, "ports[]").unwrap_or_default(), "ports[]");
+    let short = short.split('/').next().unwrap_or_default();
+    if let Some(rest) = short.strip_prefix('[') {
+        return rest.split_once(']').map(|(ip, _)| ip.to_string());
+    }
+    let parts: Vec<&str> = short.split(':').collect();
+    (parts.len() == 3).then(|| parts[0].to_string())
+}
+
+#[test]
+fn localstack_is_published_on_loopback_only() {
+    let compose = compose();
+    let ports = service(&compose, LOCALSTACK)
+        .get("ports")
+        .and_then(Value::as_sequence)
+        .unwrap_or_else(|| panic!("services.{LOCALSTACK}.ports is missing"));
+    assert!(!ports.is_empty(), "services.{LOCALSTACK}.ports is empty");
+    for entry in ports {
+        let ip = published_host_ip(entry);
+        assert!(
+            matches!(ip.as_deref(), Some("127.0.0.1" | "::1" | "localhost")),
+            "services.{LOCALSTACK}.ports entry {entry:?} is published on {}: LocalStack has no \
+             authentication, bind it to 127.0.0.1 by default",
+            ip.unwrap_or_else(|| "every interface".into())
+        );
+    }
+    assert_eq!(
+        published_host_ip(&Value::String("${B:-127.0.0.1}:${P:-4566}:4566".into())).as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(published_host_ip(&Value::String("4566:4566".into())), None);
+    assert_eq!(
+        published_host_ip(&Value::String("[::1]:4566:4566/tcp".into())).as_deref(),
+        Some("::1")
+    );
+}
+
+#[test]
+fn the_init_deadline_is_a_host_variable_that_fits_a_first_start() {
+    let compose = compose();
+    let written = environment(&compose, INIT)
+        .remove("INIT_TIMEOUT_SECONDS")
+        .flatten()
+        .unwrap_or_else(|| panic!("services.{INIT}.environment must set INIT_TIMEOUT_SECONDS"));
+    assert!(
+        written.contains("${INIT_TIMEOUT_SECONDS"),
+        "INIT_TIMEOUT_SECONDS must be overridable from the host (`${{INIT_TIMEOUT_SECONDS:-...}}`), \
+         not {written:?}"
+    );
+    let seconds: u64 = interpolate(&written, "INIT_TIMEOUT_SECONDS")
+        .parse()
+        .unwrap_or_else(|_| panic!("INIT_TIMEOUT_SECONDS {written:?} is not a whole number"));
+    // A first start downloads LocalStack's Kinesis engine before the first call is answered.
+    assert!(
+        seconds >= 300,
+        "INIT_TIMEOUT_SECONDS defaults to {seconds}s, too short for a first start on a slow line"
+    );
+}
+
+/// Files git tracks, relative to the repository root.
+fn tracked_files() -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run `git ls-files` (this test needs git and a git checkout)");
+    assert!(
+        out.status.success(),
+        "git ls-files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 file names")
+        .split('\0')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn scripts_and_container_files_are_checked_out_with_lf_everywhere() {
+    let root = repo_root();
+    let must_be_lf: Vec<String> = tracked_files()
+        .into_iter()
+        .filter(|path| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let script = std::fs::read(root.join(path))
+                .map(|bytes| bytes.starts_with(b"#!"))
+                .unwrap_or(false);
+            // Run by bash or another interpreter (a CR ends up in every line it reads), or read
+            // inside a Linux container.
+            script
+                || name.ends_with(".sh")
+                || path.starts_with("localstack-init/")
+                || ["Dockerfile", ".dockerignore", "docker-compose.yml"].contains(&name)
+        })
+        .collect();
+    assert!(
+        must_be_lf
+            .iter()
+            .any(|p| p == "localstack-init/create-stream.sh"),
+        "the init script was not found among {must_be_lf:?}"
+    );
+    let out = std::process::Command::new("git")
+        .args(["check-attr", "eol", "--"])
+        .args(&must_be_lf)
+        .current_dir(&root)
+        .output()
+        .expect("run `git check-attr`");
+    assert!(out.status.success(), "git check-attr failed");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let not_lf: Vec<&str> = report
+        .lines()
+        .filter(|line| !line.ends_with(": eol: lf"))
+        .collect();
+    assert!(
+        not_lf.is_empty(),
+        "these files would be checked out with the platform's line endings (CRLF with Git for \
+         Windows' defaults); give them `eol=lf` in .gitattributes:\n{}",
+        not_lf.join("\n")
+    );
+    let with_cr: Vec<&String> = must_be_lf
+        .iter()
+        .filter(|p| std::fs::read(root.join(p)).is_ok_and(|b| b.contains(&b'\r')))
+        .collect();
+    assert!(with_cr.is_empty(), "CR characters in {with_cr:?}");
 }
