@@ -4,6 +4,8 @@
 //! sends a fixed number of records and exits; the consumer must log `record received` for
 //! exactly the records the producer logged as `record sent`.
 //!
+//! The init script alone: its deadline holds when Kinesis accepts calls and never answers.
+//!
 //! Needs node (the emulators; `npm ci --prefix emulators` runs if they are missing), python3
 //! (the script installs requirements-dev.txt into .venv on first use) and curl. Run with
 //! `cargo test --workspace` so the producer binary is built next to the consumer.
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::testkit::{events, field, sibling_binary, unique_name};
+use common::testkit::{events, field, sibling_binary, unique_name, FaultProxy, Kind, Rule};
 
 const COUNT: usize = 5;
 /// Start-up (first run: venv and emulator install), stream creation, 5 records, shutdown.
@@ -200,5 +202,88 @@ fn run_local_delivers_every_produced_record_to_the_consumer() {
         );
     }
 
+    let _ = std::fs::remove_dir_all(&run_dir);
+}
+
+/// The dev tools' bin directory (the AWS CLI the init script runs on the host).
+fn dev_venv_bin() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/dev-venv.sh"))
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/dev-venv.sh");
+    assert!(out.status.success(), "scripts/dev-venv.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// On a first start LocalStack accepts Kinesis calls and answers only once its engine is
+/// installed. The init container's deadline must hold all the same: every AWS CLI call is made
+/// once, with timeouts no longer than the time left (a CLI call used to be allowed 60 s per
+/// attempt, and several attempts).
+#[test]
+fn the_init_script_gives_up_at_its_deadline_when_kinesis_never_answers() {
+    const INIT_TIMEOUT: Duration = Duration::from_secs(4);
+    // The AWS CLI (Python) takes a second or two to start on a loaded machine; the old script
+    // needed at least 60 s here.
+    const MARGIN: Duration = Duration::from_secs(20);
+    let aws = dev_venv_bin().join("aws");
+    let emulator = common::testkit::shared(Kind::KinesisMock);
+    let proxy = FaultProxy::start(&emulator.endpoint());
+    proxy.set(vec![Rule::hang()]);
+    let run_dir = std::env::temp_dir().join(unique_name("init-deadline"));
+    std::fs::create_dir_all(&run_dir).expect("create a temporary folder");
+    let log = run_dir.join("localstack-init.log");
+
+    let started = Instant::now();
+    let child = Command::new("bash")
+        .arg(repo_root().join("localstack-init/create-stream.sh"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &run_dir)
+        .env("AWS_CLI", &aws)
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("AWS_REGION", common::testkit::TEST_REGION)
+        .env("AWS_ACCESS_KEY_ID", common::testkit::TEST_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("STREAM_NAME", unique_name("init-deadline"))
+        .env("INIT_TIMEOUT_SECONDS", INIT_TIMEOUT.as_secs().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).expect("create the log"))
+        .process_group(0)
+        .spawn()
+        .expect("start create-stream.sh");
+    let mut guard = ScriptGuard { child };
+    let status = loop {
+        match guard.child.try_wait().expect("wait for create-stream.sh") {
+            Some(status) => break status,
+            None if started.elapsed() > INIT_TIMEOUT + MARGIN => panic!(
+                "create-stream.sh still running {:?} after it started, with a {INIT_TIMEOUT:?} \
+                 deadline\n{}",
+                started.elapsed(),
+                tail(&log, 20)
+            ),
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let took = started.elapsed();
+    let lines = read_lines(&log);
+    assert_eq!(status.code(), Some(1), "{}", tail(&log, 20));
+    assert!(
+        took >= INIT_TIMEOUT,
+        "gave up after {took:?}, before its deadline"
+    );
+    assert!(
+        proxy.faults("DescribeStreamSummary") >= 1,
+        "the script never reached Kinesis\n{}",
+        tail(&log, 20)
+    );
+    let last = lines.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.contains("is not ACTIVE after 4s (INIT_TIMEOUT_SECONDS); last: ")
+            && last.to_lowercase().contains("timeout"),
+        "the last line must name the deadline and the last error: {last:?}"
+    );
     let _ = std::fs::remove_dir_all(&run_dir);
 }
