@@ -3,7 +3,8 @@
 //! One Kinesis record carries many user records:
 //! `F3 89 9A C2` ++ protobuf `AggregatedRecord` ++ MD5(protobuf bytes).
 //! A record without the magic prefix, or whose digest or protobuf does not check, is an
-//! ordinary record ([`deaggregate`] returns `None`), as the format specifies.
+//! ordinary record ([`deaggregate`] returns `None`), as the format specifies; so is one whose
+//! keys Kinesis itself would refuse.
 //!
 //! Partition keys map to shards by the MD5 of the key read as a big-endian 128-bit number
 //! ([`hash_key`]), unless an explicit hash key (a decimal 128-bit number) is given.
@@ -63,17 +64,65 @@ pub fn effective_hash_key(partition_key: &str, explicit_hash_key: Option<&str>) 
         .unwrap_or_else(|| hash_key(partition_key))
 }
 
-/// One user record found inside an aggregated record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubRecord {
-    pub partition_key: String,
-    pub explicit_hash_key: Option<String>,
-    pub data: Vec<u8>,
+/// A decoded aggregated record: the key tables once, and the members pointing into them.
+///
+/// Members borrow their keys from the tables ([`Aggregate::iter`]) rather than copying them, so
+/// memory stays proportional to the record's size even when thousands of members share one
+/// long key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    partition_keys: Vec<String>,
+    explicit_hash_keys: Vec<String>,
+    records: Vec<pb::Record>,
 }
 
-/// The user records of an aggregated record, in order, or `None` when `data` is an ordinary
-/// record (no magic prefix, wrong digest, undecodable protobuf or dangling table index).
-pub fn deaggregate(data: &[u8]) -> Option<Vec<SubRecord>> {
+/// One user record of an [`Aggregate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubRecord<'a> {
+    pub partition_key: &'a str,
+    pub explicit_hash_key: Option<&'a str>,
+    pub data: &'a [u8],
+}
+
+impl Aggregate {
+    /// Number of user records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The user records, in order. Indexes were checked by [`deaggregate`].
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = SubRecord<'_>> + '_ {
+        self.records.iter().map(|r| SubRecord {
+            partition_key: &self.partition_keys[r.partition_key_index as usize],
+            explicit_hash_key: r
+                .explicit_hash_key_index
+                .map(|i| self.explicit_hash_keys[i as usize].as_str()),
+            data: &r.data,
+        })
+    }
+}
+
+/// Whether Kinesis would accept this partition key: 1 to 256 characters.
+pub fn is_valid_partition_key(key: &str) -> bool {
+    // Cheap bound first: a huge key is rejected without counting its characters.
+    !key.is_empty() && key.len() <= 256 * 4 && key.chars().count() <= 256
+}
+
+/// Whether Kinesis would accept this explicit hash key: a decimal number below 2^128.
+pub fn is_valid_explicit_hash_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) && key.parse::<u128>().is_ok()
+}
+
+/// The user records of an aggregated record, or `None` when `data` is an ordinary record: no
+/// magic prefix, wrong digest, undecodable protobuf, a dangling table index, or a key Kinesis
+/// itself would refuse (a partition key of more than 256 characters, an explicit hash key that
+/// is not a decimal 128-bit number). Such a record is then handled like any other payload, so
+/// a hostile aggregate costs no more than its own bytes.
+pub fn deaggregate(data: &[u8]) -> Option<Aggregate> {
     let body = data.strip_prefix(&MAGIC)?;
     if body.len() < DIGEST_LEN {
         return None;
@@ -83,28 +132,24 @@ pub fn deaggregate(data: &[u8]) -> Option<Vec<SubRecord>> {
         return None;
     }
     let agg = pb::AggregatedRecord::decode(message).ok()?;
-    agg.records
-        .into_iter()
-        .map(|r| {
-            let partition_key = agg
-                .partition_key_table
-                .get(usize::try_from(r.partition_key_index).ok()?)?
-                .clone();
-            let explicit_hash_key = match r.explicit_hash_key_index {
-                None => None,
-                Some(i) => Some(
-                    agg.explicit_hash_key_table
-                        .get(usize::try_from(i).ok()?)?
-                        .clone(),
-                ),
-            };
-            Some(SubRecord {
-                partition_key,
-                explicit_hash_key,
-                data: r.data,
-            })
-        })
-        .collect()
+    let keys_valid = agg
+        .partition_key_table
+        .iter()
+        .all(|k| is_valid_partition_key(k))
+        && agg
+            .explicit_hash_key_table
+            .iter()
+            .all(|k| is_valid_explicit_hash_key(k));
+    let indexes_valid = agg.records.iter().all(|r| {
+        r.partition_key_index < agg.partition_key_table.len() as u64
+            && r.explicit_hash_key_index
+                .is_none_or(|i| i < agg.explicit_hash_key_table.len() as u64)
+    });
+    (keys_valid && indexes_valid).then_some(Aggregate {
+        partition_keys: agg.partition_key_table,
+        explicit_hash_keys: agg.explicit_hash_key_table,
+        records: agg.records,
+    })
 }
 
 /// Builds one aggregated record, encoding as records arrive.
@@ -253,19 +298,54 @@ mod tests {
         let bytes = agg.finish();
         assert_eq!(bytes.len(), predicted, "size is tracked exactly");
         assert!(agg.is_empty());
-        let subs = deaggregate(&bytes).expect("aggregated");
+        let agg = deaggregate(&bytes).expect("aggregated");
+        let subs: Vec<SubRecord> = agg.iter().collect();
         assert_eq!(subs.len(), 3);
         assert_eq!(
             subs[0],
             SubRecord {
-                partition_key: "a".into(),
+                partition_key: "a",
                 explicit_hash_key: None,
-                data: b"one".to_vec()
+                data: b"one"
             }
         );
-        assert_eq!(subs[1].explicit_hash_key.as_deref(), Some("12345"));
+        assert_eq!(subs[1].explicit_hash_key, Some("12345"));
         assert_eq!(subs[1].data, b"two");
         assert_eq!(subs[2].partition_key, "a");
+    }
+
+    #[test]
+    fn members_share_their_key_instead_of_copying_it() {
+        let mut agg = Aggregator::new();
+        let key = "k".repeat(200);
+        for _ in 0..3 {
+            agg.add(&key, None, b"x");
+        }
+        let decoded = deaggregate(&agg.finish()).unwrap();
+        let keys: Vec<*const u8> = decoded.iter().map(|s| s.partition_key.as_ptr()).collect();
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key in memory");
+    }
+
+    #[test]
+    fn keys_kinesis_would_refuse_make_an_ordinary_record() {
+        let build = |key: &str, hash: Option<&str>| {
+            let mut agg = Aggregator::new();
+            agg.add("fine", None, b"first");
+            agg.add(key, hash, b"second");
+            agg.finish()
+        };
+        assert!(deaggregate(&build(&"x".repeat(256), None)).is_some());
+        assert!(deaggregate(&build(&"é".repeat(256), None)).is_some());
+        assert!(deaggregate(&build(&"x".repeat(257), None)).is_none());
+        assert!(deaggregate(&build("", None)).is_none());
+        let max = u128::MAX.to_string();
+        assert!(deaggregate(&build("k", Some(&max))).is_some());
+        assert!(
+            deaggregate(&build("k", Some("340282366920938463463374607431768211456"))).is_none()
+        );
+        assert!(deaggregate(&build("k", Some("-1"))).is_none());
+        assert!(deaggregate(&build("k", Some("+1"))).is_none());
+        assert!(deaggregate(&build("k", Some("12a"))).is_none());
     }
 
     #[test]

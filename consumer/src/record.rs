@@ -10,39 +10,75 @@ use aws_sdk_kinesis::types::Record;
 use common::kpl;
 use common::message::DataMessage;
 
-/// One user record, as the application sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub sequence_number: String,
+/// One user record, as the application sees it. It borrows from the Kinesis record (and its
+/// decoded aggregate): nothing is copied per user record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRecord<'a> {
+    pub sequence_number: &'a str,
     /// Index inside the aggregated record; `None` for an ordinary record.
     pub sub_sequence_number: Option<u64>,
-    pub partition_key: String,
-    pub explicit_hash_key: Option<String>,
-    pub data: Vec<u8>,
+    pub partition_key: &'a str,
+    pub explicit_hash_key: Option<&'a str>,
+    pub data: &'a [u8],
 }
 
-/// The user records a Kinesis record carries, in order.
-pub fn user_records(record: &Record) -> Vec<UserRecord> {
-    let data = record.data().as_ref();
-    match kpl::deaggregate(data) {
-        Some(subs) => subs
-            .into_iter()
-            .enumerate()
-            .map(|(i, sub)| UserRecord {
-                sequence_number: record.sequence_number().to_string(),
-                sub_sequence_number: Some(i as u64),
-                partition_key: sub.partition_key,
-                explicit_hash_key: sub.explicit_hash_key,
-                data: sub.data,
-            })
-            .collect(),
-        None => vec![UserRecord {
-            sequence_number: record.sequence_number().to_string(),
+/// The user records one Kinesis record carries: see [`user_records`].
+#[derive(Debug)]
+pub enum UserRecords<'a> {
+    Aggregated {
+        record: &'a Record,
+        aggregate: kpl::Aggregate,
+    },
+    Ordinary(&'a Record),
+}
+
+impl UserRecords<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            UserRecords::Aggregated { aggregate, .. } => aggregate.len(),
+            UserRecords::Ordinary(_) => 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The user records in order.
+    pub fn iter(&self) -> impl Iterator<Item = UserRecord<'_>> + '_ {
+        let (aggregated, ordinary) = match self {
+            UserRecords::Aggregated { record, aggregate } => (Some((*record, aggregate)), None),
+            UserRecords::Ordinary(record) => (None, Some(*record)),
+        };
+        let members = aggregated.into_iter().flat_map(|(record, aggregate)| {
+            aggregate
+                .iter()
+                .enumerate()
+                .map(move |(i, sub)| UserRecord {
+                    sequence_number: record.sequence_number(),
+                    sub_sequence_number: Some(i as u64),
+                    partition_key: sub.partition_key,
+                    explicit_hash_key: sub.explicit_hash_key,
+                    data: sub.data,
+                })
+        });
+        let single = ordinary.into_iter().map(|record| UserRecord {
+            sequence_number: record.sequence_number(),
             sub_sequence_number: None,
-            partition_key: record.partition_key().unwrap_or_default().to_string(),
+            partition_key: record.partition_key().unwrap_or_default(),
             explicit_hash_key: None,
-            data: data.to_vec(),
-        }],
+            data: record.data().as_ref(),
+        });
+        members.chain(single)
+    }
+}
+
+/// The user records a Kinesis record carries: the members of a KPL aggregate, or the record
+/// itself when it is not one (see [`kpl::deaggregate`]).
+pub fn user_records(record: &Record) -> UserRecords<'_> {
+    match kpl::deaggregate(record.data().as_ref()) {
+        Some(aggregate) => UserRecords::Aggregated { record, aggregate },
+        None => UserRecords::Ordinary(record),
     }
 }
 
@@ -65,11 +101,15 @@ pub fn log_record_in_range(
 
 /// Warns about an aggregated user record whose hash key is outside the shard's inclusive
 /// `hash_range`. It is delivered all the same (the Java KCL drops the whole aggregate).
-pub fn warn_if_outside_range(shard_id: &str, hash_range: Option<(u128, u128)>, user: &UserRecord) {
+pub fn warn_if_outside_range(
+    shard_id: &str,
+    hash_range: Option<(u128, u128)>,
+    user: &UserRecord<'_>,
+) {
     let (Some((start, end)), Some(_)) = (hash_range, user.sub_sequence_number) else {
         return;
     };
-    let hash = kpl::effective_hash_key(&user.partition_key, user.explicit_hash_key.as_deref());
+    let hash = kpl::effective_hash_key(user.partition_key, user.explicit_hash_key);
     if hash < start || hash > end {
         tracing::warn!(
             shard_id = %shard_id,
@@ -83,8 +123,8 @@ pub fn warn_if_outside_range(shard_id: &str, hash_range: Option<(u128, u128)>, u
 
 /// Logs one user record as `record received`, or as a `malformed record skipped` warning naming
 /// the shard and sequence number when it is not a `DataMessage`. Returns whether it was valid.
-pub fn log_user_record(shard_id: &str, user: &UserRecord) -> bool {
-    match DataMessage::from_json(&user.data) {
+pub fn log_user_record(shard_id: &str, user: &UserRecord<'_>) -> bool {
+    match DataMessage::from_json(user.data) {
         Ok(message) => {
             tracing::info!(
                 id = %message.id,
@@ -131,18 +171,22 @@ mod tests {
         let mut agg = kpl::Aggregator::new();
         agg.add("k1", None, b"first");
         agg.add("k2", Some("7"), b"second");
-        let users = user_records(&record(agg.finish()));
+        let record = record(agg.finish());
+        let expanded = user_records(&record);
+        let users: Vec<UserRecord> = expanded.iter().collect();
         assert_eq!(users.len(), 2);
         assert_eq!(users[0].sub_sequence_number, Some(0));
         assert_eq!(users[0].partition_key, "k1");
         assert_eq!(users[1].sub_sequence_number, Some(1));
-        assert_eq!(users[1].explicit_hash_key.as_deref(), Some("7"));
+        assert_eq!(users[1].explicit_hash_key, Some("7"));
         assert!(users.iter().all(|u| u.sequence_number == "49600"));
     }
 
     #[test]
     fn an_ordinary_record_is_one_user_record() {
-        let users = user_records(&record(b"plain".to_vec()));
+        let record = record(b"plain".to_vec());
+        let expanded = user_records(&record);
+        let users: Vec<UserRecord> = expanded.iter().collect();
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].sub_sequence_number, None);
         assert_eq!(users[0].partition_key, "outer");
@@ -155,7 +199,9 @@ mod tests {
         agg.add("k1", None, b"first");
         let mut bytes = agg.finish();
         bytes[6] ^= 0x55;
-        let users = user_records(&record(bytes.clone()));
+        let record = record(bytes.clone());
+        let expanded = user_records(&record);
+        let users: Vec<UserRecord> = expanded.iter().collect();
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].data, bytes);
     }

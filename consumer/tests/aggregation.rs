@@ -345,3 +345,146 @@ async fn a_leased_restart_between_aggregates_neither_skips_nor_repeats_user_reco
         "no user record skipped"
     );
 }
+
+/// Polling consumer with a short poll interval, its stdout in JSON.
+fn polling_consumer(binary: &Path, endpoint: &str, stream: &str) -> ServiceProcess {
+    ServiceProcess::spawn(
+        binary,
+        &testkit::env_with(endpoint, stream, &[("CONSUMER_POLL_INTERVAL_MS", "200")]),
+    )
+}
+
+/// Aggregates whose keys Kinesis itself would refuse (a partition key longer than 256
+/// characters, an explicit hash key that is not a decimal 128-bit number) are ordinary
+/// malformed records: one warning naming shard and sequence number each, none of their members
+/// delivered, and the records after them still arrive.
+#[tokio::test]
+async fn an_aggregate_with_keys_kinesis_would_refuse_is_a_malformed_record() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("agg-badkeys");
+    testkit::create_stream(&client, &stream, 1).await;
+    let inner: Vec<DataMessage> = (0..4).map(|_| DataMessage::new()).collect();
+    let mut long_key = common::kpl::Aggregator::new();
+    long_key.add(&"k".repeat(257), None, &inner[0].to_json());
+    long_key.add("fine", None, &inner[1].to_json());
+    let mut bad_hash = common::kpl::Aggregator::new();
+    bad_hash.add("fine", Some("not-a-number"), &inner[2].to_json());
+    bad_hash.add("fine", None, &inner[3].to_json());
+    let bad = [
+        testkit::put_record(&client, &stream, "a", long_key.finish()).await,
+        testkit::put_record(&client, &stream, "b", bad_hash.finish()).await,
+    ];
+    let good = DataMessage::new();
+    testkit::put_record(&client, &stream, "c", good.to_json()).await;
+
+    let mut reader = polling_consumer(consumer_bin(), &emu.endpoint(), &stream);
+    let arrived = testkit::eventually(Duration::from_secs(60), || {
+        field(&reader.events("record received"), "id").contains(&good.id.to_string())
+    })
+    .await;
+    assert!(arrived, "{}", reader.dump());
+    reader.stop();
+    assert_eq!(
+        reader.events("record received").len(),
+        1,
+        "{}",
+        reader.dump()
+    );
+    let warnings = reader.events("malformed record skipped");
+    assert_eq!(warnings.len(), 2, "{}", reader.dump());
+    for (warning, put) in warnings.iter().zip(&bad) {
+        assert_eq!(warning["shard_id"].as_str(), Some(put.shard_id()));
+        assert_eq!(
+            warning["sequence_number"].as_str(),
+            Some(put.sequence_number())
+        );
+    }
+}
+
+/// A KPL aggregate of about `size` bytes: one partition key of `key_len` characters, and as many
+/// members with empty data naming it as fit. Written by hand: the aggregator would hash the key
+/// once per member. Returns the bytes and the number of members.
+fn hostile_aggregate(key_len: usize, size: usize) -> (Vec<u8>, usize) {
+    use md5::Digest;
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut message = vec![0x0A]; // field 1, partition_key_table
+    varint(key_len, &mut message);
+    message.extend(std::iter::repeat_n(b'k', key_len));
+    // field 3, a Record of 4 bytes: partition_key_index 0, data empty.
+    let member = [0x1A, 0x04, 0x08, 0x00, 0x1A, 0x00];
+    let mut members = 0;
+    while message.len() + member.len() + 20 <= size {
+        message.extend_from_slice(&member);
+        members += 1;
+    }
+    let mut record = common::kpl::MAGIC.to_vec();
+    record.extend_from_slice(&message);
+    record.extend_from_slice(&md5::Md5::digest(&message));
+    (record, members)
+}
+
+/// A 1 MB aggregate whose ~100,000 members all name one 400 KB partition key. Copying the key
+/// per member would need 40 GB; the consumer runs with its address space capped at 1 GB, so a
+/// copy kills it instead of the machine. It must skip the record with a warning, stay small
+/// and go on.
+#[tokio::test]
+async fn a_hostile_aggregate_neither_crashes_the_consumer_nor_blows_up_its_memory() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("agg-hostile");
+    testkit::create_stream(&client, &stream, 1).await;
+    let (hostile, members) = hostile_aggregate(400_000, 1_000_000);
+    assert!(members > 90_000, "{members} members");
+    let put = testkit::put_record(&client, &stream, "hostile", hostile).await;
+    let good = DataMessage::new();
+    testkit::put_record(&client, &stream, "after", good.to_json()).await;
+
+    let dir = std::env::temp_dir().join(testkit::unique_name("capped-consumer"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrapper = dir.join("consumer");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -v 1000000 || exit 99\nexec '{}'\n",
+            consumer_bin().display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut reader = polling_consumer(&wrapper, &emu.endpoint(), &stream);
+    let arrived = testkit::eventually(Duration::from_secs(60), || {
+        field(&reader.events("record received"), "id").contains(&good.id.to_string())
+    })
+    .await;
+    assert!(arrived, "{}", reader.dump());
+    let peak_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", reader.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    eprintln!("consumer peak resident memory: {peak_kib} KiB");
+    reader.stop();
+    let warnings = reader.events("malformed record skipped");
+    assert_eq!(warnings.len(), 1, "{}", reader.dump());
+    assert_eq!(
+        warnings[0]["sequence_number"].as_str(),
+        Some(put.sequence_number())
+    );
+    assert_eq!(warnings[0]["partition_key"].as_str(), Some("hostile"));
+    assert!(
+        peak_kib < 200 * 1024,
+        "peak resident memory {peak_kib} KiB for a 1 MB record"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

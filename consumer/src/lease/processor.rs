@@ -250,9 +250,10 @@ impl RecordProcessor for LoggingProcessor {
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> anyhow::Result<()> {
         let mut last = None;
         for record in input.records {
-            for user in crate::record::user_records(record) {
+            let users = crate::record::user_records(record);
+            for user in users.iter() {
                 let position = ExtendedSequenceNumber::new(
-                    user.sequence_number.clone(),
+                    user.sequence_number,
                     user.sub_sequence_number.unwrap_or(0) as i64,
                 );
                 if self.resume_after.as_ref().is_some_and(|r| position <= *r) {
