@@ -35,12 +35,11 @@ pub async fn wait_for_stream(
     let started = Instant::now();
     let mut last_log = started;
     loop {
-        let last = match client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-        {
+        let described = tokio::select! {
+            _ = cancel.cancelled() => return Err(StreamWaitError::Cancelled(stream.to_string())),
+            described = client.describe_stream_summary().stream_name(stream).send() => described,
+        };
+        let last = match described {
             Ok(out) => {
                 let status = out
                     .stream_description_summary()

@@ -40,7 +40,7 @@ pub async fn run(
         Err(other) => return Err(other.into()),
     }
     match settings.mode {
-        ConsumerMode::Polling => polling::run(&settings, client, cancel).await,
+        ConsumerMode::Polling => Ok(polling::run(&settings, client, cancel).await?),
         ConsumerMode::Leased => {
             lease::run(
                 &settings,

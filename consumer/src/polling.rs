@@ -83,10 +83,12 @@ impl ShardGraph {
         self.shards.insert(shard_id.to_string(), ShardState::Ended);
     }
 
-    /// A shard read failed: wait for the next sync to try it again.
-    pub fn mark_failed(&mut self, shard_id: &str) {
-        self.shards
-            .insert(shard_id.to_string(), ShardState::Waiting(Vec::new()));
+    /// Shards that are never to be read (closed before a `LATEST` start: history only). They
+    /// count as ended, so listing them again later adds nothing, and their children start.
+    pub fn skip(&mut self, shard_ids: impl IntoIterator<Item = String>) {
+        for id in shard_ids {
+            self.shards.insert(id, ShardState::Ended);
+        }
     }
 }
 
@@ -108,18 +110,25 @@ fn parents_of(shard: &Shard) -> (String, Vec<String>) {
     (shard.shard_id().to_string(), parents)
 }
 
-/// The shards to read at start. From `LATEST` only the open shards matter (closed ones hold
-/// nothing newer), and they start at once rather than after parents that will yield nothing.
-fn first_listing(shards: &[Shard], position: InitialPosition) -> Vec<(String, Vec<String>)> {
-    shards
-        .iter()
-        .filter_map(|shard| match position {
-            InitialPosition::Latest => {
-                common::kinesis::is_open(shard).then(|| (shard.shard_id().to_string(), Vec::new()))
+/// The shards to read at start, and those to skip. From `LATEST` only the open shards matter:
+/// closed ones hold nothing newer, so they are skipped for good, and the open ones start at
+/// once rather than after parents that will yield nothing.
+fn first_listing(
+    shards: &[Shard],
+    position: InitialPosition,
+) -> (Vec<(String, Vec<String>)>, Vec<String>) {
+    let mut read = Vec::new();
+    let mut skip = Vec::new();
+    for shard in shards {
+        match position {
+            InitialPosition::Latest if !common::kinesis::is_open(shard) => {
+                skip.push(shard.shard_id().to_string())
             }
-            _ => Some(parents_of(shard)),
-        })
-        .collect()
+            InitialPosition::Latest => read.push((shard.shard_id().to_string(), Vec::new())),
+            _ => read.push(parents_of(shard)),
+        }
+    }
+    (read, skip)
 }
 
 fn initial(position: InitialPosition) -> StartPosition {
@@ -130,27 +139,65 @@ fn initial(position: InitialPosition) -> StartPosition {
     }
 }
 
-/// Reads every shard until `cancel` fires.
+/// Why polling mode ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PollingError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("stream {stream:?} was deleted while being read ({message})")]
+    StreamGone { stream: String, message: String },
+    #[error("listing the shards of stream {stream:?} at start")]
+    FirstListing {
+        stream: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+/// Lists the shards; `Ok(None)` when `cancel` fired first.
+async fn list(
+    client: &Client,
+    stream: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<Vec<Shard>>> {
+    tokio::select! {
+        _ = cancel.cancelled() => Ok(None),
+        listed = common::kinesis::list_shards(client, stream) => listed.map(Some),
+    }
+}
+
+/// Reads every shard until `cancel` fires. Ends with an error only when the stream is deleted.
 pub async fn run(
     settings: &ConsumerSettings,
     client: Client,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), PollingError> {
     let stream = settings.shared.stream_name.clone();
     let mut graph = ShardGraph::default();
-    let listed = common::kinesis::list_shards(&client, &stream).await?;
+    let listed = match list(&client, &stream, &cancel).await {
+        Ok(Some(listed)) => listed,
+        Ok(None) => return Ok(()),
+        Err(source) => {
+            return Err(PollingError::FirstListing {
+                stream: stream.clone(),
+                source,
+            })
+        }
+    };
     let mut ranges = HashMap::new();
     remember_ranges(&mut ranges, &listed);
-    let first: HashSet<String> = graph
-        .add(first_listing(&listed, settings.initial_position))
-        .into_iter()
-        .collect();
+    let (read, skip) = first_listing(&listed, settings.initial_position);
+    graph.skip(skip);
+    let first: HashSet<String> = graph.add(read).into_iter().collect();
     tracing::info!(stream = %stream, shards = first.len(), mode = "polling", "consumer started");
 
+    // Readers stop with `cancel`, or with `stop_readers` when the stream is gone.
+    let stop_readers = cancel.child_token();
     let mut readers: JoinSet<(String, Result<Vec<String>, ReadError>)> = JoinSet::new();
     let mut sync = tokio::time::interval(settings.shard_sync_interval);
     sync.tick().await;
-    loop {
+    let mut failure = None;
+    while failure.is_none() {
         for shard_id in graph.take_ready() {
             let start = if first.contains(&shard_id) {
                 initial(settings.initial_position)
@@ -169,45 +216,63 @@ pub async fn run(
             readers.spawn(read_shard(
                 reader,
                 ranges.get(&shard_id).copied(),
-                cancel.clone(),
+                stop_readers.clone(),
             ));
         }
-        tokio::select! {
+        // A listing: at every sync tick, and when a shard ended (to learn its children's
+        // parents now rather than at the next sync).
+        let listing = tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = sync.tick() => match common::kinesis::list_shards(&client, &stream).await {
-                Ok(shards) => {
-                    remember_ranges(&mut ranges, &shards);
-                    for id in graph.add(shards.iter().map(parents_of)) {
-                        tracing::info!(shard_id = %id, "new shard discovered");
-                    }
-                }
-                Err(err) => tracing::warn!(error = %format!("{err:#}"), "shard list refresh failed, keeping the current list"),
-            },
+            _ = sync.tick() => true,
             Some(done) = readers.join_next(), if !readers.is_empty() => match done {
                 Ok((shard_id, Ok(children))) => {
                     tracing::info!(shard_id = %shard_id, child_shards = ?children, "shard ended");
                     graph.mark_ended(&shard_id);
-                    if !children.is_empty() {
-                        // Learn the children's parents now rather than at the next sync.
-                        if let Ok(shards) = common::kinesis::list_shards(&client, &stream).await {
-                            remember_ranges(&mut ranges, &shards);
-                            graph.add(shards.iter().map(parents_of));
-                        }
-                    }
+                    !children.is_empty()
                 }
-                Ok((_, Err(ReadError::Cancelled))) => {}
-                Ok((shard_id, Err(err))) => {
-                    tracing::error!(shard_id = %shard_id, error = %err, "shard reader failed, retrying after the next shard sync");
-                    graph.mark_failed(&shard_id);
+                Ok((_, Err(ReadError::Cancelled))) => false,
+                Ok((_, Err(err))) => {
+                    failure = Some(PollingError::from(err));
+                    false
                 }
-                Err(join) => tracing::error!(error = %join, "shard reader panicked"),
+                Err(join) => {
+                    tracing::error!(error = %join, "shard reader panicked");
+                    false
+                }
             },
+        };
+        if !listing {
+            continue;
+        }
+        match list(&client, &stream, &cancel).await {
+            Ok(Some(shards)) => {
+                remember_ranges(&mut ranges, &shards);
+                for id in graph.add(shards.iter().map(parents_of)) {
+                    tracing::info!(shard_id = %id, "new shard discovered");
+                }
+            }
+            Ok(None) => break,
+            Err(err) if crate::reader::stream_gone(&client, &stream).await => {
+                failure = Some(PollingError::StreamGone {
+                    stream: stream.clone(),
+                    message: format!("{err:#}"),
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "shard list refresh failed, keeping the current list")
+            }
         }
     }
-    // Readers stop at their next wait; none is in the middle of logging a batch.
+    // Readers stop at their next wait or call; none is in the middle of logging a batch.
+    stop_readers.cancel();
     while readers.join_next().await.is_some() {}
-    tracing::info!(stream = %stream, "consumer stopped");
-    Ok(())
+    match failure {
+        Some(err) => Err(err),
+        None => {
+            tracing::info!(stream = %stream, "consumer stopped");
+            Ok(())
+        }
+    }
 }
 
 async fn read_shard(
@@ -277,11 +342,14 @@ mod tests {
     }
 
     #[test]
-    fn failed_shard_is_retried() {
+    fn skipped_shards_are_never_read_and_do_not_hold_their_children_back() {
         let mut g = ShardGraph::default();
-        g.add([s("a", &[])]);
-        assert_eq!(g.take_ready(), vec!["a"]);
-        g.mark_failed("a");
-        assert_eq!(g.take_ready(), vec!["a"]);
+        g.skip(["old".to_string()]);
+        g.add([s("open", &[])]);
+        assert_eq!(g.take_ready(), vec!["open"]);
+        // A later listing shows the old shard again, and a child of it.
+        let added = g.add([s("old", &[]), s("open", &[]), s("late", &["old"])]);
+        assert_eq!(added, vec!["late"]);
+        assert_eq!(g.take_ready(), vec!["late"]);
     }
 }

@@ -1,15 +1,17 @@
 //! Reads one shard with `GetRecords`, politely: at most 5 calls a second (the Kinesis limit
 //! shared by all polling consumers of a shard), at once again while the shard returns data,
 //! after `poll_interval` when it returned nothing. Expired iterators are renewed from the last
-//! sequence number read; throttling and transient errors are retried with backoff.
+//! sequence number read. Every failed call is retried from the same position with backoff,
+//! except when the stream was deleted, which ends the reader ([`ReadError::StreamGone`]).
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use aws_sdk_kinesis::types::{Record, ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 use chrono::{DateTime, Utc};
+use common::aws::{classify, ErrorKind};
 use common::backoff::Backoff;
-use common::kinesis::{error_code, error_text, is_retryable};
+use common::kinesis::error_text;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,14 +39,23 @@ pub struct Batch {
     pub ended: Option<Vec<String>>,
 }
 
-/// Why a reader stopped.
+/// Why a reader stopped. Every other failure is retried inside the reader (see
+/// [`ShardReader::next_batch`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("stop requested")]
     Cancelled,
-    #[error("shard {shard_id}: {message}")]
-    Fatal { shard_id: String, message: String },
+    /// The stream no longer exists (or is being deleted): nothing will ever be read again.
+    #[error("stream {stream:?} was deleted while shard {shard_id} was being read ({message})")]
+    StreamGone {
+        stream: String,
+        shard_id: String,
+        message: String,
+    },
 }
+
+/// How often a shard that keeps failing is reported again while it is retried.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 pub struct ShardReader {
     client: Client,
@@ -52,12 +63,46 @@ pub struct ShardReader {
     shard_id: String,
     start: StartPosition,
     iterator: Option<String>,
-    /// Last sequence number handed out, to renew an expired iterator without gaps or repeats.
+    /// Last sequence number handed out: an iterator renewed after an error or an expiry starts
+    /// just after it, so nothing is skipped or repeated.
     last_sequence: Option<String>,
     max_records: i32,
     poll_interval: Duration,
     next_call_at: Instant,
     ended: bool,
+    failures: Failures,
+}
+
+/// The current run of failed calls, for backoff and for reporting it without flooding the log.
+#[derive(Debug)]
+struct Failures {
+    /// Transient errors (throttling, 5xx, timeouts): short waits.
+    transient: Backoff,
+    /// Errors that need someone to act (access denied, a missing shard, a rejected request):
+    /// longer waits, up to a minute.
+    persistent: Backoff,
+    count: u64,
+    last_report: Option<Instant>,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Self {
+            transient: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+            persistent: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            count: 0,
+            last_report: None,
+        }
+    }
+}
+
+/// What to do about one failed call.
+enum Failure {
+    /// Throttling or a transient fault: retry soon.
+    Transient(String),
+    /// Will not heal by itself soon (access denied, missing shard, bad request): retry with
+    /// long waits, report once a minute.
+    Persistent(String),
 }
 
 impl ShardReader {
@@ -80,6 +125,7 @@ impl ShardReader {
             poll_interval,
             next_call_at: Instant::now(),
             ended: false,
+            failures: Failures::default(),
         }
     }
 
@@ -89,9 +135,14 @@ impl ShardReader {
 
     /// The next batch, waiting as the rate limits require. After a batch with `ended`, the
     /// reader must not be called again.
+    ///
+    /// Failed calls are retried here, from the position after the last record returned, with
+    /// backoff: short for throttling and transient faults, growing to a minute for errors that
+    /// need someone to act (access denied, say), which are logged when they start and then once
+    /// a minute while they last. Only two things end the reader: `cancel` (also during a call)
+    /// and the stream being deleted.
     pub async fn next_batch(&mut self, cancel: &CancellationToken) -> Result<Batch, ReadError> {
         debug_assert!(!self.ended, "shard already ended");
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Err(ReadError::Cancelled),
@@ -99,36 +150,49 @@ impl ShardReader {
             }
             let iterator = match self.iterator.clone() {
                 Some(it) => it,
-                None => match self.new_iterator().await {
+                None => match self.new_iterator(cancel).await? {
                     Ok(it) => it,
-                    Err(Retry::Transient(text)) => {
-                        self.pause_after_error(&mut backoff, &text);
+                    Err(failure) => {
+                        self.failed(failure);
                         continue;
                     }
-                    Err(Retry::Fatal(message)) => return Err(self.fatal(message)),
                 },
             };
-            let result = self
+            let call = self
                 .client
                 .get_records()
                 .shard_iterator(iterator)
                 .limit(self.max_records)
-                .send()
-                .await;
+                .send();
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return Err(ReadError::Cancelled),
+                result = call => result,
+            };
             self.next_call_at = Instant::now() + MIN_CALL_SPACING;
             let out = match result {
                 Ok(out) => out,
-                Err(err) if error_code(&err) == Some("ExpiredIteratorException") => {
-                    tracing::info!(shard_id = %self.shard_id, "shard iterator expired, renewing it");
-                    self.iterator = None;
+                Err(err) => {
+                    let failure = match classify(&err) {
+                        ErrorKind::ExpiredIterator => {
+                            tracing::info!(shard_id = %self.shard_id, "shard iterator expired, renewing it");
+                            self.iterator = None;
+                            continue;
+                        }
+                        kind => {
+                            self.judge(kind, format!("GetRecords: {}", error_text(&err)))
+                                .await?
+                        }
+                    };
+                    if matches!(failure, Failure::Persistent(_)) {
+                        // The iterator itself may be what is wrong: take a new one, at the
+                        // same position, next time.
+                        self.iterator = None;
+                    }
+                    self.failed(failure);
                     continue;
                 }
-                Err(err) if is_retryable(&err) => {
-                    self.pause_after_error(&mut backoff, &error_text(&err));
-                    continue;
-                }
-                Err(err) => return Err(self.fatal(format!("GetRecords: {}", error_text(&err)))),
             };
+            self.recovered();
             let records = out.records().to_vec();
             if let Some(last) = records.last() {
                 self.last_sequence = Some(last.sequence_number().to_string());
@@ -158,20 +222,67 @@ impl ShardReader {
         }
     }
 
-    fn fatal(&self, message: String) -> ReadError {
-        ReadError::Fatal {
-            shard_id: self.shard_id.clone(),
-            message,
+    /// Sorts a failed call: retryable, needs-attention, or the end (the stream is gone).
+    async fn judge(&self, kind: ErrorKind, text: String) -> Result<Failure, ReadError> {
+        Ok(match kind {
+            kind if kind.is_retryable() => Failure::Transient(text),
+            ErrorKind::NotFound if stream_gone(&self.client, &self.stream).await => {
+                return Err(ReadError::StreamGone {
+                    stream: self.stream.clone(),
+                    shard_id: self.shard_id.clone(),
+                    message: text,
+                })
+            }
+            _ => Failure::Persistent(text),
+        })
+    }
+
+    fn failed(&mut self, failure: Failure) {
+        let f = &mut self.failures;
+        f.count += 1;
+        let (delay, error, persistent) = match failure {
+            Failure::Transient(error) => (f.transient.next_delay(), error, false),
+            // Jitter, but never less than the base: the caller cannot fix it in 0 ms.
+            Failure::Persistent(error) => (
+                f.persistent.next_delay().max(Duration::from_secs(1)),
+                error,
+                true,
+            ),
+        };
+        self.next_call_at = Instant::now() + delay.max(MIN_CALL_SPACING);
+        let retry_in_ms = delay.as_millis() as u64;
+        let due = f.last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+        if !due {
+            return;
+        }
+        f.last_report = Some(Instant::now());
+        let failures = f.count;
+        match (persistent, failures) {
+            (false, 1) => {
+                tracing::warn!(shard_id = %self.shard_id, error = %error, retry_in_ms, "transient error reading shard, retrying")
+            }
+            (true, 1) => {
+                tracing::error!(shard_id = %self.shard_id, error = %error, retry_in_ms, "cannot read shard, retrying with backoff")
+            }
+            _ => {
+                tracing::error!(shard_id = %self.shard_id, error = %error, failures, retry_in_ms, "shard still failing, retrying with backoff")
+            }
         }
     }
 
-    fn pause_after_error(&mut self, backoff: &mut Backoff, error: &str) {
-        let delay = backoff.next_delay();
-        tracing::warn!(shard_id = %self.shard_id, error = %error, retry_in_ms = delay.as_millis() as u64, "transient error reading shard, retrying");
-        self.next_call_at = Instant::now() + delay.max(MIN_CALL_SPACING);
+    fn recovered(&mut self) {
+        let f = &mut self.failures;
+        if f.count > 0 {
+            tracing::info!(shard_id = %self.shard_id, failures = f.count, "reading shard again");
+        }
+        *f = Failures::default();
     }
 
-    async fn new_iterator(&self) -> Result<String, Retry> {
+    /// A new iterator at the current position; `Err` only when the reader must end.
+    async fn new_iterator(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Result<String, Failure>, ReadError> {
         let mut request = self
             .client
             .get_shard_iterator()
@@ -194,21 +305,39 @@ impl ShardReader {
                     t.timestamp_millis(),
                 )),
         };
-        match request.send().await {
-            Ok(out) => out
-                .shard_iterator()
-                .map(str::to_string)
-                .ok_or_else(|| Retry::Fatal("GetShardIterator returned no iterator".into())),
-            Err(err) if is_retryable(&err) => Err(Retry::Transient(error_text(&err))),
-            Err(err) => Err(Retry::Fatal(format!(
-                "GetShardIterator: {}",
-                error_text(&err)
-            ))),
-        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Err(ReadError::Cancelled),
+            result = request.send() => result,
+        };
+        Ok(match result {
+            Ok(out) => match out.shard_iterator() {
+                Some(it) => Ok(it.to_string()),
+                None => Err(Failure::Persistent(
+                    "GetShardIterator returned no iterator".into(),
+                )),
+            },
+            Err(err) => Err(self
+                .judge(
+                    classify(&err),
+                    format!("GetShardIterator: {}", error_text(&err)),
+                )
+                .await?),
+        })
     }
 }
 
-enum Retry {
-    Transient(String),
-    Fatal(String),
+/// Whether `stream` is gone: `DescribeStreamSummary` says it does not exist or is being
+/// deleted. Any other answer (including an error) counts as "still there".
+pub async fn stream_gone(client: &Client, stream: &str) -> bool {
+    match client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .stream_description_summary()
+            .is_some_and(|s| *s.stream_status() == StreamStatus::Deleting),
+        Err(err) => classify(&err) == ErrorKind::NotFound,
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
-use common::testkit::{self, field, Kind, ServiceProcess};
+use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
 use serde_json::Value;
 
 const FAILOVER_MS: u64 = 3000;
@@ -127,6 +127,97 @@ impl Setup {
             out.sequence_number().to_string(),
         )
     }
+
+    /// Creates the lease table the way a Java KCL application does (hash key `leaseKey`,
+    /// on-demand) and waits until it is ACTIVE.
+    async fn create_kcl_table(&self) {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+            TableStatus,
+        };
+        self.dynamo
+            .create_table()
+            .table_name(&self.app)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("leaseKey")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("leaseKey")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .expect("CreateTable");
+        let active = until(Duration::from_secs(30), || async {
+            self.dynamo
+                .describe_table()
+                .table_name(&self.app)
+                .send()
+                .await
+                .ok()
+                .and_then(|t| t.table().and_then(|t| t.table_status().cloned()))
+                == Some(TableStatus::Active)
+        })
+        .await;
+        assert!(active, "lease table never became ACTIVE");
+    }
+
+    async fn put_item(&self, item: HashMap<String, AttributeValue>) {
+        self.dynamo
+            .put_item()
+            .table_name(&self.app)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("PutItem");
+    }
+}
+
+/// A lease item as the Java KCL 2.x writes it.
+fn kcl_item(
+    shard: &aws_sdk_kinesis::types::Shard,
+    owner: Option<&str>,
+    counter: i64,
+    checkpoint: &str,
+    sub_sequence_number: i64,
+) -> HashMap<String, AttributeValue> {
+    let range = shard.hash_key_range().unwrap();
+    let mut item: HashMap<String, AttributeValue> = [
+        ("leaseKey", AttributeValue::S(shard.shard_id().into())),
+        ("leaseCounter", AttributeValue::N(counter.to_string())),
+        ("checkpoint", AttributeValue::S(checkpoint.into())),
+        (
+            "checkpointSubSequenceNumber",
+            AttributeValue::N(sub_sequence_number.to_string()),
+        ),
+        (
+            "ownerSwitchesSinceCheckpoint",
+            AttributeValue::N("0".into()),
+        ),
+        (
+            "startingHashKey",
+            AttributeValue::S(range.starting_hash_key().into()),
+        ),
+        (
+            "endingHashKey",
+            AttributeValue::S(range.ending_hash_key().into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(owner) = owner {
+        item.insert("leaseOwner".into(), AttributeValue::S(owner.into()));
+    }
+    item
 }
 
 fn s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
@@ -657,91 +748,19 @@ async fn a_lease_table_written_by_the_java_kcl_is_taken_over_from_its_checkpoint
     );
     let checkpointed = on(a)[3].2.clone();
 
+    setup.create_kcl_table().await;
+    let mut dead_workers_item = kcl_item(
+        &shards[0],
+        Some("ip-10-1-2-3.ec2.internal:4f1e"),
+        1234,
+        &checkpointed,
+        0,
+    );
+    dead_workers_item.insert("leaseTableExtra".into(), AttributeValue::S("kept".into()));
+    setup.put_item(dead_workers_item).await;
     setup
-        .dynamo
-        .create_table()
-        .table_name(&setup.app)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("leaseKey")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("leaseKey")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("CreateTable");
-    let active = until(Duration::from_secs(30), || async {
-        setup
-            .dynamo
-            .describe_table()
-            .table_name(&setup.app)
-            .send()
-            .await
-            .ok()
-            .and_then(|t| t.table().and_then(|t| t.table_status().cloned()))
-            == Some(aws_sdk_dynamodb::types::TableStatus::Active)
-    })
-    .await;
-    assert!(active, "lease table never became ACTIVE");
-    let kcl_item = |shard: &aws_sdk_kinesis::types::Shard,
-                    owner: Option<&str>,
-                    counter: i64,
-                    checkpoint: &str| {
-        let range = shard.hash_key_range().unwrap();
-        let mut item: HashMap<String, AttributeValue> = [
-            ("leaseKey", AttributeValue::S(shard.shard_id().into())),
-            ("leaseCounter", AttributeValue::N(counter.to_string())),
-            ("checkpoint", AttributeValue::S(checkpoint.into())),
-            ("checkpointSubSequenceNumber", AttributeValue::N("0".into())),
-            (
-                "ownerSwitchesSinceCheckpoint",
-                AttributeValue::N("0".into()),
-            ),
-            (
-                "startingHashKey",
-                AttributeValue::S(range.starting_hash_key().into()),
-            ),
-            (
-                "endingHashKey",
-                AttributeValue::S(range.ending_hash_key().into()),
-            ),
-            ("leaseTableExtra", AttributeValue::S("kept".into())),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        if let Some(owner) = owner {
-            item.insert("leaseOwner".into(), AttributeValue::S(owner.into()));
-        }
-        item
-    };
-    for item in [
-        kcl_item(
-            &shards[0],
-            Some("ip-10-1-2-3.ec2.internal:4f1e"),
-            1234,
-            &checkpointed,
-        ),
-        kcl_item(&shards[1], None, 7, "TRIM_HORIZON"),
-    ] {
-        setup
-            .dynamo
-            .put_item()
-            .table_name(&setup.app)
-            .set_item(Some(item))
-            .send()
-            .await
-            .expect("PutItem");
-    }
+        .put_item(kcl_item(&shards[1], None, 7, "TRIM_HORIZON", 0))
+        .await;
 
     let mut worker = setup.worker("rust-worker");
     let expected: HashSet<String> = on(a)[4..]
@@ -878,4 +897,264 @@ async fn a_restarted_worker_resumes_from_the_checkpoint() {
     assert!(read, "{}", second.dump());
     assert_eq!(ids(&second).len(), 20, "{}", second.dump());
     stop(&mut second);
+}
+
+/// A lease checkpointed at the first user record of an aggregated record (as a Java KCL
+/// application that checkpoints per user record writes it): the worker resumes inside the
+/// aggregate, with its second user record, and repeats nothing.
+#[tokio::test]
+async fn a_checkpoint_at_the_first_user_record_of_an_aggregate_resumes_with_the_second() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("agg-first", 1).await;
+    let shards = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+        .await
+        .unwrap();
+    let messages: Vec<DataMessage> = (0..3).map(|_| DataMessage::new()).collect();
+    let mut aggregator = common::kpl::Aggregator::new();
+    for m in &messages {
+        aggregator.add(&m.id.to_string(), None, &m.to_json());
+    }
+    let aggregate =
+        testkit::put_record(&setup.kinesis, &setup.stream, "agg", aggregator.finish()).await;
+    let (later, _, _) = setup.put("plain").await;
+    setup.create_kcl_table().await;
+    setup
+        .put_item(kcl_item(
+            &shards[0],
+            None,
+            1,
+            aggregate.sequence_number(),
+            0,
+        ))
+        .await;
+
+    let mut worker = setup.worker("resumer");
+    let expected: HashSet<String> = [
+        messages[1].id.to_string(),
+        messages[2].id.to_string(),
+        later,
+    ]
+    .into_iter()
+    .collect();
+    let all = testkit::eventually(Duration::from_secs(30), || {
+        ids(&worker).into_iter().collect::<HashSet<_>>() == expected
+    })
+    .await;
+    assert!(all, "{}", worker.dump());
+    stop(&mut worker);
+    assert_eq!(ids(&worker).len(), 3, "{}", worker.dump());
+}
+
+/// From `LATEST`, a worker reads an idle shard and is stopped before any record arrives, so its
+/// lease still says `LATEST`; what is written next must reach the worker that takes the lease
+/// over, while what was written before the first worker began stays unread.
+#[tokio::test]
+async fn a_latest_lease_that_changes_hands_before_its_first_checkpoint_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("latest-move", 1).await;
+    let (old, _, _) = setup.put("before").await;
+    let latest = [("CONSUMER_INITIAL_POSITION", "LATEST")];
+    let mut first = setup.worker_with("first", &latest);
+    let reading = testkit::eventually(Duration::from_secs(60), || {
+        !first.events("processing shard").is_empty()
+    })
+    .await;
+    assert!(reading, "{}", first.dump());
+    stop(&mut first);
+    assert!(ids(&first).is_empty(), "{}", first.dump());
+
+    let mut written = HashSet::new();
+    for i in 0..10 {
+        written.insert(setup.put(&format!("after-{i}")).await.0);
+    }
+    let mut second = setup.worker_with("second", &latest);
+    let all = testkit::eventually(Duration::from_secs(30), || {
+        written.is_subset(&ids(&second).into_iter().collect())
+    })
+    .await;
+    assert!(all, "{}", second.dump());
+    stop(&mut second);
+    assert!(
+        !ids(&second).contains(&old),
+        "a record written before the application first read the shard was read"
+    );
+    assert_eq!(ids(&second).len(), 10, "{}", second.dump());
+}
+
+/// Two workers capped at one lease each, the parent's holder killed, then a split: the child
+/// leases appear while the parent's lease is still held by the dead worker. The parent must be
+/// taken first (a child waiting for it must not take the only slot), then the children.
+#[tokio::test]
+async fn capped_workers_take_the_parent_before_its_children_after_a_split() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("cap-split", 1).await;
+    let parent = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+        .await
+        .unwrap()[0]
+        .shard_id()
+        .to_string();
+    let cap = [("CONSUMER_MAX_LEASES_PER_WORKER", "1")];
+    let mut holder = setup.worker_with("holder", &cap);
+    let held = testkit::eventually(Duration::from_secs(60), || {
+        holder.held_leases().contains(&parent)
+    })
+    .await;
+    assert!(held, "{}", holder.dump());
+    let mut a = setup.worker_with("a", &cap);
+    let mut b = setup.worker_with("b", &cap);
+    let started = testkit::eventually(Duration::from_secs(60), || {
+        !a.events("consumer started").is_empty() && !b.events("consumer started").is_empty()
+    })
+    .await;
+    assert!(started, "{}", dump_all(&[&a, &b]));
+    holder.signal("KILL");
+    holder.wait_exit(Duration::from_secs(5));
+
+    let mut sent = HashSet::new();
+    for i in 0..5 {
+        sent.insert(setup.put(&format!("before-split-{i}")).await.0);
+    }
+    testkit::split_in_half(&setup.kinesis, &setup.stream, &parent).await;
+    for i in 0..10 {
+        sent.insert(setup.put(&format!("after-split-{i}")).await.0);
+    }
+    let all = testkit::eventually(Duration::from_secs(60), || all_received(&[&a, &b], &sent)).await;
+    assert!(all, "{}", save_logs("cap-split", &[&a, &b]));
+    assert!(
+        duplicates(&[&a, &b]).is_empty(),
+        "{}",
+        save_logs("cap-split", &[&a, &b])
+    );
+    stop(&mut a);
+    stop(&mut b);
+}
+
+/// Settings that send a worker's lease-table calls through `proxy`, with call timeouts far
+/// longer than the failover time: the worker must not depend on them to let go of a lease or
+/// to stop.
+fn through(proxy: &FaultProxy) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint()),
+        ("DYNAMODB_ATTEMPT_TIMEOUT_MS", "30000".into()),
+        ("DYNAMODB_CALL_TIMEOUT_MS", "30000".into()),
+    ]
+}
+
+fn vars<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The lease table stops answering one worker (accepted connections, no answers) while Kinesis
+/// still serves it. Within the failover time of its last renewal the worker stops processing
+/// the shard on its own, before another worker can take it over, so the two never process the
+/// shard at the same time; nothing is lost; and SIGTERM still ends the worker within 5 s.
+#[tokio::test]
+async fn a_holder_whose_lease_table_hangs_lets_go_within_the_failover_time() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("hang-holder", 1).await;
+    let shard = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+        .await
+        .unwrap()[0]
+        .shard_id()
+        .to_string();
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    let settings = through(&proxy);
+    let mut cut_off = setup.worker_with("cut-off", &vars(&settings));
+    let mut producer = setup.producer(300, 40);
+    let busy = testkit::eventually(Duration::from_secs(60), || {
+        ids(&cut_off).len() >= 20 && cut_off.events("checkpoint").len() >= 3
+    })
+    .await;
+    assert!(busy, "{}", cut_off.dump());
+
+    proxy.set(vec![Rule::hang()]);
+    let hung = Instant::now();
+    let mut other = setup.worker("other");
+    let let_go = testkit::eventually(Duration::from_secs(20), || {
+        !cut_off.events("lease lost").is_empty()
+    })
+    .await;
+    let let_go_after = hung.elapsed();
+    assert!(let_go, "{}", cut_off.dump());
+    eprintln!("lease given up {let_go_after:?} after the lease table began to hang");
+    // The last renewal went out at most one renewal interval before the hang.
+    assert!(
+        let_go_after <= Duration::from_millis(FAILOVER_MS + 1500),
+        "gave the lease up only after {let_go_after:?}"
+    );
+    let taken = testkit::eventually(Duration::from_secs(20), || {
+        field(&other.events("lease acquired"), "shard_id").contains(&shard)
+    })
+    .await;
+    assert!(taken, "{}", other.dump());
+
+    // Never both at once: everything the cut-off worker logged came before the other worker
+    // held the lease.
+    let acquired_at = other.events("lease acquired")[0]["timestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let late: Vec<String> = cut_off
+        .events("record received")
+        .iter()
+        .filter_map(|e| e["timestamp"].as_str())
+        .filter(|t| *t >= acquired_at.as_str())
+        .map(str::to_string)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "records processed by the old holder after {acquired_at}: {late:?}; {}",
+        save_logs("hang-holder", &[&cut_off, &other])
+    );
+
+    let stopped = Instant::now();
+    cut_off.signal("TERM");
+    wait_ok(&mut cut_off, Duration::from_secs(5));
+    eprintln!("stopped {:?} after SIGTERM", stopped.elapsed());
+
+    wait_ok(&mut producer, Duration::from_secs(120));
+    let sent = sent_ids(&producer);
+    let complete = testkit::eventually(Duration::from_secs(60), || {
+        all_received(&[&cut_off, &other], &sent)
+    })
+    .await;
+    assert!(
+        complete,
+        "{}",
+        save_logs("hang-holder", &[&cut_off, &other])
+    );
+    let allowed = after_last_checkpoint(&cut_off, &HashSet::from([shard.clone()]));
+    let dups = duplicates(&[&cut_off, &other]);
+    assert!(
+        dups.is_subset(&allowed),
+        "duplicates beyond the old holder's uncheckpointed records: {}",
+        save_logs("hang-holder", &[&cut_off, &other])
+    );
+    stop(&mut other);
+}
+
+/// SIGTERM while every lease-table call hangs (renewals in flight): the worker still exits 0
+/// within 5 s.
+#[tokio::test]
+async fn sigterm_stops_a_leased_worker_within_5_seconds_while_its_lease_table_hangs() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("hang-term", 2).await;
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    let settings = through(&proxy);
+    let mut worker = setup.worker_with("stuck", &vars(&settings));
+    let holding = testkit::eventually(Duration::from_secs(60), || {
+        worker.held_leases().len() == 2 && worker.events("processing shard").len() == 2
+    })
+    .await;
+    assert!(holding, "{}", worker.dump());
+    proxy.set(vec![Rule::hang()]);
+    let before = proxy.requests("UpdateItem");
+    let renewing = testkit::eventually(Duration::from_secs(10), || {
+        proxy.requests("UpdateItem") >= before + 2
+    })
+    .await;
+    assert!(renewing, "{}", worker.dump());
+    let stopped = Instant::now();
+    stop(&mut worker);
+    eprintln!("stopped {:?} after SIGTERM", stopped.elapsed());
 }

@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::testkit::{self, field, Kind, ServiceProcess};
+use common::message::DataMessage;
+use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
 
 fn consumer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_consumer"))
@@ -276,4 +277,235 @@ fn a_setting_that_is_not_utf8_ends_the_consumer_with_one_line_naming_it() {
         stderr.contains("CONSUMER_MODE") && stderr.contains("not valid UTF-8"),
         "{stderr}"
     );
+}
+
+/// The stream is deleted while the consumer reads it: the consumer cannot do anything useful
+/// any more, so it says so once and exits 1 (an orchestrator restarts it, and it then waits for
+/// the stream as at any start) instead of retrying in a loop.
+#[tokio::test]
+async fn a_stream_deleted_under_the_consumer_ends_it_with_one_error_line_and_exit_1() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("deleted");
+    testkit::create_stream(&client, &stream, 1).await;
+    let mut reader = consumer(&emu.endpoint(), &stream);
+    let message = DataMessage::new();
+    testkit::put_record(&client, &stream, "k", message.to_json()).await;
+    let read = testkit::eventually(Duration::from_secs(60), || {
+        ids(&reader, "record received").contains(&message.id.to_string())
+    })
+    .await;
+    assert!(read, "{}", reader.dump());
+
+    let lines_before = reader.lines().len();
+    client
+        .delete_stream()
+        .stream_name(&stream)
+        .send()
+        .await
+        .expect("DeleteStream");
+    let status = reader.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", reader.dump());
+    let after: Vec<String> = reader.lines()[lines_before..].to_vec();
+    let errors: Vec<&String> = after.iter().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert_eq!(errors.len(), 1, "{}", reader.dump());
+    assert!(
+        errors[0].contains(&stream) && errors[0].contains("consumer failed"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        after.len() <= 10,
+        "{} lines after the deletion: {}",
+        after.len(),
+        reader.dump()
+    );
+}
+
+/// From `LATEST`, shards that were closed before the consumer started hold only history: they
+/// are not read, neither at start nor when a later shard sync lists them again.
+#[tokio::test]
+async fn latest_does_not_read_shards_closed_before_the_start() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("latest-split");
+    let parent = testkit::create_single_shard_stream(&client, &stream).await;
+    let mut old = HashSet::new();
+    for i in 0..10 {
+        let m = DataMessage::new();
+        testkit::put_record(&client, &stream, &format!("k{i}"), m.to_json()).await;
+        old.insert(m.id.to_string());
+    }
+    testkit::split_in_half(&client, &stream, &parent).await;
+    let children: Vec<(String, (u128, u128))> = common::kinesis::list_shards(&client, &stream)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|s| s.parent_shard_id() == Some(parent.as_str()))
+        .map(|s| {
+            (
+                s.shard_id().to_string(),
+                common::kinesis::hash_range(s).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(children.len(), 2);
+
+    let reader = ServiceProcess::spawn(
+        consumer_bin(),
+        &testkit::env_with(
+            &emu.endpoint(),
+            &stream,
+            &[
+                ("CONSUMER_INITIAL_POSITION", "LATEST"),
+                ("CONSUMER_POLL_INTERVAL_MS", "200"),
+                ("CONSUMER_SHARD_SYNC_MS", "500"),
+            ],
+        ),
+    );
+    let reading = testkit::eventually(Duration::from_secs(60), || {
+        field(&reader.events("reading shard"), "shard_id").len() == 2
+    })
+    .await;
+    assert!(reading, "{}", reader.dump());
+    // New shards the consumer can only learn from a shard listing: once it reads them, a
+    // listing has shown it the old parent too.
+    let (child, (start, end)) = &children[0];
+    client
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(child)
+        .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    let synced = testkit::eventually(Duration::from_secs(30), || {
+        reader.events("reading shard").len() >= 4
+    })
+    .await;
+    assert!(synced, "{}", reader.dump());
+    // Written until it shows up: LATEST starts wherever the iterator was taken.
+    let new = DataMessage::new();
+    let mut arrived = false;
+    for _ in 0..60 {
+        testkit::put_record(&client, &stream, "new", new.to_json()).await;
+        if testkit::eventually(Duration::from_secs(1), || {
+            ids(&reader, "record received").contains(&new.id.to_string())
+        })
+        .await
+        {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "{}", reader.dump());
+    let reader = stop(reader);
+    let replayed: Vec<String> = ids(&reader, "record received")
+        .into_iter()
+        .filter(|id| old.contains(id))
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "{} old records read: {}",
+        replayed.len(),
+        reader.dump()
+    );
+    assert!(
+        !field(&reader.events("reading shard"), "shard_id").contains(&parent),
+        "{}",
+        reader.dump()
+    );
+}
+
+/// One `AccessDeniedException` on `GetRecords` after 50 records: the reader backs off and
+/// resumes after the last record it read, so nothing is delivered twice.
+#[tokio::test]
+async fn an_error_on_get_records_resumes_after_the_last_record_read_with_backoff() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let proxy = FaultProxy::start(&emu.endpoint());
+    let stream = testkit::unique_name("denied");
+    testkit::create_stream(&client, &stream, 1).await;
+    let reader = consumer(&proxy.endpoint(), &stream);
+    let mut sent = HashSet::new();
+    for i in 0..50 {
+        let m = DataMessage::new();
+        testkit::put_record(&client, &stream, &format!("k{i}"), m.to_json()).await;
+        sent.insert(m.id.to_string());
+    }
+    let first = reader
+        .wait_until_received(&sent, Duration::from_secs(60))
+        .await;
+    assert!(first, "{}", reader.dump());
+
+    proxy.set(vec![Rule::error(400, Some("AccessDeniedException"))
+        .only(&["GetRecords"])
+        .times(1)]);
+    let denied =
+        testkit::eventually(Duration::from_secs(30), || proxy.faults("GetRecords") == 1).await;
+    assert!(denied, "{}", reader.dump());
+    for i in 0..10 {
+        let m = DataMessage::new();
+        testkit::put_record(&client, &stream, &format!("later{i}"), m.to_json()).await;
+        sent.insert(m.id.to_string());
+    }
+    let all = reader
+        .wait_until_received(&sent, Duration::from_secs(60))
+        .await;
+    assert!(all, "{}", reader.dump());
+    let reader = stop(reader);
+    assert_eq!(
+        ids(&reader, "record received").len(),
+        60,
+        "records delivered twice: {}",
+        reader.dump()
+    );
+    let retried: Vec<_> = reader
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("AccessDeniedException"))
+        .collect();
+    assert_eq!(retried.len(), 1, "{}", reader.dump());
+    let event: serde_json::Value = serde_json::from_str(&retried[0]).unwrap();
+    // Access denied needs someone to act: the retry waits at least a second.
+    assert!(
+        event["retry_in_ms"].as_u64().is_some_and(|ms| ms >= 1000),
+        "{event}"
+    );
+}
+
+/// Kinesis accepts the calls and never answers: SIGTERM still ends the consumer within 5 s,
+/// whatever the call timeouts are.
+#[tokio::test]
+async fn sigterm_exits_within_5_seconds_while_kinesis_hangs() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let proxy = FaultProxy::start(&emu.endpoint());
+    let stream = testkit::unique_name("hang");
+    testkit::create_stream(&client, &stream, 2).await;
+    let reader = ServiceProcess::spawn(
+        consumer_bin(),
+        &testkit::env_with(
+            &proxy.endpoint(),
+            &stream,
+            &[
+                ("CONSUMER_POLL_INTERVAL_MS", "200"),
+                ("KINESIS_ATTEMPT_TIMEOUT_MS", "30000"),
+                ("KINESIS_CALL_TIMEOUT_MS", "30000"),
+            ],
+        ),
+    );
+    let reading = testkit::eventually(Duration::from_secs(60), || {
+        reader.events("reading shard").len() == 2
+    })
+    .await;
+    assert!(reading, "{}", reader.dump());
+    proxy.set(vec![Rule::hang()]);
+    let before = proxy.requests("GetRecords");
+    let hanging = testkit::eventually(Duration::from_secs(10), || {
+        proxy.requests("GetRecords") >= before + 2
+    })
+    .await;
+    assert!(hanging, "{}", reader.dump());
+    stop(reader);
 }

@@ -31,9 +31,13 @@ use super::table::{is_sequence_number, Checkpoint, ExtendedSequenceNumber};
 pub struct InitializationInput {
     pub shard_id: String,
     /// Where processing resumes: records up to and including a [`Checkpoint::At`] position were
-    /// processed before. When its sub-sequence number is not 0 the shard is read again *at* that
-    /// sequence number, so a KPL-aggregated record is delivered whole: skip its user records up
-    /// to that sub-sequence number.
+    /// processed before. The shard is read again *at* that sequence number (the Java KCL's
+    /// rule): the checkpointed record is dropped when it is an ordinary record or a KPL
+    /// aggregate with nothing after the checkpoint; otherwise the first batch starts with that
+    /// aggregate, whole, and the processor skips its user records up to and including the
+    /// checkpoint's sub-sequence number (even 0: the first user record was processed).
+    /// `LATEST` means: from the time the application first read this shard (pinned in the
+    /// lease, so a new holder starts there too).
     pub checkpoint: Checkpoint,
     /// The shard's `(startingHashKey, endingHashKey)`, when the lease records it.
     pub hash_key_range: Option<(String, String)>,
@@ -200,7 +204,7 @@ impl Checkpointer {
                 Ok(())
             }
             Err(LeaseWriteError::LeaseLost(shard)) => Err(CheckpointError::LeaseLost(shard)),
-            Err(LeaseWriteError::Failed(message)) => Err(CheckpointError::Failed {
+            Err(LeaseWriteError::Failed { message, .. }) => Err(CheckpointError::Failed {
                 shard_id: self.shard_id().to_string(),
                 message,
             }),

@@ -1,14 +1,25 @@
 //! One held lease's shard: wait for the parents, read from the checkpoint, hand batches to the
 //! processor, and end in exactly one of: shard ended, shutdown requested, lease lost.
 //!
-//! Cancellation is checked between batches only (and during the reader's waits), so a batch in
-//! hand is always processed and checkpointed before a graceful stop. When the lease is lost the
-//! task stops at once, whatever it was waiting for, and the processor hears `lease_lost`.
+//! Cancellation is checked between batches only (and during the reader's waits and calls), so
+//! a batch in hand is always processed and checkpointed before a graceful stop. When the lease
+//! is lost (another writer, or no successful write for the failover time) the task stops at
+//! once, whatever it was doing, and the processor hears `lease_lost`.
+//!
+//! Where reading starts (the Java KCL's rule): at a checkpointed sequence number itself, not
+//! after it, with the user records at or before the checkpoint skipped, so a checkpoint inside a
+//! KPL aggregate (even at its first user record) resumes with the next user record. A `LATEST`
+//! lease is pinned to the time it is first read (`latestStartTimestamp`) and every holder reads
+//! from that time until the first real checkpoint, so a lease that moves before any record
+//! arrived loses nothing written after the application first read the shard.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_kinesis::types::Record;
+use chrono::{DateTime, Utc};
 use common::backoff::Backoff;
 use common::config::InitialPosition;
 use tokio::sync::Notify;
@@ -17,8 +28,11 @@ use tokio_util::sync::CancellationToken;
 use super::held::{HeldLease, LeaseWriteError};
 use super::processor::{Checkpointer, InitializationInput, ProcessRecordsInput, RecordProcessor};
 use super::sync::{parents_done, pending_parents};
-use super::table::{Checkpoint, Lease, LeaseTable};
+use super::table::{
+    compare_sequence_numbers, Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable,
+};
 use crate::reader::{ReadError, ShardReader, StartPosition};
+use crate::record::UserRecords;
 
 /// What every shard task of a worker shares.
 pub(crate) struct ShardContext {
@@ -44,28 +58,84 @@ pub(crate) enum ShardOutcome {
     Stopped,
     Lost,
     Failed(String),
+    /// The stream was deleted: the whole worker has nothing left to do.
+    StreamGone(String),
 }
 
-/// Where to read from, given the lease's checkpoint; `None` at `SHARD_END`.
+/// Where to read from, given the lease's checkpoint; `None` at `SHARD_END`. `LATEST` here is a
+/// lease never pinned (see [`consume`]).
 pub(crate) fn start_position(
     checkpoint: &Checkpoint,
+    latest_start: Option<DateTime<Utc>>,
     initial: InitialPosition,
 ) -> Option<StartPosition> {
     Some(match checkpoint {
         Checkpoint::ShardEnd => return None,
         Checkpoint::TrimHorizon => StartPosition::TrimHorizon,
-        Checkpoint::Latest => StartPosition::Latest,
+        Checkpoint::Latest => match latest_start {
+            Some(at) => StartPosition::AtTimestamp(at),
+            None => StartPosition::Latest,
+        },
         Checkpoint::AtTimestamp => match initial {
             InitialPosition::AtTimestamp(t) => StartPosition::AtTimestamp(t),
             // A lease written elsewhere without our timestamp: read everything retained.
             _ => StartPosition::TrimHorizon,
         },
-        // Inside an aggregated record: read it again, the processor skips what was done.
-        Checkpoint::At(esn) if esn.sub_sequence_number > 0 => {
-            StartPosition::AtSequence(esn.sequence_number.clone())
-        }
-        Checkpoint::At(esn) => StartPosition::AfterSequence(esn.sequence_number.clone()),
+        // At the record itself: what of it was processed is skipped (see `Resume`).
+        Checkpoint::At(esn) => StartPosition::AtSequence(esn.sequence_number.clone()),
     })
+}
+
+/// Drops what a checkpoint says was processed from the first records read after it: records
+/// before the checkpointed one, and the checkpointed record itself unless it is a KPL aggregate
+/// with user records after the checkpoint (then the processor gets it whole and skips the user
+/// records up to the checkpoint, as [`InitializationInput::checkpoint`] says).
+#[derive(Debug)]
+pub(crate) struct Resume {
+    after: Option<ExtendedSequenceNumber>,
+}
+
+impl Resume {
+    pub(crate) fn new(checkpoint: &Checkpoint) -> Self {
+        Self {
+            after: match checkpoint {
+                Checkpoint::At(esn) => Some(esn.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Filters one batch; from the first record past the checkpoint on, passes everything.
+    pub(crate) fn filter(&mut self, records: Vec<Record>) -> Vec<Record> {
+        let Some(after) = self.after.take() else {
+            return records;
+        };
+        let mut records = records.into_iter();
+        let mut kept = Vec::new();
+        let mut passed = false;
+        for record in records.by_ref() {
+            match compare_sequence_numbers(record.sequence_number(), &after.sequence_number) {
+                Ordering::Less => continue,
+                Ordering::Equal => {
+                    let users = crate::record::user_records(&record);
+                    let rest = matches!(users, UserRecords::Aggregated { .. })
+                        && after.sub_sequence_number.saturating_add(1) < users.len() as i64;
+                    drop(users);
+                    if rest {
+                        kept.push(record);
+                    }
+                }
+                Ordering::Greater => kept.push(record),
+            }
+            passed = true;
+            break;
+        }
+        if !passed {
+            self.after = Some(after);
+        }
+        kept.extend(records);
+        kept
+    }
 }
 
 pub(crate) async fn consume<P: RecordProcessor>(
@@ -74,15 +144,40 @@ pub(crate) async fn consume<P: RecordProcessor>(
     mut processor: P,
     stop: CancellationToken,
 ) -> ShardOutcome {
+    // The lease can be lost (or run out) at any point: that ends everything else at once.
+    let outcome = tokio::select! {
+        biased;
+        _ = held.until_lost() => ShardOutcome::Lost,
+        outcome = process(&ctx, &held, &mut processor, &stop) => outcome,
+    };
+    if outcome == ShardOutcome::Lost {
+        processor.lease_lost().await;
+    }
+    outcome
+}
+
+async fn process<P: RecordProcessor>(
+    ctx: &ShardContext,
+    held: &Arc<HeldLease>,
+    processor: &mut P,
+    stop: &CancellationToken,
+) -> ShardOutcome {
     let lease = held.snapshot().await;
     let shard_id = lease.key.clone();
-    if let Some(outcome) = wait_for_parents(&ctx, &held, &lease, &stop).await {
+    if let Some(outcome) = wait_for_parents(ctx, &lease, stop).await {
         return outcome;
     }
     // The parents may have been waited for a while: the checkpoint is what was taken, and only
     // this worker can have changed it since.
-    let lease = held.snapshot().await;
-    let Some(start) = start_position(&lease.checkpoint, ctx.initial_position) else {
+    let mut lease = held.snapshot().await;
+    if lease.checkpoint == Checkpoint::Latest && lease.latest_start.is_none() {
+        match pin_latest(held, stop).await {
+            Ok(at) => lease.latest_start = Some(at),
+            Err(outcome) => return outcome,
+        }
+    }
+    let Some(start) = start_position(&lease.checkpoint, lease.latest_start, ctx.initial_position)
+    else {
         return ShardOutcome::Ended;
     };
     let checkpointer = Checkpointer::new(held.clone(), &lease.checkpoint);
@@ -96,6 +191,7 @@ pub(crate) async fn consume<P: RecordProcessor>(
     {
         return ShardOutcome::Failed(format!("initialize: {err:#}"));
     }
+    let mut resume = Resume::new(&lease.checkpoint);
     let mut reader = ShardReader::new(
         ctx.kinesis.clone(),
         &ctx.stream,
@@ -105,59 +201,68 @@ pub(crate) async fn consume<P: RecordProcessor>(
         ctx.poll_interval,
     );
     loop {
-        let batch = tokio::select! {
-            biased;
-            _ = held.lost().cancelled() => return lost(&mut processor).await,
-            batch = reader.next_batch(&stop) => batch,
-        };
-        let batch = match batch {
+        let batch = match reader.next_batch(stop).await {
             Ok(batch) => batch,
-            Err(ReadError::Cancelled) => return shutdown(&mut processor, &checkpointer).await,
-            Err(err @ ReadError::Fatal { .. }) => return ShardOutcome::Failed(err.to_string()),
+            Err(ReadError::Cancelled) => return shutdown(processor, &checkpointer).await,
+            Err(err @ ReadError::StreamGone { .. }) => {
+                return ShardOutcome::StreamGone(err.to_string())
+            }
         };
-        if held.is_lost() {
-            return lost(&mut processor).await;
-        }
-        if let Some(last) = batch.records.last() {
+        let records = resume.filter(batch.records);
+        if let Some(last) = records.last() {
             checkpointer.delivered(last.sequence_number());
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
                 let input = ProcessRecordsInput {
-                    records: &batch.records,
+                    records: &records,
                     millis_behind_latest: batch.millis_behind_latest,
                     checkpointer: &checkpointer,
                 };
                 let Err(err) = processor.process_records(input).await else {
                     break;
                 };
-                if held.is_lost() {
-                    return lost(&mut processor).await;
-                }
                 let delay = backoff.next_delay();
                 tracing::error!(shard_id = %shard_id, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "processing a batch failed, offering it again");
                 tokio::select! {
-                    _ = held.lost().cancelled() => return lost(&mut processor).await,
                     // Not processed: it is delivered again to whoever holds the lease next.
-                    _ = stop.cancelled() => return shutdown(&mut processor, &checkpointer).await,
+                    _ = stop.cancelled() => return shutdown(processor, &checkpointer).await,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            if held.is_lost() {
-                return lost(&mut processor).await;
-            }
         }
         if let Some(children) = batch.ended {
-            return end_shard(&ctx, &held, &mut processor, &checkpointer, &children).await;
+            return end_shard(ctx, held, processor, &checkpointer, &children, stop).await;
         }
         if stop.is_cancelled() {
-            return shutdown(&mut processor, &checkpointer).await;
+            return shutdown(processor, &checkpointer).await;
         }
     }
 }
 
-async fn lost<P: RecordProcessor>(processor: &mut P) -> ShardOutcome {
-    processor.lease_lost().await;
-    ShardOutcome::Lost
+/// Pins a `LATEST` lease to now, retrying a failed write with backoff.
+async fn pin_latest(
+    held: &HeldLease,
+    stop: &CancellationToken,
+) -> Result<DateTime<Utc>, ShardOutcome> {
+    let at = Utc::now();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match held.pin_latest(at).await {
+            Ok(()) => {
+                tracing::info!(shard_id = %held.shard_id(), worker_id = %held.worker_id(), at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "LATEST pinned");
+                return Ok(at);
+            }
+            Err(LeaseWriteError::LeaseLost(_)) => return Err(ShardOutcome::Lost),
+            Err(LeaseWriteError::Failed { message, .. }) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(shard_id = %held.shard_id(), error = %message, retry_in_ms = delay.as_millis() as u64, "pinning LATEST failed, retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(ShardOutcome::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown<P: RecordProcessor>(
@@ -176,6 +281,7 @@ async fn end_shard<P: RecordProcessor>(
     processor: &mut P,
     checkpointer: &Checkpointer,
     children: &[String],
+    stop: &CancellationToken,
 ) -> ShardOutcome {
     if let Err(err) = processor.shard_ended(checkpointer).await {
         return ShardOutcome::Failed(format!("shard_ended: {err:#}"));
@@ -188,12 +294,16 @@ async fn end_shard<P: RecordProcessor>(
                 ctx.sync_now.notify_one();
                 return ShardOutcome::Ended;
             }
-            Err(LeaseWriteError::LeaseLost(_)) => return lost(processor).await,
-            Err(LeaseWriteError::Failed(message)) if backoff.attempts() < 5 => {
+            Err(LeaseWriteError::LeaseLost(_)) => return ShardOutcome::Lost,
+            Err(LeaseWriteError::Failed { message, .. }) if backoff.attempts() < 5 => {
                 tracing::warn!(shard_id = %held.shard_id(), error = %message, "SHARD_END checkpoint failed, retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    // Read to the end but not checkpointed: the next holder reads it again.
+                    _ = stop.cancelled() => return ShardOutcome::Stopped,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
             }
-            Err(LeaseWriteError::Failed(message)) => {
+            Err(LeaseWriteError::Failed { message, .. }) => {
                 return ShardOutcome::Failed(format!("SHARD_END checkpoint: {message}"))
             }
         }
@@ -201,10 +311,10 @@ async fn end_shard<P: RecordProcessor>(
 }
 
 /// Waits until every parent is at `SHARD_END` (or has no lease). `Some` when the task must end
-/// instead.
+/// instead. The coordinator takes a child only when its parents are done, so this waits only
+/// for a lease taken some other way (an older version, or by hand).
 async fn wait_for_parents(
     ctx: &ShardContext,
-    held: &HeldLease,
     lease: &Lease,
     stop: &CancellationToken,
 ) -> Option<ShardOutcome> {
@@ -213,12 +323,16 @@ async fn wait_for_parents(
         let mut parents: HashMap<String, Option<Lease>> = HashMap::new();
         let mut unreadable = false;
         for parent in &lease.parent_shard_ids {
-            match ctx.table.get(parent).await {
+            let read = tokio::select! {
+                _ = stop.cancelled() => return Some(ShardOutcome::Stopped),
+                read = ctx.table.get(parent) => read,
+            };
+            match read {
                 Ok(found) => {
                     parents.insert(parent.clone(), found);
                 }
                 Err(err) => {
-                    tracing::warn!(shard_id = %lease.key, parent = %parent, error = %format!("{err:#}"), "cannot read a parent lease");
+                    tracing::warn!(shard_id = %lease.key, parent = %parent, error = %err, "cannot read a parent lease");
                     unreadable = true;
                 }
             }
@@ -237,7 +351,6 @@ async fn wait_for_parents(
             logged = true;
         }
         tokio::select! {
-            _ = held.lost().cancelled() => return Some(ShardOutcome::Lost),
             _ = stop.cancelled() => return Some(ShardOutcome::Stopped),
             _ = tokio::time::sleep(ctx.parent_poll) => {}
         }
@@ -247,33 +360,102 @@ async fn wait_for_parents(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::table::ExtendedSequenceNumber;
+    use aws_sdk_kinesis::primitives::Blob;
 
     #[test]
-    fn a_checkpoint_resumes_after_its_record_or_at_a_partly_processed_aggregate() {
+    fn a_checkpoint_resumes_at_its_record() {
         let at = |seq: &str, sub| Checkpoint::At(ExtendedSequenceNumber::new(seq, sub));
         let p = InitialPosition::TrimHorizon;
+        for sub in [0, 3] {
+            assert_eq!(
+                start_position(&at("42", sub), None, p),
+                Some(StartPosition::AtSequence("42".into()))
+            );
+        }
+        assert_eq!(start_position(&Checkpoint::ShardEnd, None, p), None);
         assert_eq!(
-            start_position(&at("42", 0), p),
-            Some(StartPosition::AfterSequence("42".into()))
-        );
-        assert_eq!(
-            start_position(&at("42", 3), p),
-            Some(StartPosition::AtSequence("42".into()))
-        );
-        assert_eq!(start_position(&Checkpoint::ShardEnd, p), None);
-        assert_eq!(
-            start_position(&Checkpoint::Latest, p),
+            start_position(&Checkpoint::Latest, None, p),
             Some(StartPosition::Latest)
-        );
-        assert_eq!(
-            start_position(&Checkpoint::AtTimestamp, p),
-            Some(StartPosition::TrimHorizon)
         );
         let t = chrono::Utc::now();
         assert_eq!(
-            start_position(&Checkpoint::AtTimestamp, InitialPosition::AtTimestamp(t)),
+            start_position(&Checkpoint::Latest, Some(t), p),
             Some(StartPosition::AtTimestamp(t))
+        );
+        assert_eq!(
+            start_position(&Checkpoint::AtTimestamp, None, p),
+            Some(StartPosition::TrimHorizon)
+        );
+        assert_eq!(
+            start_position(
+                &Checkpoint::AtTimestamp,
+                None,
+                InitialPosition::AtTimestamp(t)
+            ),
+            Some(StartPosition::AtTimestamp(t))
+        );
+    }
+
+    fn record(seq: &str, data: Vec<u8>) -> Record {
+        Record::builder()
+            .sequence_number(seq)
+            .partition_key("k")
+            .data(Blob::new(data))
+            .build()
+            .unwrap()
+    }
+
+    fn aggregate(members: usize) -> Vec<u8> {
+        let mut agg = common::kpl::Aggregator::new();
+        for i in 0..members {
+            agg.add(&format!("k{i}"), None, b"x");
+        }
+        agg.finish()
+    }
+
+    fn seqs(records: &[Record]) -> Vec<&str> {
+        records.iter().map(|r| r.sequence_number()).collect()
+    }
+
+    #[test]
+    fn the_checkpointed_record_is_dropped_unless_an_aggregate_has_user_records_after_it() {
+        let at = |seq: &str, sub| Checkpoint::At(ExtendedSequenceNumber::new(seq, sub));
+        // An ordinary record at the checkpoint was processed.
+        let mut resume = Resume::new(&at("10", 0));
+        let out = resume.filter(vec![
+            record("10", b"a".to_vec()),
+            record("11", b"b".to_vec()),
+        ]);
+        assert_eq!(seqs(&out), vec!["11"]);
+        // The first user record of three: the aggregate is offered again.
+        let mut resume = Resume::new(&at("10", 0));
+        let out = resume.filter(vec![
+            record("10", aggregate(3)),
+            record("11", b"b".to_vec()),
+        ]);
+        assert_eq!(seqs(&out), vec!["10", "11"]);
+        // Its last user record: nothing of it is left.
+        let mut resume = Resume::new(&at("10", 2));
+        let out = resume.filter(vec![record("10", aggregate(3))]);
+        assert!(out.is_empty());
+        // Once past the checkpoint, everything passes (the same number again, say).
+        let out = resume.filter(vec![record("12", aggregate(3))]);
+        assert_eq!(seqs(&out), vec!["12"]);
+        // An empty batch keeps the filter for the next one; earlier records are dropped.
+        let mut resume = Resume::new(&at("10", 0));
+        assert!(resume.filter(Vec::new()).is_empty());
+        let out = resume.filter(vec![
+            record("9", b"a".to_vec()),
+            record("10", b"a".to_vec()),
+        ]);
+        assert!(out.is_empty());
+        let out = resume.filter(vec![record("10", b"a".to_vec())]);
+        assert_eq!(seqs(&out), vec!["10"], "the filter is spent");
+        // No sequence-number checkpoint: nothing filtered.
+        let mut resume = Resume::new(&Checkpoint::TrimHorizon);
+        assert_eq!(
+            seqs(&resume.filter(vec![record("1", b"a".to_vec())])),
+            vec!["1"]
         );
     }
 }

@@ -13,6 +13,7 @@
 //! | `childShardIds` | SS | written with `SHARD_END` |
 //! | `pendingCheckpoint`, `pendingCheckpointSubSequenceNumber` | S, N | the KCL's two-phase checkpoint; read, cleared by a checkpoint |
 //! | `startingHashKey` / `endingHashKey` | S | the shard's hash key range |
+//! | `latestStartTimestamp` | N | this project's: while the checkpoint is `LATEST`, the time (ms since the epoch) the application first read the shard; removed by a checkpoint |
 //!
 //! Every change of an existing item is an `UpdateItem` conditional on `leaseCounter` and
 //! `leaseOwner` as last seen, sets the counter one higher, and returns the new item. A write that
@@ -36,7 +37,9 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
-use common::kinesis::{error_code, error_text};
+use chrono::{DateTime, Utc};
+use common::aws::{classify, ErrorKind};
+use common::kinesis::error_text;
 use tokio_util::sync::CancellationToken;
 
 pub const LEASE_KEY: &str = "leaseKey";
@@ -54,6 +57,9 @@ pub const STARTING_HASH_KEY: &str = "startingHashKey";
 pub const ENDING_HASH_KEY: &str = "endingHashKey";
 /// Not a KCL attribute: see the module documentation.
 pub const STREAM_NAME: &str = "kinesisStreamName";
+/// Not a KCL attribute: where `LATEST` was first read, so a later holder starts there too (a
+/// Java KCL ignores it and reads from `LATEST` as it always does).
+pub const LATEST_START: &str = "latestStartTimestamp";
 
 /// A position in a shard: a Kinesis sequence number and, for a KPL-aggregated record, the index
 /// of the user record inside it (0 for an ordinary record).
@@ -175,6 +181,10 @@ pub struct Lease {
     pub pending_checkpoint: Option<ExtendedSequenceNumber>,
     /// `(startingHashKey, endingHashKey)`.
     pub hash_key_range: Option<(String, String)>,
+    /// With a `LATEST` checkpoint: when the application first read the shard. Every holder
+    /// reads from there until the first real checkpoint, so a lease that moves before it loses
+    /// nothing written meanwhile.
+    pub latest_start: Option<DateTime<Utc>>,
 }
 
 impl Lease {
@@ -195,6 +205,7 @@ impl Lease {
             child_shard_ids: Vec::new(),
             pending_checkpoint: None,
             hash_key_range,
+            latest_start: None,
         }
     }
 
@@ -243,6 +254,9 @@ impl Lease {
             item.insert(STARTING_HASH_KEY.into(), s(start));
             item.insert(ENDING_HASH_KEY.into(), s(end));
         }
+        if let Some(at) = self.latest_start {
+            item.insert(LATEST_START.into(), n(at.timestamp_millis()));
+        }
         item
     }
 
@@ -281,6 +295,10 @@ impl Lease {
             (Some(start), Some(end)) => Some((start, end)),
             _ => None,
         };
+        let latest_start = get_n(item, LATEST_START)
+            .map_err(|_| bad(LATEST_START))?
+            .map(|ms| DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| bad(LATEST_START)))
+            .transpose()?;
         Ok(Self {
             owner: get_s(item, LEASE_OWNER)
                 .map_err(|_| bad(LEASE_OWNER))?
@@ -294,6 +312,7 @@ impl Lease {
             child_shard_ids: get_ss(item, CHILD_SHARD_IDS).map_err(|_| bad(CHILD_SHARD_IDS))?,
             pending_checkpoint: pending,
             hash_key_range: range,
+            latest_start,
             key,
         })
     }
@@ -355,11 +374,28 @@ fn get_ss(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Vec<Stri
 /// Why a conditional write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The item changed since it was read (another worker wrote), or it is gone.
+    /// The condition failed (`ConditionalCheckFailedException`): the item changed since it was
+    /// read, or it is gone. Usually another worker wrote, so the lease is lost; the holder
+    /// checks, since its own earlier write may have gone through unseen.
     #[error("lease {0} was changed by another writer")]
     Conflict(String),
+    /// The call failed: `kind` tells whether trying again may help.
     #[error("lease {key}: {message}")]
-    Failed { key: String, message: String },
+    Failed {
+        key: String,
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// A lease-table call (other than a conditional write) that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} on lease table {table:?}: {message}")]
+pub struct TableError {
+    pub operation: &'static str,
+    pub table: String,
+    pub kind: ErrorKind,
+    pub message: String,
 }
 
 /// The lease table holds leases of another stream (see the module documentation).
@@ -415,34 +451,39 @@ impl LeaseTable {
         let started = Instant::now();
         let mut created = false;
         loop {
-            match self
-                .client
-                .describe_table()
-                .table_name(&self.name)
-                .send()
-                .await
-            {
+            let described = tokio::select! {
+                _ = cancel.cancelled() => anyhow::bail!("stop requested while waiting for lease table {:?}", self.name),
+                described = self.client.describe_table().table_name(&self.name).send() => described,
+            };
+            let last = match described {
                 Ok(out) => {
                     let status = out.table().and_then(|t| t.table_status());
                     if matches!(status, Some(TableStatus::Active) | None) {
                         return Ok(());
                     }
+                    format!("status {status:?}")
                 }
-                Err(err) if error_code(&err) == Some("ResourceNotFoundException") && !created => {
-                    self.create().await?;
-                    created = true;
-                    continue;
-                }
-                Err(err) if error_code(&err) == Some("ResourceNotFoundException") => {}
-                Err(err) => anyhow::bail!(
-                    "cannot describe lease table {:?}: {}",
-                    self.name,
-                    error_text(&err)
-                ),
-            }
+                Err(err) => match classify(&err) {
+                    ErrorKind::NotFound if !created => {
+                        tokio::select! {
+                            _ = cancel.cancelled() => anyhow::bail!("stop requested while creating lease table {:?}", self.name),
+                            result = self.create() => result?,
+                        }
+                        created = true;
+                        continue;
+                    }
+                    ErrorKind::NotFound => "not found yet".to_string(),
+                    kind if kind.is_retryable() => error_text(&err),
+                    _ => anyhow::bail!(
+                        "cannot describe lease table {:?}: {}",
+                        self.name,
+                        error_text(&err)
+                    ),
+                },
+            };
             if started.elapsed() >= timeout {
                 anyhow::bail!(
-                    "lease table {:?} did not become ACTIVE within {timeout:?}",
+                    "lease table {:?} did not become ACTIVE within {timeout:?} (last seen: {last})",
                     self.name
                 );
             }
@@ -479,7 +520,7 @@ impl LeaseTable {
                 Ok(())
             }
             // Another worker created it first.
-            Err(err) if error_code(&err) == Some("ResourceInUseException") => Ok(()),
+            Err(err) if classify(&err) == ErrorKind::InUse => Ok(()),
             Err(err) => anyhow::bail!(
                 "cannot create lease table {:?}: {}",
                 self.name,
@@ -490,7 +531,7 @@ impl LeaseTable {
 
     /// Every lease, read consistently. Items that are not readable leases are skipped with a
     /// warning rather than stopping the worker.
-    pub async fn list(&self) -> anyhow::Result<Vec<Lease>> {
+    pub async fn list(&self) -> Result<Vec<Lease>, TableError> {
         let mut leases = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
@@ -502,9 +543,7 @@ impl LeaseTable {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!("scanning lease table {:?}: {}", self.name, error_text(&e))
-                })?;
+                .map_err(|e| self.error("Scan", classify(&e), error_text(&e)))?;
             for item in out.items() {
                 match Lease::from_item(item) {
                     Ok(lease) => leases.push(lease),
@@ -521,7 +560,7 @@ impl LeaseTable {
     }
 
     /// One lease, read consistently; `None` when there is no such item.
-    pub async fn get(&self, key: &str) -> anyhow::Result<Option<Lease>> {
+    pub async fn get(&self, key: &str) -> Result<Option<Lease>, TableError> {
         let out = self
             .client
             .get_item()
@@ -530,11 +569,17 @@ impl LeaseTable {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("reading lease {key}: {}", error_text(&e)))?;
+            .map_err(|e| {
+                self.error(
+                    "GetItem",
+                    classify(&e),
+                    format!("reading lease {key}: {}", error_text(&e)),
+                )
+            })?;
         out.item()
             .map(Lease::from_item)
             .transpose()
-            .map_err(Into::into)
+            .map_err(|e| self.error("GetItem", ErrorKind::Invalid, e.to_string()))
     }
 
     /// Fails with [`OtherStreamError`] when a lease in the table was created for another stream
@@ -579,7 +624,7 @@ impl LeaseTable {
     }
 
     /// Writes a new lease unless one exists for the shard. Returns whether it was written.
-    pub async fn create_lease(&self, lease: &Lease) -> anyhow::Result<bool> {
+    pub async fn create_lease(&self, lease: &Lease) -> Result<bool, TableError> {
         let mut item = lease.to_item();
         if let Some(stream) = &self.stream {
             item.insert(STREAM_NAME.into(), s(stream));
@@ -595,8 +640,23 @@ impl LeaseTable {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err) if error_code(&err) == Some("ConditionalCheckFailedException") => Ok(false),
-            Err(err) => anyhow::bail!("creating lease {}: {}", lease.key, error_text(&err)),
+            Err(err) => match classify(&err) {
+                ErrorKind::ConditionFailed => Ok(false),
+                kind => Err(self.error(
+                    "PutItem",
+                    kind,
+                    format!("creating lease {}: {}", lease.key, error_text(&err)),
+                )),
+            },
+        }
+    }
+
+    fn error(&self, operation: &'static str, kind: ErrorKind, message: String) -> TableError {
+        TableError {
+            operation,
+            table: self.name.clone(),
+            kind,
+            message,
         }
     }
 
@@ -638,6 +698,14 @@ impl LeaseTable {
         update.remove(PENDING_CHECKPOINT);
         update.remove(PENDING_CHECKPOINT_SUB_SEQUENCE);
         update.remove(PENDING_CHECKPOINT_STATE);
+        update.remove(LATEST_START);
+        update.send(self).await
+    }
+
+    /// Records where a `LATEST` lease was first read (see [`Lease::latest_start`]).
+    pub async fn pin_latest(&self, lease: &Lease, at: DateTime<Utc>) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.set(LATEST_START, n(at.timestamp_millis()));
         update.send(self).await
     }
 
@@ -724,20 +792,23 @@ impl<'a> Update<'a> {
             Ok(out) => match out.attributes() {
                 Some(item) => Lease::from_item(item).map_err(|e| WriteError::Failed {
                     key,
+                    kind: ErrorKind::Invalid,
                     message: e.to_string(),
                 }),
                 None => Err(WriteError::Failed {
                     key,
+                    kind: ErrorKind::Other,
                     message: "UpdateItem returned no attributes".into(),
                 }),
             },
-            Err(err) if error_code(&err) == Some("ConditionalCheckFailedException") => {
-                Err(WriteError::Conflict(key))
-            }
-            Err(err) => Err(WriteError::Failed {
-                key,
-                message: error_text(&err),
-            }),
+            Err(err) => match classify(&err) {
+                ErrorKind::ConditionFailed => Err(WriteError::Conflict(key)),
+                kind => Err(WriteError::Failed {
+                    key,
+                    kind,
+                    message: error_text(&err),
+                }),
+            },
         }
     }
 }
@@ -760,6 +831,7 @@ mod tests {
             child_shard_ids: vec!["shardId-000000000003".into()],
             pending_checkpoint: None,
             hash_key_range: Some(("0".into(), "170141183460469231731687303715884105727".into())),
+            latest_start: None,
         }
     }
 
@@ -791,6 +863,18 @@ mod tests {
             AttributeValue::N("3".into())
         );
         assert!(matches!(item["parentShardId"], AttributeValue::Ss(ref v) if v.len() == 2));
+        assert_eq!(Lease::from_item(&item).unwrap(), lease);
+    }
+
+    #[test]
+    fn a_pinned_latest_start_round_trips_in_milliseconds() {
+        let mut lease = Lease::new_for_shard("shardId-1", Vec::new(), None, Checkpoint::Latest);
+        lease.latest_start = DateTime::<Utc>::from_timestamp_millis(1_795_000_000_123);
+        let item = lease.to_item();
+        assert_eq!(
+            item["latestStartTimestamp"],
+            AttributeValue::N("1795000000123".into())
+        );
         assert_eq!(Lease::from_item(&item).unwrap(), lease);
     }
 

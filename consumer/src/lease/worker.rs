@@ -13,15 +13,24 @@
 //! seen for the first time gets a full failover time before it counts as expired, unless it has
 //! no owner.
 //!
+//! Taking order: a child lease is taken only once every parent is at `SHARD_END` (or has no
+//! lease), so parents always come first and a child never sits in a slot of
+//! `CONSUMER_MAX_LEASES_PER_WORKER` waiting for a parent nobody can take. A shard whose
+//! processing failed is not taken again by this worker for a while (backoff up to a minute).
+//!
 //! Stopping (the token passed to [`Worker::run`]): no more taking; each shard task finishes the
 //! batch in hand, checkpoints and ends; then every lease is released (owner removed, condition
-//! on counter and owner) so other workers take them at their next scan. Bounded by
-//! [`SHUTDOWN_BUDGET`], so the process exits within 5 seconds of SIGTERM.
+//! on counter and owner) so other workers take them at their next scan. Every wait and every
+//! AWS call is abandoned at the stop signal, and the rest is bounded by [`SHUTDOWN_BUDGET`], so
+//! the process exits within 5 seconds of SIGTERM even when DynamoDB or Kinesis hang.
+//!
+//! The stream being deleted ends the worker with an error (after the same shutdown).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::backoff::Backoff;
 use common::config::{ConsumerSettings, InitialPosition};
 use futures_util::future::join_all;
 use rand::rngs::StdRng;
@@ -35,7 +44,7 @@ use super::balance::{self, LeaseView};
 use super::held::HeldLease;
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
-use super::sync::{leases_to_create, ShardInfo};
+use super::sync::{leases_to_create, parents_done, ShardInfo};
 use super::table::{Checkpoint, Lease, LeaseTable};
 
 /// Time allowed for shard tasks to finish their batch and for the leases to be released after
@@ -44,6 +53,21 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(3500);
 
 /// How long after a lease's expiry time the extra scan looks, so that it is past, not at, it.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
+
+/// Waits before this worker takes again a shard whose processing failed here.
+const FAILED_SHARD_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60));
+
+/// Runs `work` unless `cancel` fires first (then `work` is dropped where it stands).
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        out = work => Some(out),
+    }
+}
 
 /// Everything a worker needs to know; see [`WorkerConfig::from_settings`].
 #[derive(Debug, Clone)]
@@ -137,6 +161,8 @@ impl<F: RecordProcessorFactory> Worker<F> {
             _ = cancel.cancelled() => return Ok(()),
             checked = self.table.check_stream() => checked?,
         }
+        // Our own token, so that a fatal error can stop the shard tasks like a signal does.
+        let cancel = cancel.child_token();
         let held: HeldMap = Arc::default();
         let ctx = Arc::new(ShardContext {
             kinesis: self.kinesis.clone(),
@@ -160,6 +186,8 @@ impl<F: RecordProcessorFactory> Worker<F> {
             tasks: JoinSet::new(),
             task_shards: HashMap::new(),
             rng: StdRng::from_entropy(),
+            cooling: HashMap::new(),
+            fatal: None,
         };
         tracing::info!(
             stream = %self.config.stream,
@@ -170,7 +198,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             mode = "leased",
             "consumer started"
         );
-        coordinator.sync_shards().await;
+        unless_cancelled(&cancel, coordinator.sync_shards()).await;
 
         let renewer_stop = CancellationToken::new();
         let renewer = tokio::spawn(renew_loop(
@@ -184,30 +212,43 @@ impl<F: RecordProcessorFactory> Worker<F> {
         let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync_tick.tick().await;
-        loop {
+        // Each step is abandoned at the stop signal: a hung call must not hold the shutdown.
+        while coordinator.fatal.is_none() {
             let next_expiry = coordinator.next_expiry();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = take_tick.tick() => coordinator.take_leases(&cancel).await,
+                _ = take_tick.tick() => {
+                    unless_cancelled(&cancel, coordinator.take_leases(&cancel)).await;
+                }
                 // A lease is due to expire: look right then, not up to a scan interval later.
                 _ = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)), if next_expiry.is_some() => {
-                    coordinator.take_leases(&cancel).await;
+                    unless_cancelled(&cancel, coordinator.take_leases(&cancel)).await;
                 }
-                _ = sync_tick.tick() => coordinator.sync_shards().await,
+                _ = sync_tick.tick() => {
+                    unless_cancelled(&cancel, coordinator.sync_shards()).await;
+                }
                 _ = ctx.sync_now.notified() => {
-                    coordinator.sync_shards().await;
-                    // The children just got leases: take them now rather than a tick later.
-                    coordinator.take_leases(&cancel).await;
+                    unless_cancelled(&cancel, async {
+                        coordinator.sync_shards().await;
+                        // The children just got leases: take them now rather than a tick later.
+                        coordinator.take_leases(&cancel).await;
+                    })
+                    .await;
                 }
                 Some(done) = coordinator.tasks.join_next_with_id(), if !coordinator.tasks.is_empty() => {
-                    coordinator.shard_task_done(done).await;
+                    unless_cancelled(&cancel, coordinator.shard_task_done(done)).await;
                 }
             }
         }
 
+        // A fatal error stops the shard tasks the way a signal would.
+        cancel.cancel();
         coordinator.shutdown().await;
         renewer_stop.cancel();
         let _ = renewer.await;
+        if let Some(err) = coordinator.fatal.take() {
+            return Err(err);
+        }
         tracing::info!(stream = %self.config.stream, worker_id = %self.config.worker_id, "consumer stopped");
         Ok(())
     }
@@ -223,7 +264,13 @@ async fn renew_loop(held: HeldMap, interval: Duration, stop: CancellationToken) 
             _ = tick.tick() => {}
         }
         let leases: Vec<Arc<HeldLease>> = snapshot(&held);
-        join_all(leases.iter().map(|lease| lease.renew())).await;
+        // A renewal hanging on DynamoDB must not hold up the stop.
+        if unless_cancelled(&stop, join_all(leases.iter().map(|lease| lease.renew())))
+            .await
+            .is_none()
+        {
+            return;
+        }
     }
 }
 
@@ -244,6 +291,11 @@ struct Coordinator<F: RecordProcessorFactory> {
     tasks: JoinSet<ShardOutcome>,
     task_shards: HashMap<Id, String>,
     rng: StdRng,
+    /// Shards whose processing failed here: not taken again before the time, with a backoff
+    /// growing at each failure.
+    cooling: HashMap<String, (Instant, Backoff)>,
+    /// Set when the worker must end with an error (the stream was deleted).
+    fatal: Option<anyhow::Error>,
 }
 
 impl<F: RecordProcessorFactory> Coordinator<F> {
@@ -309,16 +361,29 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let leases = match self.table.list().await {
             Ok(leases) => leases,
             Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "lease table scan failed, taking nothing this cycle");
+                tracing::warn!(error = %err, "lease table scan failed, taking nothing this cycle");
                 return;
             }
         };
         let now = Instant::now();
         self.observe(&leases, now);
         let held = self.held_keys();
+        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        self.cooling.retain(|_, (until, _)| *until > now);
+        // Only leases someone can work on now: not at SHARD_END, every parent done (so parents
+        // are always taken before their children, and a child never takes the slot its parent
+        // needs), and not cooling down after a failure here.
         let views: Vec<LeaseView> = leases
             .iter()
             .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .filter(|l| {
+                parents_done(
+                    l.parent_shard_ids
+                        .iter()
+                        .map(|p| (p.as_str(), by_key.get(p.as_str()).copied())),
+                )
+            })
+            .filter(|l| held.contains(&l.key) || !self.cooling.contains_key(&l.key))
             .map(|l| {
                 if held.contains(&l.key) {
                     LeaseView {
@@ -341,7 +406,6 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             self.config.max_leases_per_worker,
             &mut self.rng,
         );
-        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         for key in &plan.take {
             if cancel.is_cancelled() {
                 return;
@@ -414,15 +478,27 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 self.forget(&shard_id);
             }
             ShardOutcome::Ended => {
+                self.cooling.remove(&shard_id);
                 if let Some(lease) = self.forget(&shard_id) {
                     lease.release().await;
                 }
             }
             ShardOutcome::Failed(reason) => {
-                tracing::error!(shard_id = %shard_id, worker_id = %self.me(), error = %reason, "shard processing failed, releasing its lease");
+                let (base, cap) = FAILED_SHARD_BACKOFF;
+                let (until, backoff) = self
+                    .cooling
+                    .entry(shard_id.clone())
+                    .or_insert_with(|| (Instant::now(), Backoff::new(base, cap)));
+                let wait = backoff.next_delay().max(base);
+                *until = Instant::now() + wait;
+                tracing::error!(shard_id = %shard_id, worker_id = %self.me(), error = %reason, retry_in_ms = wait.as_millis() as u64, "shard processing failed, releasing its lease");
                 if let Some(lease) = self.forget(&shard_id) {
                     lease.release().await;
                 }
+            }
+            // Kept: released with the others at shutdown.
+            ShardOutcome::StreamGone(reason) => {
+                self.fatal = Some(anyhow::anyhow!(reason));
             }
         }
     }
@@ -431,6 +507,13 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
     async fn sync_shards(&mut self) {
         let shards = match common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
             Ok(shards) => shards,
+            Err(err) if crate::reader::stream_gone(&self.kinesis, &self.config.stream).await => {
+                self.fatal = Some(anyhow::anyhow!(
+                    "stream {:?} was deleted while being read ({err:#})",
+                    self.config.stream
+                ));
+                return;
+            }
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "shard sync failed, keeping the current leases");
                 return;
@@ -439,7 +522,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let existing: HashSet<String> = match self.table.list().await {
             Ok(leases) => leases.into_iter().map(|l| l.key).collect(),
             Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "shard sync failed, keeping the current leases");
+                tracing::warn!(error = %err, "shard sync failed, keeping the current leases");
                 return;
             }
         };
@@ -452,7 +535,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 Ok(false) => {}
                 Err(err) => {
                     // Children must not get a lease before their parents: stop this pass.
-                    tracing::warn!(error = %format!("{err:#}"), "lease creation failed, retrying at the next shard sync");
+                    tracing::warn!(error = %err, "lease creation failed, retrying at the next shard sync");
                     return;
                 }
             }
@@ -470,7 +553,17 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             )
             .await
             {
-                Ok(Some(done)) => self.shard_task_done(done).await,
+                Ok(Some(done)) => {
+                    // Its release may hang on DynamoDB: the budget holds.
+                    if tokio::time::timeout_at(deadline, self.shard_task_done(done))
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            "releasing a finished shard's lease timed out; it will expire instead"
+                        );
+                    }
+                }
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
