@@ -96,6 +96,38 @@ impl Default for Failures {
     }
 }
 
+/// What to log about a failure: the first of a run, then at most one reminder a minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    First,
+    Still { failures: u64 },
+}
+
+impl Failures {
+    /// Counts one failure at `now`: the wait before the next call, and what to log, if anything.
+    fn note(&mut self, now: Instant, persistent: bool) -> (Duration, Option<Report>) {
+        self.count += 1;
+        let delay = if persistent {
+            // Jittered, but never under the base: nobody fixes a permission in 0 ms.
+            self.persistent.next_delay().max(Duration::from_secs(1))
+        } else {
+            self.transient.next_delay()
+        };
+        let due = self
+            .last_report
+            .is_none_or(|at| now.duration_since(at) >= REPORT_EVERY);
+        if !due {
+            return (delay, None);
+        }
+        self.last_report = Some(now);
+        let report = match self.count {
+            1 => Report::First,
+            failures => Report::Still { failures },
+        };
+        (delay, Some(report))
+    }
+}
+
 /// What to do about one failed call.
 enum Failure {
     /// Throttling or a transient fault: retry soon.
@@ -238,33 +270,22 @@ impl ShardReader {
     }
 
     fn failed(&mut self, failure: Failure) {
-        let f = &mut self.failures;
-        f.count += 1;
-        let (delay, error, persistent) = match failure {
-            Failure::Transient(error) => (f.transient.next_delay(), error, false),
-            // Jitter, but never less than the base: the caller cannot fix it in 0 ms.
-            Failure::Persistent(error) => (
-                f.persistent.next_delay().max(Duration::from_secs(1)),
-                error,
-                true,
-            ),
+        let (error, persistent) = match failure {
+            Failure::Transient(error) => (error, false),
+            Failure::Persistent(error) => (error, true),
         };
+        let (delay, report) = self.failures.note(Instant::now(), persistent);
         self.next_call_at = Instant::now() + delay.max(MIN_CALL_SPACING);
         let retry_in_ms = delay.as_millis() as u64;
-        let due = f.last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
-        if !due {
-            return;
-        }
-        f.last_report = Some(Instant::now());
-        let failures = f.count;
-        match (persistent, failures) {
-            (false, 1) => {
+        match (report, persistent) {
+            (None, _) => {}
+            (Some(Report::First), false) => {
                 tracing::warn!(shard_id = %self.shard_id, error = %error, retry_in_ms, "transient error reading shard, retrying")
             }
-            (true, 1) => {
+            (Some(Report::First), true) => {
                 tracing::error!(shard_id = %self.shard_id, error = %error, retry_in_ms, "cannot read shard, retrying with backoff")
             }
-            _ => {
+            (Some(Report::Still { failures }), _) => {
                 tracing::error!(shard_id = %self.shard_id, error = %error, failures, retry_in_ms, "shard still failing, retrying with backoff")
             }
         }
@@ -339,5 +360,43 @@ pub async fn stream_gone(client: &Client, stream: &str) -> bool {
             .stream_description_summary()
             .is_some_and(|s| *s.stream_status() == StreamStatus::Deleting),
         Err(err) => classify(&err) == ErrorKind::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failures_is_reported_at_first_then_once_a_minute_with_capped_waits() {
+        let mut failures = Failures::default();
+        let start = Instant::now();
+        let mut reports = Vec::new();
+        let mut waits = Vec::new();
+        // One failure a second for three minutes.
+        for second in 0..180 {
+            let (wait, report) = failures.note(start + Duration::from_secs(second), true);
+            waits.push(wait);
+            if let Some(report) = report {
+                reports.push((second, report));
+            }
+        }
+        assert_eq!(
+            reports,
+            vec![
+                (0, Report::First),
+                (60, Report::Still { failures: 61 }),
+                (120, Report::Still { failures: 121 }),
+            ]
+        );
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(1) && *w <= Duration::from_secs(60)));
+
+        let mut transient = Failures::default();
+        for _ in 0..50 {
+            let (wait, _) = transient.note(start, false);
+            assert!(wait <= Duration::from_secs(10));
+        }
     }
 }

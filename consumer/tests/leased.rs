@@ -1158,3 +1158,42 @@ async fn sigterm_stops_a_leased_worker_within_5_seconds_while_its_lease_table_ha
     stop(&mut worker);
     eprintln!("stopped {:?} after SIGTERM", stopped.elapsed());
 }
+
+/// The stream is deleted under a leased worker: one error line naming the stream, the leases
+/// released, exit 1, and no retry loop in between.
+#[tokio::test]
+async fn a_stream_deleted_under_a_leased_worker_ends_it_with_one_error_line_and_exit_1() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("deleted", 1).await;
+    let mut worker = setup.worker("orphan");
+    let (id, _, _) = setup.put("k").await;
+    let read = testkit::eventually(Duration::from_secs(60), || ids(&worker).contains(&id)).await;
+    assert!(read, "{}", worker.dump());
+    let lines_before = worker.lines().len();
+    setup
+        .kinesis
+        .delete_stream()
+        .stream_name(&setup.stream)
+        .send()
+        .await
+        .expect("DeleteStream");
+    let code = worker
+        .wait_exit(Duration::from_secs(30))
+        .and_then(|s| s.code());
+    assert_eq!(code, Some(1), "{}", worker.dump());
+    let after: Vec<String> = worker.lines()[lines_before..].to_vec();
+    let errors: Vec<&String> = after.iter().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert_eq!(errors.len(), 1, "{}", worker.dump());
+    assert!(
+        errors[0].contains("consumer failed") && errors[0].contains(&setup.stream),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        worker.events("lease released").len(),
+        1,
+        "{}",
+        worker.dump()
+    );
+    assert!(after.len() <= 10, "{}", worker.dump());
+}

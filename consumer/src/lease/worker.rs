@@ -369,10 +369,12 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         self.observe(&leases, now);
         let held = self.held_keys();
         let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-        self.cooling.retain(|_, (until, _)| *until > now);
-        // Only leases someone can work on now: not at SHARD_END, every parent done (so parents
-        // are always taken before their children, and a child never takes the slot its parent
-        // needs), and not cooling down after a failure here.
+        // A failure long past is forgotten, backoff included.
+        let (_, cap) = FAILED_SHARD_BACKOFF;
+        self.cooling.retain(|_, (until, _)| *until + 2 * cap > now);
+        // Only leases someone can work on now: not at SHARD_END, and every parent done, so
+        // parents are always taken before their children, and a child never takes the slot its
+        // parent needs.
         let views: Vec<LeaseView> = leases
             .iter()
             .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
@@ -383,7 +385,6 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                         .map(|p| (p.as_str(), by_key.get(p.as_str()).copied())),
                 )
             })
-            .filter(|l| held.contains(&l.key) || !self.cooling.contains_key(&l.key))
             .map(|l| {
                 if held.contains(&l.key) {
                     LeaseView {
@@ -392,10 +393,15 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                         expired: false,
                     }
                 } else {
+                    // Cooling down after a failure here: not for this worker to take yet.
+                    let cooling = self
+                        .cooling
+                        .get(&l.key)
+                        .is_some_and(|(until, _)| *until > now);
                     LeaseView {
                         key: l.key.clone(),
                         owner: l.owner.clone(),
-                        expired: self.is_expired(l, now),
+                        expired: !cooling && self.is_expired(l, now),
                     }
                 }
             })
