@@ -4,8 +4,12 @@
 //! from the `ChildShards` a closed shard reports when it ends. A shard is read only after all
 //! of its parents that this consumer reads were read to their end, so per partition key no
 //! record of a child comes before the parent's last record. Shards present at start are read
-//! from `CONSUMER_INITIAL_POSITION`; shards that appear later (children of a split or merge)
+//! from `CONSUMER_INITIAL_POSITION` (from `LATEST`, shards closed before the start are never
+//! read: they hold only history); shards that appear later (children of a split or merge)
 //! from `TRIM_HORIZON`, so nothing written to them is missed.
+//!
+//! A reader retries every failure itself ([`crate::reader`]); the stream being deleted is the
+//! one error that ends polling mode ([`PollingError`], exit 1).
 //!
 //! Delivery: each record is handled once per run (no checkpoints: a restart reads again from
 //! the initial position).

@@ -14,7 +14,8 @@
 //! it were processed; what a worker processed after its last checkpoint is processed again by
 //! the next holder). Every write is conditional on the lease's counter and owner, so two
 //! workers never both hold a shard: a worker whose write fails stops the shard and never
-//! checkpoints it again. Per partition key, records are processed in order, and a child shard's
+//! checkpoints it again, and one that could not renew a lease for the failover time stops it by
+//! a timer, before anyone else may take it. Per partition key, records are processed in order, and a child shard's
 //! records after all of its parents' records.
 //!
 //! Timings: a lease expires after `CONSUMER_FAILOVER_MS` (default 10 s) without its counter
