@@ -47,6 +47,11 @@ pub const STREAM_WAIT_TIMEOUT_MS: VarSpec = var(
     "a whole number of milliseconds, 1 or more",
 );
 pub const LOG_FORMAT: VarSpec = var("LOG_FORMAT", Some("text"), "`text` or `json`");
+pub const HTTP_ADDR: VarSpec = var(
+    "HTTP_ADDR",
+    None,
+    "unset (no HTTP server) or an address and port such as 0.0.0.0:8080",
+);
 pub const KINESIS_ATTEMPT_TIMEOUT_MS: VarSpec = var(
     "KINESIS_ATTEMPT_TIMEOUT_MS",
     Some("5000"),
@@ -199,6 +204,7 @@ pub const SHARED_VARS: &[VarSpec] = &[
     STREAM_NAME,
     STREAM_WAIT_TIMEOUT_MS,
     LOG_FORMAT,
+    HTTP_ADDR,
     KINESIS_ATTEMPT_TIMEOUT_MS,
     KINESIS_CALL_TIMEOUT_MS,
     DYNAMODB_ATTEMPT_TIMEOUT_MS,
@@ -480,6 +486,8 @@ pub struct SharedSettings {
     pub stream_wait_timeout: Duration,
     pub log_format: LogFormat,
     pub timeouts: AwsTimeouts,
+    /// Where the HTTP server (metrics, health, status) listens; `None`: no server.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// Deadlines for AWS calls: one HTTP attempt, and one call with the SDK's retries. A hung
@@ -522,6 +530,10 @@ impl SharedSettings {
                 &LOG_FORMAT,
                 &[("text", LogFormat::Text), ("json", LogFormat::Json)],
             )?,
+            http_addr: match raw.get(&HTTP_ADDR) {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|_| raw.invalid(&HTTP_ADDR, v))?),
+            },
             timeouts: AwsTimeouts {
                 kinesis_attempt: raw.millis(&KINESIS_ATTEMPT_TIMEOUT_MS, 100, 600_000)?,
                 kinesis_call: raw.millis(&KINESIS_CALL_TIMEOUT_MS, 100, 600_000)?,

@@ -5,6 +5,8 @@
 //! - [`aws`]: AWS SDK configuration from the standard chain (region, credentials, endpoints).
 //! - [`kinesis`]: stream helpers both services need (wait until ACTIVE, list shards).
 //! - [`telemetry`]: log setup (`LOG_FORMAT`, `RUST_LOG`).
+//! - [`http`]: the HTTP server on `HTTP_ADDR` (metrics, health, readiness) and the
+//!   `healthcheck` subcommand.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`backoff`]: exponential backoff with full jitter.
 //!
@@ -16,6 +18,7 @@ pub mod backoff;
 pub mod config;
 #[cfg(feature = "testkit")]
 pub mod fault_proxy;
+pub mod http;
 pub mod kinesis;
 pub mod kpl;
 pub mod message;

@@ -1,5 +1,8 @@
 //! `consumer`: reads every shard of the Kinesis stream and logs each `DataMessage` it finds.
 //!
+//! `consumer healthcheck` asks a running consumer's `/healthz` (on `HTTP_ADDR`) and exits 0 if
+//! it answered 200: the container health check, since the image has no shell or curl.
+//!
 //! Exit codes: 0 after a stop signal; 1 when the run failed (stream missing); 2 for a bad
 //! setting, including a lease table that belongs to another stream.
 
@@ -18,6 +21,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return common::http::healthcheck_main("consumer", settings.shared.http_addr);
+    }
     common::telemetry::init(settings.shared.log_format);
     let cancel = common::shutdown::on_signal();
     let result = async {

@@ -44,6 +44,8 @@ use bytes::Bytes;
 use common::backoff::Backoff;
 use common::kinesis::{error_text, is_retryable, is_retryable_code};
 use common::kpl::{effective_hash_key, Aggregator};
+
+use crate::metrics::ProducerMetrics;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -102,6 +104,25 @@ pub enum SendError {
     Stopped,
 }
 
+impl SendError {
+    /// A short, bounded code for metrics: the AWS error code behind the failure when it is one
+    /// [`common::aws::ErrorKind`] knows, else the kind of failure.
+    pub fn code(&self) -> &str {
+        let known = |text: &str| {
+            let code = text.split(':').next().unwrap_or_default().trim();
+            common::aws::ErrorKind::from_code(code).map(|_| code.len())
+        };
+        match self {
+            SendError::Invalid(_) => "Invalid",
+            SendError::Stopped => "Stopped",
+            SendError::Rejected(text) => known(text).map_or("Rejected", |n| &text[..n]),
+            SendError::Expired { last_error, .. } => {
+                known(last_error).map_or("Expired", |n| &last_error[..n])
+            }
+        }
+    }
+}
+
 /// Tuning of a [`Producer`].
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -120,6 +141,8 @@ pub struct ProducerConfig {
     pub shard_rate_limit_percent: u32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Where to count what happens (see [`crate::metrics`]); `None`: nothing is counted.
+    pub metrics: Option<ProducerMetrics>,
 }
 
 impl ProducerConfig {
@@ -136,6 +159,7 @@ impl ProducerConfig {
             shard_rate_limit_percent: 100,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(5),
+            metrics: None,
         }
     }
 }
@@ -157,8 +181,27 @@ impl Future for Receipt {
 struct Pending {
     record: UserRecord,
     done: oneshot::Sender<Result<Ack, SendError>>,
+    enqueued: Instant,
     deadline: Instant,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Counts the record in `kinesis_producer_buffered_records` while it lives.
+    _buffered: Option<BufferedGuard>,
+}
+
+/// Raises the buffered-records gauge for as long as it lives.
+struct BufferedGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl BufferedGuard {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for BufferedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Pending {
@@ -212,7 +255,12 @@ impl Producer {
     /// Puts the record in the buffer, waiting while the buffer is full, and returns the receipt
     /// that resolves once Kinesis acknowledged it (or it failed).
     pub async fn enqueue(&self, record: UserRecord) -> Result<Receipt, SendError> {
-        validate(&record)?;
+        if let Err(err) = validate(&record) {
+            if let Some(m) = &self.config.metrics {
+                m.failed(err.code(), 1);
+            }
+            return Err(err);
+        }
         let size = u32::try_from(record.size().max(1)).unwrap_or(u32::MAX);
         let (Ok(r), Ok(b)) = (
             self.records.clone().acquire_owned().await,
@@ -221,11 +269,18 @@ impl Producer {
             return Err(SendError::Stopped);
         };
         let (done, rx) = oneshot::channel();
+        let now = Instant::now();
         let pending = Pending {
             record,
             done,
-            deadline: Instant::now() + self.config.record_ttl,
+            enqueued: now,
+            deadline: now + self.config.record_ttl,
             _permits: (r, b),
+            _buffered: self
+                .config
+                .metrics
+                .as_ref()
+                .map(|m| BufferedGuard::new(&m.buffered_records)),
         };
         self.tx.send(pending).map_err(|_| SendError::Stopped)?;
         Ok(Receipt(rx))
@@ -308,13 +363,22 @@ impl Entry {
         self.data.len() + self.partition_key.len()
     }
 
-    fn fail(self, err: SendError) {
+    fn fail(self, err: SendError, metrics: Option<&ProducerMetrics>) {
+        if let Some(m) = metrics {
+            m.failed(err.code(), self.members.len() as u64);
+        }
         for p in self.members {
             p.finish(Err(err.clone()));
         }
     }
 
-    fn succeed(self, shard_id: &str, sequence_number: &str) {
+    fn succeed(self, shard_id: &str, sequence_number: &str, metrics: Option<&ProducerMetrics>) {
+        if let Some(m) = metrics {
+            let n = self.members.len() as u64;
+            m.kinesis_records_put.inc();
+            m.user_records_put.inc_by(n);
+            m.user_records_per_kinesis_record.observe(n as f64);
+        }
         let aggregated = self.aggregated;
         let (shard_id, sequence_number): (Arc<str>, Arc<str>) =
             (shard_id.into(), sequence_number.into());
@@ -580,6 +644,9 @@ impl Worker {
             if !open && !self.buffered() && self.calls.is_empty() && self.waiting_retries == 0 {
                 return;
             }
+            if let Some(m) = &self.config.metrics {
+                m.in_flight_calls.set(self.calls.len() as i64);
+            }
             // Timers that lead to a call only matter while a call slot is free.
             let slot_free = self.calls.len() < self.config.max_in_flight;
             let linger_at = self
@@ -676,10 +743,13 @@ impl Worker {
                 e.last_error.clone()
             };
             let attempts = e.attempts;
-            e.fail(SendError::Expired {
-                attempts,
-                last_error,
-            });
+            e.fail(
+                SendError::Expired {
+                    attempts,
+                    last_error,
+                },
+                self.config.metrics.as_ref(),
+            );
         }
         self.queue
             .iter()
@@ -759,7 +829,19 @@ impl Worker {
         self.oldest = self.lingering().then(Instant::now);
         let client = self.client.clone();
         let stream = self.config.stream_name.clone();
-        self.calls.spawn(put_records(client, stream, batch));
+        let metrics = self.config.metrics.clone();
+        if let Some(m) = &metrics {
+            for p in batch
+                .iter()
+                .filter(|e| e.attempts == 0)
+                .flat_map(|e| &e.members)
+            {
+                m.buffering_seconds
+                    .observe(now.saturating_duration_since(p.enqueued).as_secs_f64());
+            }
+        }
+        self.calls
+            .spawn(put_records(client, stream, batch, metrics));
         true
     }
 
@@ -778,10 +860,13 @@ impl Worker {
                     attempts: entry.attempts,
                     last_error: entry.last_error.clone(),
                 };
-                entry.fail(err);
+                entry.fail(err, self.config.metrics.as_ref());
                 continue;
             }
             self.waiting_retries += 1;
+            if let Some(m) = &self.config.metrics {
+                m.retries.inc_by(entry.members.len() as u64);
+            }
             let tx = self.retry_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -917,7 +1002,14 @@ impl ShardMap {
     }
 }
 
-async fn put_records(client: Client, stream: String, mut batch: Vec<Entry>) -> CallOutcome {
+async fn put_records(
+    client: Client,
+    stream: String,
+    mut batch: Vec<Entry>,
+    metrics: Option<ProducerMetrics>,
+) -> CallOutcome {
+    let metrics = metrics.as_ref();
+    let started = Instant::now();
     let entries: Vec<PutRecordsRequestEntry> = batch
         .iter_mut()
         .filter_map(|e| {
@@ -956,6 +1048,10 @@ async fn put_records(client: Client, stream: String, mut batch: Vec<Entry>) -> C
         },
         None => call.await,
     };
+    if let Some(m) = metrics {
+        m.put_records_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
     match result {
         Ok(out) => {
             let results = out.records();
@@ -974,11 +1070,11 @@ async fn put_records(client: Client, stream: String, mut batch: Vec<Entry>) -> C
                         if e.predicted_shard.as_deref().is_some_and(|p| p != shard) {
                             outcome.shard_map_stale = true;
                         }
-                        e.succeed(shard, seq);
+                        e.succeed(shard, seq, metrics);
                     }
                     (Some(code), _, _) if !is_retryable_code(code) => {
                         let msg = format!("{code}: {}", entry.error_message().unwrap_or_default());
-                        e.fail(SendError::Rejected(msg));
+                        e.fail(SendError::Rejected(msg), metrics);
                     }
                     (code, _, _) => {
                         e.last_error = format!(
@@ -1006,7 +1102,7 @@ async fn put_records(client: Client, stream: String, mut batch: Vec<Entry>) -> C
             let text = error_text(&err);
             tracing::error!(stream = %stream, records = batch.len(), error = %text, "PutRecords rejected");
             for e in batch {
-                e.fail(SendError::Rejected(text.clone()));
+                e.fail(SendError::Rejected(text.clone()), metrics);
             }
         }
     }

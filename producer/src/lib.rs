@@ -6,6 +6,8 @@
 //! a message that could not be sent is logged as `record not sent` with the reason.
 
 pub mod batching;
+pub mod metrics;
 pub mod service;
+pub mod status;
 
 pub use batching::{Ack, Producer, ProducerConfig, Receipt, SendError, UserRecord};

@@ -1,5 +1,8 @@
 //! `producer`: puts a JSON `DataMessage` on the Kinesis stream every `PRODUCER_INTERVAL_MS`.
 //!
+//! `producer healthcheck` asks a running producer's `/healthz` (on `HTTP_ADDR`) and exits 0 if
+//! it answered 200: the container health check, since the image has no shell or curl.
+//!
 //! Exit codes: 0 after a stop signal or after `PRODUCER_COUNT` acknowledged messages; 1 when
 //! the run failed (stream missing, records not acknowledged); 2 for a bad setting.
 
@@ -18,6 +21,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return common::http::healthcheck_main("producer", settings.shared.http_addr);
+    }
     common::telemetry::init(settings.shared.log_format);
     let cancel = common::shutdown::on_signal();
     let result = async {

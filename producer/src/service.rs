@@ -6,11 +6,13 @@
 //! acknowledgement before handing over the next. With `PRODUCER_COUNT=N` it hands over exactly
 //! N messages, waits for their acknowledgements and returns; it is an error if any failed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use common::config::ProducerSettings;
+use common::http::Probe;
 use common::message::DataMessage;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -19,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::batching::{Producer, ProducerConfig, Receipt, UserRecord};
+use crate::metrics::ProducerMetrics;
+use crate::status::ProducerStatus;
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,18 +49,56 @@ impl ProducerConfig {
     }
 }
 
-/// Runs the service until `PRODUCER_COUNT` messages are acknowledged or `cancel` fires.
+/// Runs the service until `PRODUCER_COUNT` messages are acknowledged or `cancel` fires, with the
+/// HTTP server (metrics, health, status) on `HTTP_ADDR` for as long as it runs.
 pub async fn run(
     settings: ProducerSettings,
     client: aws_sdk_kinesis::Client,
     cancel: CancellationToken,
 ) -> anyhow::Result<RunSummary> {
     let stream = settings.shared.stream_name.clone();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ProducerMetrics::register(&mut registry, &stream);
+    let probe = Arc::new(Probe::default());
+    let status = ProducerStatus::new(&stream, metrics.clone(), probe.clone());
+    // The server outlives the main loop's cancellation: it answers during the final flush.
+    let http_stop = CancellationToken::new();
+    let server = match settings.shared.http_addr {
+        Some(addr) => {
+            let router = common::http::router(probe.clone(), Arc::new(registry))
+                .merge(crate::status::routes(status.clone()));
+            Some(common::http::serve(addr, router, http_stop.clone()).await?)
+        }
+        None => None,
+    };
+    let sampler = tokio::spawn(status.clone().sample(http_stop.clone()));
+    probe.set_alive(true);
+    let result = run_service(&settings, client, metrics, &probe, &status, &cancel).await;
+    probe.set_alive(false);
+    probe.set_not_ready("stopped");
+    http_stop.cancel();
+    let _ = sampler.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
+}
+
+async fn run_service(
+    settings: &ProducerSettings,
+    client: aws_sdk_kinesis::Client,
+    metrics: ProducerMetrics,
+    probe: &Probe,
+    status: &Arc<ProducerStatus>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RunSummary> {
+    let stream = settings.shared.stream_name.clone();
+    probe.set_not_ready(format!("waiting for stream {stream} to become ACTIVE"));
     common::kinesis::wait_for_stream(
         &client,
         &stream,
         settings.shared.stream_wait_timeout,
-        &cancel,
+        cancel,
     )
     .await
     .or_else(|e| match e {
@@ -66,6 +108,7 @@ pub async fn run(
     if cancel.is_cancelled() {
         return Ok(RunSummary::default());
     }
+    probe.set_ready();
     tracing::info!(
         stream = %stream,
         interval_ms = settings.interval.as_millis() as u64,
@@ -74,11 +117,15 @@ pub async fn run(
         "producer started"
     );
 
-    let (producer, flusher) = Producer::start(client, ProducerConfig::from_settings(&settings));
+    let config = ProducerConfig {
+        metrics: Some(metrics),
+        ..ProducerConfig::from_settings(settings)
+    };
+    let (producer, flusher) = Producer::start(client, config);
     let (receipts_tx, receipts_rx) = mpsc::channel(16_384);
-    let acks = tokio::spawn(log_acks(receipts_rx));
+    let acks = tokio::spawn(log_acks(receipts_rx, status.clone()));
 
-    let handed_over = feed(&settings, &producer, &receipts_tx, &cancel).await;
+    let handed_over = feed(settings, &producer, &receipts_tx, cancel).await;
     drop(receipts_tx);
     drop(producer);
 
@@ -185,7 +232,7 @@ async fn outcome((id, created_on, receipt): Handed) -> Outcome {
 }
 
 /// Logs each acknowledgement as it arrives; returns (acknowledged, failed).
-async fn log_acks(mut receipts: mpsc::Receiver<Handed>) -> (u64, u64) {
+async fn log_acks(mut receipts: mpsc::Receiver<Handed>, status: Arc<ProducerStatus>) -> (u64, u64) {
     let mut pending = FuturesUnordered::new();
     let (mut acked, mut failed) = (0u64, 0u64);
     let mut open = true;
@@ -219,6 +266,7 @@ async fn log_acks(mut receipts: mpsc::Receiver<Handed>) -> (u64, u64) {
                 Err(crate::SendError::Stopped) => failed += 1,
                 Err(err) => {
                     failed += 1;
+                    status.error(&id.to_string(), &err.to_string());
                     tracing::error!(
                         id = %id,
                         created_on = %created_on.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

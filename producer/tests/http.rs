@@ -1,0 +1,157 @@
+//! The producer's HTTP server (`HTTP_ADDR`): health, readiness, metrics that agree with its
+//! logs, the status document and page, and the `healthcheck` subcommand.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::testkit::{self, http_get, metric_value, FaultProxy, Kind, Rule, ServiceProcess};
+use serde_json::Value;
+
+fn producer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_producer"))
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    http_get(addr, path).unwrap_or_else(|| panic!("nothing answered GET {path} on {addr}"))
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_status_tell_what_the_producer_does() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("producer-http");
+    let proxy = FaultProxy::start(&emu.endpoint());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let env = testkit::env_with(
+        &proxy.endpoint(),
+        &stream,
+        &[
+            ("HTTP_ADDR", &addr),
+            ("PRODUCER_INTERVAL_MS", "100"),
+            ("STREAM_WAIT_TIMEOUT_MS", "60000"),
+            ("AWS_MAX_ATTEMPTS", "1"),
+        ],
+    );
+    let mut producer = ServiceProcess::spawn(producer_bin(), &env);
+
+    // Alive at once, not ready while the stream does not exist, and says why.
+    let up = testkit::eventually(Duration::from_secs(30), || {
+        http_get(&addr, "/healthz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(up, "{}", producer.dump());
+    let (status, reason) = get(&addr, "/readyz");
+    assert_eq!(status, 503);
+    assert!(reason.contains(&stream), "{reason}");
+    let healthcheck = Command::new(producer_bin())
+        .arg("healthcheck")
+        .env_clear()
+        .env("HTTP_ADDR", &addr)
+        .status()
+        .expect("run healthcheck");
+    assert!(healthcheck.success());
+
+    testkit::create_stream(&emu.kinesis(), &stream, 2).await;
+    let ready = testkit::eventually(Duration::from_secs(30), || {
+        get(&addr, "/readyz").0 == 200 && producer.events("record sent").len() >= 10
+    })
+    .await;
+    assert!(ready, "{}", producer.dump());
+
+    // Some records rejected for good: counted by error code, as logged.
+    proxy.set(vec![Rule::error(400, Some("ValidationException"))
+        .only(&["PutRecords"])
+        .times(3)]);
+    let rejected = testkit::eventually(Duration::from_secs(30), || {
+        producer.events("record not sent").len() >= 3
+    })
+    .await;
+    assert!(rejected, "{}", producer.dump());
+
+    // Counters agree with the log lines: wait for a moment between two records.
+    let put = format!("kinesis_producer_user_records_put_total{{stream=\"{stream}\"}}");
+    let failed = format!(
+        "kinesis_producer_user_records_failed_total{{stream=\"{stream}\",error_code=\"ValidationException\"}}"
+    );
+    let agree = testkit::eventually(Duration::from_secs(30), || {
+        let logged = producer.events("record sent").len() as f64;
+        let metrics = get(&addr, "/metrics").1;
+        let logged_after = producer.events("record sent").len() as f64;
+        metric_value(&metrics, &put).is_some_and(|m| m == logged && m == logged_after)
+            && metric_value(&metrics, &failed)
+                == Some(producer.events("record not sent").len() as f64)
+    })
+    .await;
+    let metrics = get(&addr, "/metrics").1;
+    assert!(agree, "{metrics}\n{}", producer.dump());
+    for name in [
+        "kinesis_producer_kinesis_records_put_total",
+        "kinesis_producer_retries_total",
+        "kinesis_producer_buffered_records",
+        "kinesis_producer_in_flight_calls",
+        "kinesis_producer_buffering_seconds_bucket",
+        "kinesis_producer_put_records_seconds_bucket",
+        "kinesis_producer_user_records_per_kinesis_record_bucket",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(&stream)),
+            "{name} missing:\n{metrics}"
+        );
+    }
+
+    let (status, body) = get(&addr, "/status");
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).expect("status is JSON");
+    assert_eq!(doc["stream"], stream.as_str());
+    assert_eq!(doc["ready"], true);
+    assert!(doc["acknowledged"].as_u64() >= Some(10), "{doc}");
+    // Three calls were rejected, each with one or more records.
+    let not_sent = producer.events("record not sent").len();
+    assert!(not_sent >= 3);
+    assert_eq!(doc["failed"].as_u64(), Some(not_sent as u64), "{doc}");
+    let errors = doc["recent_errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), not_sent.min(20), "{doc}");
+    assert!(errors[0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("ValidationException")));
+    let (status, page) = get(&addr, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("Kinesis producer") && page.contains("fetch(\"status\""));
+
+    producer.stop();
+    // Nothing answers once it stopped, and the healthcheck says so.
+    assert!(http_get(&addr, "/healthz").is_none());
+    let healthcheck = Command::new(producer_bin())
+        .arg("healthcheck")
+        .env_clear()
+        .env("HTTP_ADDR", &addr)
+        .output()
+        .expect("run healthcheck");
+    assert_eq!(healthcheck.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&healthcheck.stderr).contains(&addr));
+}
+
+#[test]
+fn a_bad_http_addr_ends_the_producer_with_one_line_naming_it() {
+    let mut env = testkit::service_env("http://127.0.0.1:9", "s");
+    env.push(("HTTP_ADDR".into(), "localhost".into()));
+    let mut producer = ServiceProcess::spawn(producer_bin(), &env);
+    let status = producer.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(2));
+    let err = producer.stderr_lines();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("HTTP_ADDR"), "{err:?}");
+}
+
+#[test]
+fn healthcheck_without_http_addr_says_there_is_nothing_to_ask() {
+    let out = Command::new(producer_bin())
+        .arg("healthcheck")
+        .env_clear()
+        .output()
+        .expect("run healthcheck");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP_ADDR is not set"));
+}
