@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs the pinned emulators (npm) and dev tools
-# (PyPI, into .venv), then runs every test of the workspace. Needs Rust, Node.js and Python 3.
+# (PyPI, into .venv) and the status page test driver (npm: playwright-core), then runs every
+# test of the workspace. Needs Rust, Node.js, Python 3 and Chromium (Debian's `chromium`, or
+# CHROMIUM_PATH).
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
 # Without arguments (as CI runs it) the consumer's Kinesis suites (polling, aggregation, leased)
@@ -13,6 +15,8 @@ cd "$repo"
 
 echo "==> installing the emulators pinned in emulators/package-lock.json" >&2
 npm ci --prefix emulators --no-audit --no-fund --loglevel=error >&2
+echo "==> installing the status page test driver pinned in browser/package-lock.json" >&2
+npm ci --prefix browser --no-audit --no-fund --loglevel=error >&2
 echo "==> installing the dev tools pinned in requirements-dev.txt into .venv" >&2
 scripts/dev-venv.sh >/dev/null
 

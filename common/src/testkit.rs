@@ -708,3 +708,125 @@ pub async fn read_stream(
     }
     found
 }
+
+/// A headless Chromium (Debian's `chromium`, or `CHROMIUM_PATH`) driven by playwright-core
+/// through `browser/driver.mjs`, one JSON command a line; closed on drop.
+pub struct Browser {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    answers: std::sync::mpsc::Receiver<String>,
+}
+
+impl Browser {
+    /// Starts the browser; panics with what is missing if the driver or Chromium are not
+    /// installed (`npm ci --prefix browser`, `apt-get install chromium`).
+    pub fn start() -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../browser");
+        assert!(
+            dir.join("node_modules/playwright-core").is_dir(),
+            "the browser driver is not installed: run `npm ci --prefix browser` first"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("driver.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node browser/driver.mjs");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut browser = Self {
+            child,
+            stdin,
+            answers,
+        };
+        browser
+            .answer(Duration::from_secs(60))
+            .expect("the browser driver started (is Debian's chromium installed?)");
+        browser
+    }
+
+    fn answer(&mut self, limit: Duration) -> Result<Value, String> {
+        let line = self
+            .answers
+            .recv_timeout(limit)
+            .map_err(|e| format!("no answer from the browser driver: {e}"))?;
+        let answer: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+        if answer["ok"] == true {
+            Ok(answer["value"].clone())
+        } else {
+            Err(answer["error"].as_str().unwrap_or(&line).to_string())
+        }
+    }
+
+    fn command(&mut self, command: Value, limit: Duration) -> Result<Value, String> {
+        writeln!(self.stdin, "{command}").map_err(|e| e.to_string())?;
+        self.answer(limit)
+    }
+
+    pub fn goto(&mut self, url: &str) -> Result<(), String> {
+        self.command(
+            serde_json::json!({"cmd": "goto", "url": url}),
+            Duration::from_secs(40),
+        )
+        .map(|_| ())
+    }
+
+    /// The rendered text of the first element matching `selector`.
+    pub fn text(&mut self, selector: &str) -> Result<String, String> {
+        self.command(
+            serde_json::json!({"cmd": "text", "selector": selector}),
+            Duration::from_secs(20),
+        )
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until the text of `selector` contains `text` (or, with `absent`, no longer does),
+    /// at most `limit`; returns that text, or the last one seen in the error.
+    pub fn wait_for(
+        &mut self,
+        selector: &str,
+        text: &str,
+        absent: bool,
+        limit: Duration,
+    ) -> Result<String, String> {
+        self.command(
+            serde_json::json!({"cmd": "waitFor", "selector": selector, "contains": text,
+                "absent": absent, "timeoutMs": limit.as_millis() as u64}),
+            limit + Duration::from_secs(10),
+        )
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+    }
+
+    pub fn screenshot(&mut self, path: &Path) -> Result<(), String> {
+        self.command(
+            serde_json::json!({"cmd": "screenshot", "path": path}),
+            Duration::from_secs(30),
+        )
+        .map(|_| ())
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", serde_json::json!({"cmd": "close"}));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

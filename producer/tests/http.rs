@@ -155,3 +155,53 @@ fn healthcheck_without_http_addr_says_there_is_nothing_to_ask() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP_ADDR is not set"));
 }
+
+/// The page itself, in a real headless browser: it shows the stream and its numbers move.
+#[tokio::test]
+async fn the_status_page_shows_the_producer_live_in_a_browser() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("producer-page");
+    testkit::create_stream(&emu.kinesis(), &stream, 2).await;
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let mut producer = ServiceProcess::spawn(
+        producer_bin(),
+        &testkit::env_with(
+            &emu.endpoint(),
+            &stream,
+            &[("HTTP_ADDR", &addr), ("PRODUCER_INTERVAL_MS", "100")],
+        ),
+    );
+    let ready = testkit::eventually(Duration::from_secs(30), || {
+        http_get(&addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(ready, "{}", producer.dump());
+    let mut browser = testkit::Browser::start();
+    browser
+        .goto(&format!("http://{addr}/"))
+        .expect("page loads");
+    browser
+        .wait_for("#stream", &stream, false, Duration::from_secs(20))
+        .expect("the page names the stream");
+    browser
+        .wait_for("#state", "ready", false, Duration::from_secs(20))
+        .expect("ready");
+    let first: u64 = browser.text("#acknowledged").unwrap().parse().unwrap_or(0);
+    // It refreshes itself: the count moves without a reload.
+    let later = first + 5;
+    let moved = testkit::eventually(Duration::from_secs(30), || {
+        browser
+            .text("#acknowledged")
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|n| n >= later)
+    })
+    .await;
+    assert!(moved, "the acknowledged count stayed at {first}");
+    if let Some(path) = std::env::var_os("SCREENSHOT_DIR") {
+        browser
+            .screenshot(&Path::new(&path).join("producer-page.png"))
+            .expect("screenshot");
+    }
+    producer.stop();
+}
