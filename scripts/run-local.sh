@@ -105,16 +105,16 @@ fi
 venv_bin="$(scripts/dev-venv.sh)"
 python="$venv_bin/python"
 
-# Three distinct free ports, chosen by the kernel.
-read -r kinesis_port kinesis_tls_port dynamodb_port < <("$python" - <<'EOF'
+# Five distinct free ports, chosen by the kernel: the emulators and the services' HTTP servers.
+read -r kinesis_port kinesis_tls_port dynamodb_port producer_http_port consumer_http_port < <("$python" - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )
-[[ -n "${dynamodb_port:-}" ]] || die "could not pick free ports"
+[[ -n "${consumer_http_port:-}" ]] || die "could not pick free ports"
 kinesis_url="http://127.0.0.1:$kinesis_port"
 dynamodb_url="http://127.0.0.1:$dynamodb_port"
 printf 'AWS_ENDPOINT_URL_KINESIS=%s\nAWS_ENDPOINT_URL_DYNAMODB=%s\n' "$kinesis_url" "$dynamodb_url" >"$run_dir/endpoints.env"
@@ -176,6 +176,12 @@ init_env=() producer_env=() consumer_env=()
 compose_env localstack-init init_env
 compose_env producer producer_env
 compose_env consumer consumer_env
+# Both services on one host: each gets its own HTTP port instead of compose's 8080 (the later
+# entry wins with `env`).
+producer_env+=("HTTP_ADDR=127.0.0.1:$producer_http_port")
+consumer_env+=("HTTP_ADDR=127.0.0.1:$consumer_http_port")
+printf 'HTTP_ADDR=127.0.0.1:%s\n' "$producer_http_port" >>"$run_dir/producer.env"
+printf 'HTTP_ADDR=127.0.0.1:%s\n' "$consumer_http_port" >>"$run_dir/consumer.env"
 
 # ---- the stream ----
 if ! env "${init_env[@]}" PATH="$venv_bin:$PATH" bash localstack-init/create-stream.sh 2>&1 |
@@ -201,6 +207,7 @@ if [[ -n "$count" ]]; then
 else
   say "producer (pid $producer_pid) and consumer (pid $consumer_pid) running until Ctrl-C; logs in $run_dir"
 fi
+say "status pages: producer http://127.0.0.1:$producer_http_port/, consumer http://127.0.0.1:$consumer_http_port/ (also /metrics, /healthz, /readyz)"
 if [[ "$follow_logs" == 1 ]]; then
   tail -n +1 -F "$run_dir/producer.log" "$run_dir/consumer.log" &
   children+=("$!")

@@ -283,10 +283,66 @@ fn consumer_can_be_scaled() {
         "services.consumer must not set container_name: `docker compose up --scale consumer=3` \
          needs a distinct name per container"
     );
-    assert!(
-        consumer.get("ports").is_none(),
-        "services.consumer must not publish host ports: scaled copies would collide"
-    );
+    // Ports may be published only with the host port left to Docker ("127.0.0.1::8080"), so
+    // scaled copies do not collide.
+    for port in consumer
+        .get("ports")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let text = port.as_str().unwrap_or_default();
+        let parts: Vec<&str> = text.split(':').collect();
+        let host_port = match parts.len() {
+            3 => parts[1],
+            2 => parts[0],
+            _ => "",
+        };
+        assert!(
+            host_port.is_empty() && parts.len() >= 2,
+            "services.consumer publishes {text:?} with a fixed host port: scaled copies would collide"
+        );
+        assert!(
+            text.starts_with("127.0.0.1:"),
+            "services.consumer publishes {text:?} beyond loopback"
+        );
+    }
+}
+
+#[test]
+fn both_services_serve_http_and_are_health_checked_by_their_own_binary() {
+    let compose = compose();
+    for (name, _) in SERVICES {
+        let svc = service(&compose, name);
+        let env = effective_environment(&compose, name);
+        let addr = env
+            .get("HTTP_ADDR")
+            .cloned()
+            .unwrap_or_else(|| panic!("services.{name} sets no HTTP_ADDR"));
+        let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+        let published = svc
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|p| p.ends_with(&format!(":{port}")));
+        assert!(
+            published,
+            "services.{name} does not publish its HTTP_ADDR port {port}"
+        );
+        let test: Vec<&str> = svc["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("services.{name} has no healthcheck"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            test,
+            ["CMD", &format!("/usr/local/bin/{name}"), "healthcheck"],
+            "services.{name}: the image has no shell or curl; the binary checks itself"
+        );
+    }
 }
 
 #[test]

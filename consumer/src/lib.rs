@@ -7,26 +7,85 @@
 //!   through a KCL-compatible DynamoDB lease table, with checkpoints (at-least-once).
 //! - [`record`]: decoding and logging; a record that is not a `DataMessage` is logged as a
 //!   warning naming its shard and sequence number, and skipped.
+//! - [`metrics`] and [`observe`]: Prometheus metrics, readiness and the live status page.
 //!
 //! Run it with `cargo run -p consumer` (see the README for the variables).
 
 pub mod lease;
+pub mod metrics;
+pub mod observe;
 pub mod polling;
 pub mod reader;
 pub mod record;
 
+use std::sync::Arc;
+
 use common::config::{ConsumerMode, ConsumerSettings};
+use common::http::Probe;
+use common::telemetry::RecentEvents;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ConsumerMetrics;
+use crate::observe::Observer;
+
 /// Runs the consumer until `cancel` fires, with AWS clients built from `sdk` (the standard
-/// chain: `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL_DYNAMODB` and all).
+/// chain: `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL_DYNAMODB` and all), and the HTTP server
+/// (metrics, health, status) on `HTTP_ADDR` for as long as it runs. `recent` holds the last
+/// warnings and errors logged, for the status page.
 pub async fn run(
     settings: ConsumerSettings,
     sdk: &aws_config::SdkConfig,
     cancel: CancellationToken,
+    recent: RecentEvents,
+) -> anyhow::Result<()> {
+    let stream = settings.shared.stream_name.clone();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ConsumerMetrics::register(&mut registry, &stream);
+    let probe = Arc::new(Probe::default());
+    let leased = settings.mode == ConsumerMode::Leased;
+    let worker_id = leased.then(|| lease::worker_id(&settings));
+    let observer = Observer::install(
+        metrics,
+        probe.clone(),
+        &stream,
+        if leased { "leased" } else { "polling" },
+        worker_id.clone(),
+        leased.then(|| settings.lease.application_name.clone()),
+        recent,
+    );
+    // The server answers until the very end, shutdown included.
+    let http_stop = CancellationToken::new();
+    let server = match settings.shared.http_addr {
+        Some(addr) => {
+            let router = common::http::router(probe.clone(), Arc::new(registry))
+                .merge(observe::routes(observer.clone()));
+            Some(common::http::serve(addr, router, http_stop.clone()).await?)
+        }
+        None => None,
+    };
+    let sampler = tokio::spawn(observer.clone().sample(http_stop.clone()));
+    probe.set_alive(true);
+    let result = run_service(&settings, sdk, worker_id, &probe, cancel).await;
+    probe.set_alive(false);
+    probe.set_not_ready("stopped");
+    http_stop.cancel();
+    let _ = sampler.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
+}
+
+async fn run_service(
+    settings: &ConsumerSettings,
+    sdk: &aws_config::SdkConfig,
+    worker_id: Option<String>,
+    probe: &Probe,
+    cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = common::aws::kinesis(sdk, &settings.shared.timeouts);
     let stream = &settings.shared.stream_name;
+    probe.set_not_ready(format!("waiting for stream {stream} to become ACTIVE"));
     match common::kinesis::wait_for_stream(
         &client,
         stream,
@@ -40,10 +99,19 @@ pub async fn run(
         Err(other) => return Err(other.into()),
     }
     match settings.mode {
-        ConsumerMode::Polling => Ok(polling::run(&settings, client, cancel).await?),
+        ConsumerMode::Polling => {
+            probe.set_ready();
+            Ok(polling::run(settings, client, cancel).await?)
+        }
         ConsumerMode::Leased => {
+            // Ready once the lease table answers: the coordinator says so after each scan.
+            probe.set_not_ready(format!(
+                "waiting for lease table {}",
+                settings.lease.application_name
+            ));
             lease::run(
-                &settings,
+                settings,
+                worker_id.unwrap_or_default(),
                 client,
                 common::aws::dynamodb(sdk, &settings.shared.timeouts),
                 cancel,

@@ -24,11 +24,11 @@ async fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return common::http::healthcheck_main("consumer", settings.shared.http_addr);
     }
-    common::telemetry::init(settings.shared.log_format);
+    let recent = common::telemetry::init(settings.shared.log_format);
     let cancel = common::shutdown::on_signal();
     let result = async {
         let sdk = common::aws::load().await?;
-        consumer::run(settings, &sdk, cancel).await
+        consumer::run(settings, &sdk, cancel, recent).await
     }
     .await;
     match result {

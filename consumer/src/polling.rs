@@ -288,8 +288,14 @@ async fn read_shard(
     loop {
         match reader.next_batch(&cancel).await {
             Ok(batch) => {
+                let started = std::time::Instant::now();
                 for record in &batch.records {
                     crate::record::log_record_in_range(&shard_id, hash_range, record);
+                }
+                if let Some(o) = crate::observe::observer() {
+                    o.metrics
+                        .process_records_seconds
+                        .observe(started.elapsed().as_secs_f64());
                 }
                 if let Some(children) = batch.ended {
                     return (shard_id, Ok(children));

@@ -15,6 +15,8 @@ use common::kinesis::error_text;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::observe::observer;
+
 /// Minimum time between two `GetRecords` calls on one shard (5 calls a second).
 pub const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
 
@@ -137,6 +139,14 @@ enum Failure {
     Persistent(String),
 }
 
+impl Drop for ShardReader {
+    fn drop(&mut self) {
+        if let Some(o) = observer() {
+            o.stopped_reading(&self.shard_id);
+        }
+    }
+}
+
 impl ShardReader {
     pub fn new(
         client: Client,
@@ -146,10 +156,14 @@ impl ShardReader {
         max_records: i32,
         poll_interval: Duration,
     ) -> Self {
+        let shard_id = shard_id.into();
+        if let Some(o) = observer() {
+            o.reading(&shard_id);
+        }
         Self {
             client,
             stream: stream.into(),
-            shard_id: shard_id.into(),
+            shard_id,
             start,
             iterator: None,
             last_sequence: None,
@@ -196,10 +210,16 @@ impl ShardReader {
                 .shard_iterator(iterator)
                 .limit(self.max_records)
                 .send();
+            let started = Instant::now();
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Err(ReadError::Cancelled),
                 result = call => result,
             };
+            if let Some(o) = observer() {
+                o.metrics
+                    .get_records_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
             self.next_call_at = Instant::now() + MIN_CALL_SPACING;
             let out = match result {
                 Ok(out) => out,
@@ -242,6 +262,9 @@ impl ShardReader {
                 None
             };
             let behind = out.millis_behind_latest();
+            if let (Some(o), Some(ms)) = (observer(), behind) {
+                o.behind(&self.shard_id, ms);
+            }
             if records.is_empty() && ended.is_none() && behind.unwrap_or(0) == 0 {
                 // Caught up: wait before asking again.
                 self.next_call_at = Instant::now() + self.poll_interval.max(MIN_CALL_SPACING);

@@ -124,6 +124,10 @@ pub fn warn_if_outside_range(
 /// Logs one user record as `record received`, or as a `malformed record skipped` warning naming
 /// the shard and sequence number when it is not a `DataMessage`. Returns whether it was valid.
 pub fn log_user_record(shard_id: &str, user: &UserRecord<'_>) -> bool {
+    let observer = crate::observe::observer();
+    if let Some(o) = observer {
+        o.metrics.processed(shard_id, 1, user.data.len() as u64);
+    }
     match DataMessage::from_json(user.data) {
         Ok(message) => {
             tracing::info!(
@@ -138,6 +142,9 @@ pub fn log_user_record(shard_id: &str, user: &UserRecord<'_>) -> bool {
             true
         }
         Err(err) => {
+            if let Some(o) = observer {
+                o.metrics.malformed_records.inc();
+            }
             tracing::warn!(
                 shard_id = %shard_id,
                 sequence_number = %user.sequence_number,

@@ -24,7 +24,8 @@ async fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return common::http::healthcheck_main("producer", settings.shared.http_addr);
     }
-    common::telemetry::init(settings.shared.log_format);
+    // The producer's page keeps its own list of records not sent.
+    let _recent = common::telemetry::init(settings.shared.log_format);
     let cancel = common::shutdown::on_signal();
     let result = async {
         let sdk = common::aws::load().await?;

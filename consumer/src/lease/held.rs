@@ -99,6 +99,9 @@ impl HeldLease {
 
     fn mark_lost(&self, reason: &str) {
         if !self.lost_logged.swap(true, Ordering::SeqCst) {
+            if let Some(o) = crate::observe::observer() {
+                o.metrics.leases_lost.inc();
+            }
             tracing::warn!(shard_id = %self.shard_id, worker_id = %self.worker_id, reason = reason, "lease lost");
         }
         self.lost.cancel();

@@ -38,18 +38,24 @@ pub use worker::{Worker, WorkerConfig};
 use common::config::ConsumerSettings;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the service's leased consumer (logging each record) until `cancel` fires.
+/// This worker's id: `CONSUMER_WORKER_ID`, or [`default_worker_id`].
+pub fn worker_id(settings: &ConsumerSettings) -> String {
+    settings
+        .lease
+        .worker_id
+        .clone()
+        .unwrap_or_else(default_worker_id)
+}
+
+/// Runs the service's leased consumer (logging each record) as `worker_id` until `cancel`
+/// fires.
 pub async fn run(
     settings: &ConsumerSettings,
+    worker_id: String,
     kinesis: aws_sdk_kinesis::Client,
     dynamodb: aws_sdk_dynamodb::Client,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let worker_id = settings
-        .lease
-        .worker_id
-        .clone()
-        .unwrap_or_else(default_worker_id);
     let config = WorkerConfig::from_settings(settings, worker_id);
     Worker::new(config, kinesis, dynamodb, LoggingProcessorFactory)
         .run(cancel)

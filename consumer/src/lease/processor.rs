@@ -191,6 +191,9 @@ impl Checkpointer {
             .await
         {
             Ok(()) => {
+                if let Some(o) = crate::observe::observer() {
+                    o.metrics.checkpoints.inc();
+                }
                 tracing::info!(
                     shard_id = %self.shard_id(),
                     worker_id = %self.lease.worker_id(),
@@ -203,11 +206,21 @@ impl Checkpointer {
                 }
                 Ok(())
             }
-            Err(LeaseWriteError::LeaseLost(shard)) => Err(CheckpointError::LeaseLost(shard)),
-            Err(LeaseWriteError::Failed { message, .. }) => Err(CheckpointError::Failed {
-                shard_id: self.shard_id().to_string(),
-                message,
-            }),
+            Err(LeaseWriteError::LeaseLost(shard)) => {
+                if let Some(o) = crate::observe::observer() {
+                    o.metrics.checkpoint_failures.inc();
+                }
+                Err(CheckpointError::LeaseLost(shard))
+            }
+            Err(LeaseWriteError::Failed { message, .. }) => {
+                if let Some(o) = crate::observe::observer() {
+                    o.metrics.checkpoint_failures.inc();
+                }
+                Err(CheckpointError::Failed {
+                    shard_id: self.shard_id().to_string(),
+                    message,
+                })
+            }
         }
     }
 }

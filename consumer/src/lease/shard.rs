@@ -218,7 +218,14 @@ async fn process<P: RecordProcessor>(
                     millis_behind_latest: batch.millis_behind_latest,
                     checkpointer: &checkpointer,
                 };
-                let Err(err) = processor.process_records(input).await else {
+                let started = std::time::Instant::now();
+                let result = processor.process_records(input).await;
+                if let Some(o) = crate::observe::observer() {
+                    o.metrics
+                        .process_records_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                let Err(err) = result else {
                     break;
                 };
                 let delay = backoff.next_delay();

@@ -335,6 +335,38 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         self.observed = next;
     }
 
+    /// Tells the observer what the scan showed: every lease, and the workers alive (this one,
+    /// and every owner of a lease that has not expired).
+    fn report(&self, observer: &crate::observe::Observer, leases: &[Lease], now: Instant) {
+        let mut workers: Vec<String> = leases
+            .iter()
+            .filter(|l| l.checkpoint != Checkpoint::ShardEnd && !self.is_expired(l, now))
+            .filter_map(|l| l.owner.clone())
+            .chain(std::iter::once(self.me().to_string()))
+            .collect();
+        workers.sort();
+        workers.dedup();
+        let mut sorted: Vec<&Lease> = leases.iter().collect();
+        sorted.sort_by(|x, y| x.key.cmp(&y.key));
+        let rows = sorted
+            .into_iter()
+            .map(|l| crate::observe::LeaseRow {
+                shard_id: l.key.clone(),
+                owner: l.owner.clone(),
+                checkpoint: l.checkpoint.to_string(),
+                counter: l.counter,
+                parents: l.parent_shard_ids.clone(),
+                millis_behind_latest: None,
+                records_per_second: None,
+            })
+            .collect();
+        observer
+            .metrics
+            .leases_held
+            .set(self.held_keys().len() as i64);
+        observer.leases_scanned(rows, workers);
+    }
+
     /// When the next lease held by another worker expires if its counter does not move again.
     fn next_expiry(&self) -> Option<Instant> {
         let now = Instant::now();
@@ -358,15 +390,26 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
 
     /// One taking cycle: scan, plan, take.
     async fn take_leases(&mut self, cancel: &CancellationToken) {
+        let observer = crate::observe::observer();
         let leases = match self.table.list().await {
             Ok(leases) => leases,
             Err(err) => {
+                if let Some(o) = observer {
+                    o.probe.set_not_ready(format!(
+                        "lease table {} does not answer: {err}",
+                        self.table.name()
+                    ));
+                }
                 tracing::warn!(error = %err, "lease table scan failed, taking nothing this cycle");
                 return;
             }
         };
         let now = Instant::now();
         self.observe(&leases, now);
+        if let Some(o) = observer {
+            o.probe.set_ready();
+            self.report(o, &leases, now);
+        }
         let held = self.held_keys();
         let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         // A failure long past is forgotten, backoff included.
@@ -432,6 +475,9 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                         workers = plan.workers,
                         "lease acquired"
                     );
+                    if let Some(o) = observer {
+                        o.metrics.lease_acquisitions.inc();
+                    }
                     self.start_shard(taken, sent, cancel);
                 }
                 Err(err) => {

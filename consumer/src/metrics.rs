@@ -1,0 +1,161 @@
+//! The consumer's Prometheus metrics, named after the Java KCL's CloudWatch metrics they stand
+//! for (in brackets). Every series carries `stream`; per-shard series carry `shard_id`, so the
+//! label set is bounded by the shards this process read in its life. The lag gauge of a shard is
+//! removed when this worker stops reading it (a stale lag would mislead); counters stay, so they
+//! never go backwards.
+//!
+//! - `kinesis_consumer_records_processed_total{shard_id}` (RecordsProcessed): user records
+//!   handed to the processor.
+//! - `kinesis_consumer_bytes_processed_total{shard_id}` (DataBytesProcessed).
+//! - `kinesis_consumer_millis_behind_latest{shard_id}` (MillisBehindLatest): from the last
+//!   `GetRecords`.
+//! - `kinesis_consumer_leases_held` (CurrentLeases).
+//! - `kinesis_consumer_lease_acquisitions_total` (TakenLeases),
+//!   `kinesis_consumer_leases_lost_total` (LostLeases).
+//! - `kinesis_consumer_checkpoints_total`, `kinesis_consumer_checkpoint_failures_total`.
+//! - `kinesis_consumer_malformed_records_total`: records skipped as not a `DataMessage`.
+//! - `kinesis_consumer_get_records_seconds` (KinesisDataFetcher.getRecords.Time) and
+//!   `kinesis_consumer_process_records_seconds` (RecordProcessor.processRecords.Time).
+//! - `kinesis_consumer_workers`: workers seen alive in the lease table.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Shard {
+    pub shard_id: String,
+}
+
+impl Shard {
+    fn of(shard_id: &str) -> Self {
+        Self {
+            shard_id: shard_id.to_string(),
+        }
+    }
+}
+
+/// Handles to the consumer's metrics; cloning shares them.
+#[derive(Clone, Debug)]
+pub struct ConsumerMetrics {
+    pub records_processed: Family<Shard, Counter>,
+    pub bytes_processed: Family<Shard, Counter>,
+    pub millis_behind_latest: Family<Shard, Gauge>,
+    pub leases_held: Gauge,
+    pub lease_acquisitions: Counter,
+    pub leases_lost: Counter,
+    pub checkpoints: Counter,
+    pub checkpoint_failures: Counter,
+    pub malformed_records: Counter,
+    pub get_records_seconds: Histogram,
+    pub process_records_seconds: Histogram,
+    pub workers: Gauge,
+}
+
+impl Default for ConsumerMetrics {
+    fn default() -> Self {
+        Self {
+            records_processed: Family::default(),
+            bytes_processed: Family::default(),
+            millis_behind_latest: Family::default(),
+            leases_held: Gauge::default(),
+            lease_acquisitions: Counter::default(),
+            leases_lost: Counter::default(),
+            checkpoints: Counter::default(),
+            checkpoint_failures: Counter::default(),
+            malformed_records: Counter::default(),
+            // 1 ms to about 65 s.
+            get_records_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            process_records_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            workers: Gauge::default(),
+        }
+    }
+}
+
+impl ConsumerMetrics {
+    /// Creates the metrics and registers them under `kinesis_consumer_` with `stream`.
+    pub fn register(registry: &mut Registry, stream: &str) -> Self {
+        let m = Self::default();
+        let r = registry
+            .sub_registry_with_prefix("kinesis_consumer")
+            .sub_registry_with_label(("stream".into(), stream.to_string().into()));
+        r.register(
+            "records_processed",
+            "User records handed to the record processor",
+            m.records_processed.clone(),
+        );
+        r.register(
+            "bytes_processed",
+            "Bytes of user records handed to the record processor",
+            m.bytes_processed.clone(),
+        );
+        r.register(
+            "millis_behind_latest",
+            "How far the last GetRecords answer was behind the tip of the shard",
+            m.millis_behind_latest.clone(),
+        );
+        r.register(
+            "leases_held",
+            "Leases this worker holds",
+            m.leases_held.clone(),
+        );
+        r.register(
+            "lease_acquisitions",
+            "Leases this worker took (new, expired or stolen)",
+            m.lease_acquisitions.clone(),
+        );
+        r.register(
+            "leases_lost",
+            "Leases this worker lost to another worker",
+            m.leases_lost.clone(),
+        );
+        r.register("checkpoints", "Checkpoints written", m.checkpoints.clone());
+        r.register(
+            "checkpoint_failures",
+            "Checkpoints that could not be written",
+            m.checkpoint_failures.clone(),
+        );
+        r.register(
+            "malformed_records",
+            "Records skipped because they are not a valid DataMessage",
+            m.malformed_records.clone(),
+        );
+        r.register(
+            "get_records_seconds",
+            "Duration of GetRecords calls",
+            m.get_records_seconds.clone(),
+        );
+        r.register(
+            "process_records_seconds",
+            "Time the record processor took per batch",
+            m.process_records_seconds.clone(),
+        );
+        r.register(
+            "workers",
+            "Workers of the application seen alive in the lease table",
+            m.workers.clone(),
+        );
+        m
+    }
+
+    /// Counts a batch of user records handed to the processor.
+    pub fn processed(&self, shard_id: &str, records: u64, bytes: u64) {
+        let shard = Shard::of(shard_id);
+        self.records_processed.get_or_create(&shard).inc_by(records);
+        self.bytes_processed.get_or_create(&shard).inc_by(bytes);
+    }
+
+    pub fn behind(&self, shard_id: &str, millis: i64) {
+        self.millis_behind_latest
+            .get_or_create(&Shard::of(shard_id))
+            .set(millis);
+    }
+
+    /// Drops the lag of a shard this worker no longer reads.
+    pub fn forget_shard(&self, shard_id: &str) {
+        self.millis_behind_latest.remove(&Shard::of(shard_id));
+    }
+}

@@ -1,0 +1,256 @@
+//! What the consumer shows an operator: its metrics ([`crate::metrics`]), readiness, and the live
+//! status (`GET /status`, and the page at `GET /` that reads it every two seconds).
+//!
+//! One [`Observer`] per process, installed by [`crate::run`] before any shard is read. The
+//! reader, the record logger, polling mode and the lease coordinator report to it through
+//! [`observer`] — a process-wide handle, as metrics facades keep one, so instrumentation deep
+//! in a shard reader needs no handle threaded through every constructor. Library users who
+//! install none pay one atomic load per report.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::http::Probe;
+use common::telemetry::RecentEvents;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ConsumerMetrics;
+
+/// One lease as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseRow {
+    pub shard_id: String,
+    pub owner: Option<String>,
+    pub checkpoint: String,
+    pub counter: i64,
+    pub parents: Vec<String>,
+    /// Lag and rate, known for the shards this process reads.
+    pub millis_behind_latest: Option<i64>,
+    pub records_per_second: Option<f64>,
+}
+
+/// A shard this process reads, with what is known of it.
+#[derive(Debug, Clone, Default)]
+struct ShardSeen {
+    millis_behind_latest: Option<i64>,
+    /// (when, records processed so far), the last 11 samples one second apart.
+    samples: VecDeque<(Instant, u64)>,
+    reading: bool,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every lease of the application, from the last lease-table scan (leased mode).
+    leases: Vec<LeaseRow>,
+    workers: Vec<String>,
+    scanned_at: Option<DateTime<Utc>>,
+    shards: BTreeMap<String, ShardSeen>,
+}
+
+/// The process's observer: metrics, probe, status.
+pub struct Observer {
+    pub metrics: ConsumerMetrics,
+    pub probe: Arc<Probe>,
+    stream: String,
+    mode: &'static str,
+    worker_id: Option<String>,
+    application: Option<String>,
+    started_at: DateTime<Utc>,
+    recent: RecentEvents,
+    state: Mutex<Seen>,
+}
+
+static OBSERVER: OnceLock<Arc<Observer>> = OnceLock::new();
+
+/// The installed observer, if any.
+pub fn observer() -> Option<&'static Arc<Observer>> {
+    OBSERVER.get()
+}
+
+#[derive(Debug, Serialize)]
+struct StatusDoc {
+    service: &'static str,
+    stream: String,
+    mode: &'static str,
+    worker_id: Option<String>,
+    application: Option<String>,
+    started_at: String,
+    alive: bool,
+    ready: bool,
+    not_ready_reason: Option<String>,
+    scanned_at: Option<String>,
+    workers: Vec<String>,
+    leases: Vec<LeaseRow>,
+    recent_errors: Vec<common::telemetry::RecentEvent>,
+}
+
+impl Observer {
+    /// Creates the process's observer and installs it; later calls return the first one.
+    pub fn install(
+        metrics: ConsumerMetrics,
+        probe: Arc<Probe>,
+        stream: &str,
+        mode: &'static str,
+        worker_id: Option<String>,
+        application: Option<String>,
+        recent: RecentEvents,
+    ) -> Arc<Self> {
+        OBSERVER
+            .get_or_init(|| {
+                Arc::new(Self {
+                    metrics,
+                    probe,
+                    stream: stream.to_string(),
+                    mode,
+                    worker_id,
+                    application,
+                    started_at: Utc::now(),
+                    recent,
+                    state: Mutex::new(Seen::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// The lease table as last scanned, and the workers seen alive in it.
+    pub fn leases_scanned(&self, leases: Vec<LeaseRow>, workers: Vec<String>) {
+        self.metrics.workers.set(workers.len() as i64);
+        if let Ok(mut s) = self.state.lock() {
+            s.leases = leases;
+            s.workers = workers;
+            s.scanned_at = Some(Utc::now());
+        }
+    }
+
+    /// This process started reading `shard_id`.
+    pub fn reading(&self, shard_id: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.shards.entry(shard_id.to_string()).or_default().reading = true;
+        }
+    }
+
+    /// This process stopped reading `shard_id` (ended, lost, released).
+    pub fn stopped_reading(&self, shard_id: &str) {
+        self.metrics.forget_shard(shard_id);
+        if let Ok(mut s) = self.state.lock() {
+            s.shards.remove(shard_id);
+        }
+    }
+
+    pub fn behind(&self, shard_id: &str, millis: i64) {
+        self.metrics.behind(shard_id, millis);
+        if let Ok(mut s) = self.state.lock() {
+            s.shards
+                .entry(shard_id.to_string())
+                .or_default()
+                .millis_behind_latest = Some(millis);
+        }
+    }
+
+    /// Samples the per-shard record counts once a second until `cancel`, for the rates.
+    pub async fn sample(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            if let Ok(mut s) = self.state.lock() {
+                for (shard_id, seen) in s.shards.iter_mut() {
+                    let count = self
+                        .metrics
+                        .records_processed
+                        .get_or_create(&crate::metrics::Shard {
+                            shard_id: shard_id.clone(),
+                        })
+                        .get();
+                    if seen.samples.len() == 11 {
+                        seen.samples.pop_front();
+                    }
+                    seen.samples.push_back((now, count));
+                }
+            }
+        }
+    }
+
+    fn document(&self) -> StatusDoc {
+        let readiness = self.probe.readiness();
+        let (mut leases, workers, scanned_at, shards) = match self.state.lock() {
+            Ok(s) => (
+                s.leases.clone(),
+                s.workers.clone(),
+                s.scanned_at,
+                s.shards.clone(),
+            ),
+            Err(_) => Default::default(),
+        };
+        let rate = |seen: &ShardSeen| match (seen.samples.front(), seen.samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                Some(((n1 - n0) as f64 / (*t1 - *t0).as_secs_f64() * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        // Polling mode has no lease table: show the shards this process reads.
+        if self.mode == "polling" {
+            leases = shards
+                .keys()
+                .map(|shard_id| LeaseRow {
+                    shard_id: shard_id.clone(),
+                    owner: None,
+                    checkpoint: "(no checkpoints in polling mode)".to_string(),
+                    counter: 0,
+                    parents: Vec::new(),
+                    millis_behind_latest: None,
+                    records_per_second: None,
+                })
+                .collect();
+        }
+        let by_shard: HashMap<&String, &ShardSeen> = shards.iter().collect();
+        for row in &mut leases {
+            if let Some(seen) = by_shard.get(&row.shard_id) {
+                row.millis_behind_latest = seen.millis_behind_latest;
+                row.records_per_second = rate(seen);
+            }
+        }
+        StatusDoc {
+            service: "consumer",
+            stream: self.stream.clone(),
+            mode: self.mode,
+            worker_id: self.worker_id.clone(),
+            application: self.application.clone(),
+            started_at: self.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            alive: self.probe.is_alive(),
+            ready: readiness.is_ok(),
+            not_ready_reason: readiness.err(),
+            scanned_at: scanned_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            workers,
+            leases,
+            recent_errors: self.recent.recent(),
+        }
+    }
+}
+
+/// `GET /status` and `GET /`.
+pub fn routes(observer: Arc<Observer>) -> Router {
+    Router::new()
+        .route("/status", get(status_json))
+        .route("/", get(page))
+        .with_state(observer)
+}
+
+async fn status_json(State(observer): State<Arc<Observer>>) -> impl IntoResponse {
+    Json(observer.document())
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("status.html"))
+}
