@@ -144,6 +144,43 @@ pub async fn serve(
     }))
 }
 
+/// Runs the service's `main` future with the HTTP server on `addr` (when set) answering for its
+/// whole life, shutdown included: `/healthz` says alive while `main` runs, `/readyz` says
+/// "stopped" after it. `sampler` runs beside it (the status page's rate samples) until then.
+pub async fn run_with_server<T, M, S, SF>(
+    addr: Option<SocketAddr>,
+    probe: Arc<Probe>,
+    registry: Registry,
+    routes: Router,
+    sampler: S,
+    main: M,
+) -> anyhow::Result<T>
+where
+    M: std::future::Future<Output = anyhow::Result<T>>,
+    S: FnOnce(CancellationToken) -> SF,
+    SF: std::future::Future<Output = ()> + Send + 'static,
+{
+    let stop = CancellationToken::new();
+    let server = match addr {
+        Some(addr) => {
+            let app = router(probe.clone(), Arc::new(registry)).merge(routes);
+            Some(serve(addr, app, stop.clone()).await?)
+        }
+        None => None,
+    };
+    let sampler = tokio::spawn(sampler(stop.clone()));
+    probe.set_alive(true);
+    let result = main.await;
+    probe.set_alive(false);
+    probe.set_not_ready("stopped");
+    stop.cancel();
+    let _ = sampler.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
+}
+
 /// The `healthcheck` subcommand: asks `GET /healthz` of the service listening on `addr` (a
 /// wildcard address means this host) and says whether it answered 200 within 2 seconds.
 pub fn healthcheck(addr: SocketAddr) -> Result<(), String> {

@@ -53,27 +53,16 @@ pub async fn run(
         leased.then(|| settings.lease.application_name.clone()),
         recent,
     );
-    // The server answers until the very end, shutdown included.
-    let http_stop = CancellationToken::new();
-    let server = match settings.shared.http_addr {
-        Some(addr) => {
-            let router = common::http::router(probe.clone(), Arc::new(registry))
-                .merge(observe::routes(observer.clone()));
-            Some(common::http::serve(addr, router, http_stop.clone()).await?)
-        }
-        None => None,
-    };
-    let sampler = tokio::spawn(observer.clone().sample(http_stop.clone()));
-    probe.set_alive(true);
-    let result = run_service(&settings, sdk, worker_id, &probe, cancel).await;
-    probe.set_alive(false);
-    probe.set_not_ready("stopped");
-    http_stop.cancel();
-    let _ = sampler.await;
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    result
+    let routes = observe::routes(observer.clone());
+    common::http::run_with_server(
+        settings.shared.http_addr,
+        probe.clone(),
+        registry,
+        routes,
+        |stop| observer.sample(stop),
+        run_service(&settings, sdk, worker_id, &probe, cancel),
+    )
+    .await
 }
 
 async fn run_service(

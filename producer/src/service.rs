@@ -62,26 +62,16 @@ pub async fn run(
     let probe = Arc::new(Probe::default());
     let status = ProducerStatus::new(&stream, metrics.clone(), probe.clone());
     // The server outlives the main loop's cancellation: it answers during the final flush.
-    let http_stop = CancellationToken::new();
-    let server = match settings.shared.http_addr {
-        Some(addr) => {
-            let router = common::http::router(probe.clone(), Arc::new(registry))
-                .merge(crate::status::routes(status.clone()));
-            Some(common::http::serve(addr, router, http_stop.clone()).await?)
-        }
-        None => None,
-    };
-    let sampler = tokio::spawn(status.clone().sample(http_stop.clone()));
-    probe.set_alive(true);
-    let result = run_service(&settings, client, metrics, &probe, &status, &cancel).await;
-    probe.set_alive(false);
-    probe.set_not_ready("stopped");
-    http_stop.cancel();
-    let _ = sampler.await;
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    result
+    let routes = crate::status::routes(status.clone());
+    common::http::run_with_server(
+        settings.shared.http_addr,
+        probe.clone(),
+        registry,
+        routes,
+        |stop| status.clone().sample(stop),
+        run_service(&settings, client, metrics, &probe, &status, &cancel),
+    )
+    .await
 }
 
 async fn run_service(
