@@ -212,7 +212,7 @@ impl Pending {
 }
 
 /// Handle to a running producer. Cloning is cheap; the background task ends when
-/// [`Producer::close`] is called on one handle and every clone is dropped.
+/// every handle is dropped; then [`Flusher::finish`] waits for what is still buffered.
 #[derive(Clone)]
 pub struct Producer {
     tx: mpsc::UnboundedSender<Pending>,
