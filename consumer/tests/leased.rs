@@ -1197,3 +1197,33 @@ async fn a_stream_deleted_under_a_leased_worker_ends_it_with_one_error_line_and_
     );
     assert!(after.len() <= 10, "{}", worker.dump());
 }
+
+/// A DynamoDB that is slow to answer at first (LocalStack's on its first start, say): the
+/// `CreateTable` that times out is asked again within the table wait, and the worker starts.
+#[tokio::test]
+async fn a_create_table_that_times_out_is_tried_again() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("slow-create", 1).await;
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    proxy.set(vec![Rule::hang().only(&["CreateTable"]).times(1)]);
+    let endpoint = proxy.endpoint();
+    let worker = setup.worker_with(
+        "patient",
+        &[
+            ("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str()),
+            ("DYNAMODB_ATTEMPT_TIMEOUT_MS", "500"),
+            ("DYNAMODB_CALL_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let mut producer = setup.producer(10, 50);
+    let started = testkit::eventually(Duration::from_secs(60), || {
+        !worker.events("lease acquired").is_empty() && ids(&worker).len() >= 10
+    })
+    .await;
+    assert!(started, "{}", worker.dump());
+    assert!(
+        proxy.requests("CreateTable") >= 2,
+        "CreateTable asked once only"
+    );
+    wait_ok(&mut producer, Duration::from_secs(30));
+}

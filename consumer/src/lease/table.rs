@@ -465,12 +465,20 @@ impl LeaseTable {
                 }
                 Err(err) => match classify(&err) {
                     ErrorKind::NotFound if !created => {
-                        tokio::select! {
+                        let attempt = tokio::select! {
                             _ = cancel.cancelled() => anyhow::bail!("stop requested while creating lease table {:?}", self.name),
                             result = self.create() => result?,
+                        };
+                        match attempt {
+                            // Asked for (or another worker was first): wait for it below.
+                            Ok(()) => {
+                                created = true;
+                                continue;
+                            }
+                            // A slow or restarting DynamoDB (LocalStack on its first start):
+                            // try again after the pause, within the same deadline.
+                            Err(transient) => transient,
                         }
-                        created = true;
-                        continue;
                     }
                     ErrorKind::NotFound => "not found yet".to_string(),
                     kind if kind.is_retryable() => error_text(&err),
@@ -494,7 +502,9 @@ impl LeaseTable {
         }
     }
 
-    async fn create(&self) -> anyhow::Result<()> {
+    /// Asks for the table. `Ok(Err(text))` when the request failed in a way that may pass (a
+    /// timeout, throttling, a 5xx): the caller tries again.
+    async fn create(&self) -> anyhow::Result<Result<(), String>> {
         let result = self
             .client
             .create_table()
@@ -517,10 +527,13 @@ impl LeaseTable {
         match result {
             Ok(_) => {
                 tracing::info!(table = %self.name, "lease table created");
-                Ok(())
+                Ok(Ok(()))
             }
             // Another worker created it first.
-            Err(err) if classify(&err) == ErrorKind::InUse => Ok(()),
+            Err(err) if classify(&err) == ErrorKind::InUse => Ok(Ok(())),
+            Err(err) if classify(&err).is_retryable() => {
+                Ok(Err(format!("CreateTable: {}", error_text(&err))))
+            }
             Err(err) => anyhow::bail!(
                 "cannot create lease table {:?}: {}",
                 self.name,
