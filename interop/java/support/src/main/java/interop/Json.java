@@ -8,22 +8,22 @@ import java.util.Map;
  * read from these programs (the libraries log to standard error). Values are strings, numbers
  * or booleans, so a small writer is enough.
  */
-final class Json {
+public final class Json {
     private final Map<String, Object> fields = new LinkedHashMap<>();
 
-    static Json event(String name) {
+    public static Json event(String name) {
         Json json = new Json();
         json.fields.put("event", name);
         return json;
     }
 
-    Json put(String key, Object value) {
+    public Json put(String key, Object value) {
         fields.put(key, value);
         return this;
     }
 
     /** Prints the line; `println` is synchronized, so lines from several threads never mix. */
-    void print() {
+    public void print() {
         System.out.println(toString());
     }
 

@@ -1,10 +1,10 @@
 package interop;
 
 /** Settings come from environment variables, like the Rust services'; a missing one stops the program (exit 2). */
-final class Env {
+public final class Env {
     private Env() {}
 
-    static String required(String name) {
+    public static String required(String name) {
         String value = System.getenv(name);
         if (value == null || value.isEmpty()) {
             System.err.println("configuration error: " + name + " is not set");
@@ -13,12 +13,12 @@ final class Env {
         return value;
     }
 
-    static String optional(String name, String fallback) {
+    public static String optional(String name, String fallback) {
         String value = System.getenv(name);
         return value == null || value.isEmpty() ? fallback : value;
     }
 
-    static long number(String name, long fallback) {
+    public static long number(String name, long fallback) {
         String value = optional(name, null);
         if (value == null) {
             return fallback;
