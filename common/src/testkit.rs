@@ -1,7 +1,7 @@
 //! Test support: starts the real local emulators (installed from `emulators/package.json` by
-//! `npm ci --prefix emulators`) on free ports, and runs the service binaries as child processes
-//! whose log lines the tests read. Everything started here is killed when its guard drops, also
-//! when a test panics.
+//! `npm ci --prefix emulators`; DynamoDB Local from Maven Central by `scripts/interop.sh`) on free
+//! ports, and runs the service binaries as child processes whose log lines the tests read.
+//! Everything started here is killed when its guard drops, also when a test panics.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,6 +46,33 @@ pub fn kinesis_mock_package() -> String {
         .unwrap_or_else(|| "kinesis-local".to_string())
 }
 
+/// Where `scripts/interop.sh` (Maven) put DynamoDB Local: `lib/` (jars) and `native/`
+/// (sqlite4java). Override with `DYNAMODB_LOCAL_DIR`.
+pub fn dynamodb_local_dir() -> PathBuf {
+    let dir = std::env::var_os("DYNAMODB_LOCAL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/java/dynamodb-local/target")
+        });
+    assert!(
+        dir.join("lib").is_dir() && dir.join("native").is_dir(),
+        "DynamoDB Local is not built in {}: run scripts/interop.sh (needs Java 17+ and Maven)",
+        dir.display()
+    );
+    dir
+}
+
+/// The DynamoDB emulator for lease tables, chosen with `TEST_DYNAMODB`: `dynalite` (the default,
+/// installed by npm) or `dynamodb-local` (the engine LocalStack runs; `scripts/interop.sh` runs
+/// the leased tests again with it).
+pub fn lease_table_emulator() -> Kind {
+    match std::env::var("TEST_DYNAMODB").as_deref() {
+        Err(_) | Ok("") | Ok("dynalite") => Kind::Dynalite,
+        Ok("dynamodb-local") => Kind::DynamoDbLocal,
+        Ok(other) => panic!("TEST_DYNAMODB={other:?}: expected dynalite or dynamodb-local"),
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -69,8 +96,10 @@ pub enum Kind {
     KinesisMock,
     /// kinesalite: fast, but wrong on resharding; for throughput benchmarks.
     Kinesalite,
-    /// dynalite: DynamoDB.
+    /// dynalite: DynamoDB on LevelDB, from npm.
     Dynalite,
+    /// DynamoDB Local: AWS's own DynamoDB emulator (Java), the one LocalStack runs.
+    DynamoDbLocal,
 }
 
 /// A running emulator; killed on drop.
@@ -90,10 +119,9 @@ impl Emulator {
     /// Starts the emulator on `port` with extra environment (kinesis-mock reads its settings,
     /// such as `INITIALIZE_STREAMS`, from there).
     pub fn start_on(kind: Kind, port: u16, extra_env: &[(&str, &str)]) -> Self {
-        let modules = emulators_dir();
         let mut cmd = match kind {
             Kind::KinesisMock => {
-                let pkg = modules.join(kinesis_mock_package());
+                let pkg = emulators_dir().join(kinesis_mock_package());
                 let mut c = Command::new("node");
                 c.arg(pkg.join("main.js"))
                     .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
@@ -117,7 +145,7 @@ impl Emulator {
             }
             Kind::Kinesalite => {
                 let mut c = Command::new("node");
-                c.arg(modules.join("kinesalite/cli.js"))
+                c.arg(emulators_dir().join("kinesalite/cli.js"))
                     .args(["--port", &port.to_string()])
                     .args([
                         "--createStreamMs",
@@ -131,7 +159,7 @@ impl Emulator {
             }
             Kind::Dynalite => {
                 let mut c = Command::new("node");
-                c.arg(modules.join("dynalite/cli.js"))
+                c.arg(emulators_dir().join("dynalite/cli.js"))
                     .args(["--port", &port.to_string()])
                     .args([
                         "--createTableMs",
@@ -141,6 +169,20 @@ impl Emulator {
                         "--updateTableMs",
                         "0",
                     ]);
+                c
+            }
+            Kind::DynamoDbLocal => {
+                let dir = dynamodb_local_dir();
+                let mut c = Command::new("java");
+                c.arg(format!(
+                    "-Djava.library.path={}",
+                    dir.join("native").display()
+                ))
+                // A class path wildcard, expanded by java itself (no shell sees it).
+                .arg("-cp")
+                .arg(dir.join("lib").join("*"))
+                .arg("software.amazon.dynamodb.services.local.main.ServerRunner")
+                .args(["-inMemory", "-disableTelemetry", "-port", &port.to_string()]);
                 c
             }
         };
@@ -177,7 +219,7 @@ impl Emulator {
                     .unwrap_or_else(|_| Stdio::null()),
             )
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {kind:?} (is node installed?): {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {kind:?} (is node or java installed?): {e}"));
         let emulator = Self {
             child,
             kind,
@@ -200,7 +242,7 @@ impl Emulator {
         };
         while Instant::now() < deadline {
             if let Some(status) = http_get_status(self.port, path) {
-                // kinesalite and dynalite answer a bare GET with 4xx: they are up.
+                // kinesalite, dynalite and DynamoDB Local answer a bare GET with 4xx: they are up.
                 if self.kind != Kind::KinesisMock || status == 200 {
                     return;
                 }
@@ -237,7 +279,7 @@ impl Emulator {
         aws_sdk_kinesis::Client::new(&self.sdk_config())
     }
 
-    /// A DynamoDB client for this emulator (dynalite).
+    /// A DynamoDB client for this emulator (dynalite or DynamoDB Local).
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         aws_sdk_dynamodb::Client::new(&self.sdk_config())
     }
@@ -257,10 +299,12 @@ pub fn shared(kind: Kind) -> &'static Emulator {
     static KINESIS_MOCK: OnceLock<Emulator> = OnceLock::new();
     static KINESALITE: OnceLock<Emulator> = OnceLock::new();
     static DYNALITE: OnceLock<Emulator> = OnceLock::new();
+    static DYNAMODB_LOCAL: OnceLock<Emulator> = OnceLock::new();
     let cell = match kind {
         Kind::KinesisMock => &KINESIS_MOCK,
         Kind::Kinesalite => &KINESALITE,
         Kind::Dynalite => &DYNALITE,
+        Kind::DynamoDbLocal => &DYNAMODB_LOCAL,
     };
     cell.get_or_init(|| Emulator::start(kind))
 }

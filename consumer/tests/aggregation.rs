@@ -251,7 +251,7 @@ async fn aggregated_messages_survive_a_split_and_are_read_exactly_once() {
 #[tokio::test]
 async fn a_leased_restart_between_aggregates_neither_skips_nor_repeats_user_records() {
     let kinesis = testkit::shared(Kind::KinesisMock);
-    let dynamo = testkit::shared(Kind::Dynalite);
+    let dynamo = testkit::shared(testkit::lease_table_emulator());
     let client = kinesis.kinesis();
     let stream = testkit::unique_name("agg-restart");
     testkit::create_stream(&client, &stream, 1).await;

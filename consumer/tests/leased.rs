@@ -1,5 +1,6 @@
 //! Leased mode across processes: real consumer binaries (`CONSUMER_MODE=leased`) share the
-//! shards of a kinesis-mock stream through a dynalite lease table, with the producer binary
+//! shards of a kinesis-mock stream through a lease table in dynalite (or DynamoDB Local with
+//! `TEST_DYNAMODB=dynamodb-local`, as `scripts/interop.sh` runs them), with the producer binary
 //! writing. Balancing, failover after kill -9, handoff on SIGTERM, resharding order, the KCL
 //! table format (both ways) and resuming from checkpoints.
 //!
@@ -40,7 +41,7 @@ struct Setup {
 
 async fn setup(prefix: &str, shards: i32) -> Setup {
     let kinesis_emu = testkit::shared(Kind::KinesisMock);
-    let dynamo_emu = testkit::shared(Kind::Dynalite);
+    let dynamo_emu = testkit::shared(testkit::lease_table_emulator());
     let stream = testkit::unique_name(prefix);
     let kinesis = kinesis_emu.kinesis();
     testkit::create_stream(&kinesis, &stream, shards).await;
