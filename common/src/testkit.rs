@@ -182,7 +182,12 @@ impl Emulator {
                 .arg("-cp")
                 .arg(dir.join("lib").join("*"))
                 .arg("software.amazon.dynamodb.services.local.main.ServerRunner")
-                .args(["-inMemory", "-disableTelemetry", "-port", &port.to_string()]);
+                .args([
+                    "-inMemory",
+                    "-disableTelemetry",
+                    "-port",
+                    &port.to_string(),
+                ]);
                 c
             }
         };
@@ -505,8 +510,15 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn spawn(binary: &Path, env: &[(String, String)]) -> Self {
+        Self::spawn_with_args(binary, &[], env)
+    }
+
+    /// Like [`spawn`](Self::spawn), with arguments (a Java program: `java -cp ... Main`); the
+    /// process is named after its last argument.
+    pub fn spawn_with_args(binary: &Path, args: &[&str], env: &[(String, String)]) -> Self {
         let mut cmd = Command::new(binary);
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", std::env::temp_dir())
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -522,10 +534,12 @@ impl ServiceProcess {
         collect(child.stderr.take().expect("piped stderr"), stderr.clone());
         Self {
             child,
-            name: binary
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: args.last().map(|a| a.to_string()).unwrap_or_else(|| {
+                binary
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
             lines,
             stderr,
         }

@@ -15,6 +15,14 @@
 //! | `startingHashKey` / `endingHashKey` | S | the shard's hash key range |
 //! | `latestStartTimestamp` | N | this project's: while the checkpoint is `LATEST`, the time (ms since the epoch) the application first read the shard; removed by a checkpoint |
 //!
+//! The Java KCL 3.x adds `entityType` (`LEASE` on leases), `throughputKBps`, `checkpointOwner`
+//! (a graceful handoff in progress) and a `leaseOwner` index. Since 3.5 it also keeps other
+//! entities in the lease table under their own `leaseKey`: its leader lock (`Leader`), worker
+//! metrics (the worker id) and migration state (`Migration3.0`), each with an `entityType`
+//! other than `LEASE`. [`LeaseTable::list`] leaves those out, so they are neither counted as
+//! leases when balancing nor taken. Taking a lease removes `checkpointOwner`, as the KCL's own
+//! take does: the handoff it marked is over.
+//!
 //! Every change of an existing item is an `UpdateItem` conditional on `leaseCounter` and
 //! `leaseOwner` as last seen, sets the counter one higher, and returns the new item. A write that
 //! fails its condition means somebody else wrote in between ([`WriteError::Conflict`]).
@@ -60,6 +68,21 @@ pub const STREAM_NAME: &str = "kinesisStreamName";
 /// Not a KCL attribute: where `LATEST` was first read, so a later holder starts there too (a
 /// Java KCL ignores it and reads from `LATEST` as it always does).
 pub const LATEST_START: &str = "latestStartTimestamp";
+pub const ENTITY_TYPE: &str = "entityType";
+pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+/// The `entityType` of a lease; an item without `entityType` is a lease too (KCL 2.x, this
+/// consumer).
+pub const LEASE_ENTITY_TYPE: &str = "LEASE";
+
+/// Whether an item of the lease table is a lease rather than another entity the KCL 3.5 keeps
+/// there. Any `entityType` other than `LEASE` counts as another entity: a newer KCL's new
+/// entity is far likelier than a lease under another name.
+pub fn is_lease_item(item: &HashMap<String, AttributeValue>) -> bool {
+    match item.get(ENTITY_TYPE) {
+        Some(AttributeValue::S(kind)) => kind == LEASE_ENTITY_TYPE,
+        _ => true,
+    }
+}
 
 /// A position in a shard: a Kinesis sequence number and, for a KPL-aggregated record, the index
 /// of the user record inside it (0 for an ordinary record).
@@ -542,8 +565,9 @@ impl LeaseTable {
         }
     }
 
-    /// Every lease, read consistently. Items that are not readable leases are skipped with a
-    /// warning rather than stopping the worker.
+    /// Every lease, read consistently. Other KCL entities (see the module doc) are left out;
+    /// items that are not readable leases are skipped with a warning rather than stopping the
+    /// worker.
     pub async fn list(&self) -> Result<Vec<Lease>, TableError> {
         let mut leases = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
@@ -557,7 +581,7 @@ impl LeaseTable {
                 .send()
                 .await
                 .map_err(|e| self.error("Scan", classify(&e), error_text(&e)))?;
-            for item in out.items() {
+            for item in out.items().iter().filter(|item| is_lease_item(item)) {
                 match Lease::from_item(item) {
                     Ok(lease) => leases.push(lease),
                     Err(err) => {
@@ -682,6 +706,7 @@ impl LeaseTable {
     pub async fn take(&self, lease: &Lease, worker_id: &str) -> Result<Lease, WriteError> {
         let mut update = Update::new(lease);
         update.set(LEASE_OWNER, s(worker_id));
+        update.remove(CHECKPOINT_OWNER);
         if lease.owner.as_deref().is_some_and(|o| o != worker_id) {
             update.set(
                 OWNER_SWITCHES,
@@ -951,6 +976,35 @@ mod tests {
             Some(ExtendedSequenceNumber::new("4959", 2))
         );
         assert_eq!(lease.hash_key_range, Some(("0".into(), "99".into())));
+    }
+
+    /// Items the KCL 3.5 keeps in the lease table, as it writes them (attributes abridged).
+    #[test]
+    fn other_kcl_entities_in_the_lease_table_are_not_leases() {
+        let item = |pairs: &[(&str, &str)]| -> HashMap<String, AttributeValue> {
+            pairs.iter().map(|(k, v)| (k.to_string(), s(v))).collect()
+        };
+        for other in [
+            item(&[
+                ("leaseKey", "Leader"),
+                ("ownerName", "w1"),
+                ("entityType", "LEADER"),
+            ]),
+            item(&[("leaseKey", "w1"), ("entityType", "WORKER_METRIC_STATS")]),
+            item(&[
+                ("leaseKey", "Migration3.0"),
+                ("cv", "CLIENT_VERSION_3X"),
+                ("entityType", "CLIENT_VERSION_MIGRATION"),
+            ]),
+        ] {
+            assert!(!is_lease_item(&other), "{other:?}");
+        }
+        let mut lease = full_lease().to_item();
+        assert!(is_lease_item(&lease), "no entityType: a lease");
+        lease.insert("entityType".into(), s("LEASE"));
+        lease.insert("throughputKBps".into(), AttributeValue::N("0.0".into()));
+        assert!(is_lease_item(&lease));
+        assert_eq!(Lease::from_item(&lease).unwrap(), full_lease());
     }
 
     #[test]

@@ -39,9 +39,12 @@ import software.amazon.kinesis.retrieval.polling.PollingConfig;
  * A Java KCL 3.x application as users write one: a {@link ShardRecordProcessor} that logs every
  * user record it is given and checkpoints after each batch at its last record, run by the KCL's
  * {@link Scheduler} with its default (3.x) lease assignment, polling retrieval, and CloudWatch
- * metrics off. Standard output gets one JSON object per line ({@code event} = {@code record},
- * {@code checkpoint}, {@code initialized}, {@code lease_lost}, {@code shard_ended},
- * {@code shutdown_requested}, ...); the KCL's own log goes to standard error.
+ * metrics off. Standard output gets one JSON object per line, its {@code message} one of
+ * {@code record received} (shard, partition key, sequence and sub-sequence number, whether it
+ * came from an aggregate, the data as UTF-8), {@code checkpoint}, {@code initialized} (the
+ * checkpoint a shard starts from), {@code lease lost}, {@code shard ended},
+ * {@code shutdown requested}, {@code halted}, {@code stopped}; the KCL's own log goes to
+ * standard error.
  *
  * <p>Environment: {@code STREAM_NAME}, {@code APPLICATION_NAME} (the lease table),
  * {@code WORKER_ID}, {@code KINESIS_ENDPOINT}, {@code DYNAMODB_ENDPOINT} (URLs),
@@ -181,7 +184,7 @@ public final class KclApp {
             KinesisClientRecord last = null;
             boolean reachedStop = false;
             for (KinesisClientRecord record : records) {
-                Json.event("record")
+                Json.event("record received")
                         .put("shard_id", shardId)
                         .put("partition_key", record.partitionKey())
                         .put("sequence_number", record.sequenceNumber())
@@ -207,22 +210,22 @@ public final class KclApp {
 
         @Override
         public void leaseLost(LeaseLostInput input) {
-            Json.event("lease_lost").put("shard_id", shardId).print();
+            Json.event("lease lost").put("shard_id", shardId).print();
         }
 
         @Override
         public void shardEnded(ShardEndedInput input) {
             try {
                 input.checkpointer().checkpoint();
-                Json.event("shard_ended").put("shard_id", shardId).print();
+                Json.event("shard ended").put("shard_id", shardId).print();
             } catch (Exception e) {
-                Json.event("checkpoint_failed").put("shard_id", shardId).put("error", e.toString()).print();
+                Json.event("checkpoint failed").put("shard_id", shardId).put("error", e.toString()).print();
             }
         }
 
         @Override
         public void shutdownRequested(ShutdownRequestedInput input) {
-            Json.event("shutdown_requested").put("shard_id", shardId).print();
+            Json.event("shutdown requested").put("shard_id", shardId).print();
             if (ignoring) {
                 return;
             }
@@ -231,7 +234,7 @@ public final class KclApp {
                 // is a no-op unless a batch was in progress).
                 input.checkpointer().checkpoint();
             } catch (Exception e) {
-                Json.event("checkpoint_failed").put("shard_id", shardId).put("error", e.toString()).print();
+                Json.event("checkpoint failed").put("shard_id", shardId).put("error", e.toString()).print();
             }
         }
 
@@ -244,7 +247,7 @@ public final class KclApp {
                         .put("sub_sequence_number", subSequenceNumber)
                         .print();
             } catch (Exception e) {
-                Json.event("checkpoint_failed").put("shard_id", shardId).put("error", e.toString()).print();
+                Json.event("checkpoint failed").put("shard_id", shardId).put("error", e.toString()).print();
             }
         }
     }

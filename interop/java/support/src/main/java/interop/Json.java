@@ -5,15 +5,18 @@ import java.util.Map;
 
 /**
  * One JSON object per line on standard output: the only thing the Rust tests and the benchmark
- * read from these programs (the libraries log to standard error). Values are strings, numbers
- * or booleans, so a small writer is enough.
+ * read from these programs (the libraries log to standard error). Like the Rust services'
+ * `LOG_FORMAT=json` lines, the event's name is the {@code message} field, so the tests read
+ * both with the same helpers. Values are strings, numbers or booleans, so a small writer is
+ * enough.
  */
 public final class Json {
     private final Map<String, Object> fields = new LinkedHashMap<>();
 
+    /** A line whose {@code message} is {@code name}. */
     public static Json event(String name) {
         Json json = new Json();
-        json.fields.put("event", name);
+        json.fields.put("message", name);
         return json;
     }
 

@@ -1,0 +1,643 @@
+//! Interoperability with the official Java implementations, each run as users run them: the
+//! Java KCL 3.x (`interop.KclApp`, a logging record processor on the KCL's `Scheduler`), the KPL
+//! (`interop.KplProducer`: the KPL's Java library and its native daemon, over HTTPS to
+//! kinesis-mock's TLS port) and DynamoDB Local for the lease table. Versions are pinned in
+//! `interop/java/pom.xml`.
+//!
+//! These tests need Java 17+ and the Maven build of `interop/java`, so plain `cargo test` lists
+//! them as ignored; `scripts/interop.sh` builds the Java side and runs them with `--ignored`.
+//! Run that way without the build, they fail naming what is missing.
+//!
+//! What they show:
+//! - records the KPL aggregated are read one by one by this consumer, at the same
+//!   (sequence number, sub-sequence number) positions as the Java KCL reads them;
+//! - a Java KCL application stopped dead right after checkpointing inside KPL aggregates (at
+//!   sub-sequence 0 of one, in the middle of another) is resumed by this consumer on the same
+//!   lease table from exactly those positions: nothing lost, repeated only what the Java
+//!   application processed after its last checkpoint; the KCL 3.x's other entities in the
+//!   table (leader lock, worker metrics, migration state), its `leaseOwner` index and extra
+//!   attributes neither count as leases nor get written;
+//! - the other way round, a Java KCL application resumes from this consumer's checkpoints and
+//!   reads the records this producer aggregated one by one, at the positions the producer
+//!   reported.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::message::DataMessage;
+use common::testkit::{self, field, Emulator, Kind, ServiceProcess};
+use serde_json::Value;
+
+const FAILOVER_MS: &str = "3000";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn consumer_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_consumer"))
+}
+
+fn producer_bin() -> PathBuf {
+    testkit::sibling_binary(env!("CARGO_BIN_EXE_consumer"), "producer")
+}
+
+/// kinesis-mock with its TLS port known (the KPL speaks HTTPS only), shared by the tests.
+fn kinesis() -> &'static (Emulator, u16) {
+    static KINESIS: OnceLock<(Emulator, u16)> = OnceLock::new();
+    KINESIS.get_or_init(|| {
+        let tls_port = testkit::free_port();
+        let emulator = Emulator::start_on(
+            Kind::KinesisMock,
+            testkit::free_port(),
+            &[("KINESIS_MOCK_TLS_PORT", &tls_port.to_string())],
+        );
+        (emulator, tls_port)
+    })
+}
+
+fn dynamo() -> &'static Emulator {
+    testkit::shared(Kind::DynamoDbLocal)
+}
+
+/// `java -cp <module>/target/lib/* <class>`, as built by `scripts/interop.sh`.
+fn java(module: &str, class: &str, env: &[(String, String)]) -> ServiceProcess {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../interop/java")
+        .join(module)
+        .join("target/lib");
+    assert!(
+        lib.is_dir(),
+        "{} is missing: run scripts/interop.sh (needs Java 17+ and Maven)",
+        lib.display()
+    );
+    let class_path = format!("{}/*", lib.display());
+    ServiceProcess::spawn_with_args(
+        Path::new("java"),
+        &["-Xmx512m", "-cp", &class_path, class],
+        env,
+    )
+}
+
+/// SIGTERM to the Java KCL application: the KCL's graceful shutdown runs in a shutdown hook,
+/// then the JVM exits with 143 (128 + SIGTERM), as every JVM stopped by SIGTERM does.
+fn stop_java(process: &mut ServiceProcess) {
+    process.signal("TERM");
+    process.expect_exit(Duration::from_secs(30), 143);
+    let stopped = process.events("stopped");
+    assert_eq!(
+        stopped.first().map(|e| &e["graceful"]),
+        Some(&Value::Bool(true)),
+        "{}",
+        process.dump()
+    );
+}
+
+fn aws_env() -> Vec<(String, String)> {
+    [
+        ("AWS_REGION", testkit::TEST_REGION),
+        ("AWS_ACCESS_KEY_ID", testkit::TEST_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec()
+}
+
+/// The Java KCL application on `app`'s lease table.
+fn kcl_app(stream: &str, app: &str, worker: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+    let mut env = aws_env();
+    env.extend(
+        [
+            ("STREAM_NAME", stream),
+            ("APPLICATION_NAME", app),
+            ("WORKER_ID", worker),
+            ("KINESIS_ENDPOINT", &kinesis().0.endpoint()),
+            ("DYNAMODB_ENDPOINT", &dynamo().endpoint()),
+            ("FAILOVER_MS", FAILOVER_MS),
+            ("IDLE_MS", "200"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    java("kcl-app", "interop.KclApp", &env)
+}
+
+/// This project's consumer, leased, on `app`'s lease table.
+fn our_consumer(stream: &str, app: &str, worker: &str) -> ServiceProcess {
+    let mut env =
+        testkit::service_env_with_dynamo(&kinesis().0.endpoint(), &dynamo().endpoint(), stream);
+    env.extend(
+        [
+            ("CONSUMER_MODE", "leased"),
+            ("CONSUMER_APPLICATION_NAME", app),
+            ("CONSUMER_WORKER_ID", worker),
+            ("CONSUMER_FAILOVER_MS", FAILOVER_MS),
+            ("CONSUMER_POLL_INTERVAL_MS", "200"),
+            ("CONSUMER_SHARD_SYNC_MS", "1000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    ServiceProcess::spawn(consumer_bin(), &env)
+}
+
+/// A user record as a consumer logged it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Position {
+    shard: String,
+    sequence_number: String,
+    sub_sequence_number: u64,
+}
+
+fn position(event: &Value) -> Position {
+    Position {
+        shard: event["shard_id"].as_str().unwrap_or_default().to_string(),
+        sequence_number: event["sequence_number"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        sub_sequence_number: event["sub_sequence_number"].as_u64().unwrap_or(0),
+    }
+}
+
+/// (message id, position) of every `record received` line of the Java KCL application, in
+/// order; the id is read from the DataMessage in `data`.
+fn java_received(process: &ServiceProcess) -> Vec<(String, Position)> {
+    process
+        .events("record received")
+        .iter()
+        .map(|e| {
+            let data = e["data"].as_str().unwrap_or_default();
+            let message = DataMessage::from_json(data.as_bytes())
+                .unwrap_or_else(|err| panic!("not a DataMessage: {data:?}: {err}"));
+            (message.id.to_string(), position(e))
+        })
+        .collect()
+}
+
+/// The same for this consumer, which logs the id itself.
+fn ours_received(process: &ServiceProcess) -> Vec<(String, Position)> {
+    process
+        .events("record received")
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap_or_default().to_string(),
+                position(e),
+            )
+        })
+        .collect()
+}
+
+fn ids(received: &[(String, Position)]) -> HashSet<String> {
+    received.iter().map(|(id, _)| id.clone()).collect()
+}
+
+fn s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
+    item.get(name).and_then(|v| v.as_s().ok()).cloned()
+}
+
+async fn items(app: &str) -> Vec<HashMap<String, AttributeValue>> {
+    dynamo()
+        .dynamodb()
+        .scan()
+        .table_name(app)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("Scan")
+        .items()
+        .to_vec()
+}
+
+fn save_logs(test: &str, processes: &[&ServiceProcess]) -> String {
+    let path = std::env::temp_dir().join(testkit::unique_name(&format!("interop-{test}")));
+    let text: String = processes
+        .iter()
+        .map(|p| {
+            format!(
+                "=== {} (pid {}) stdout\n{}\n=== stderr\n{}\n",
+                p.name,
+                p.pid(),
+                p.lines().join("\n"),
+                p.stderr_lines().join("\n")
+            )
+        })
+        .collect();
+    let _ = std::fs::write(&path, text);
+    format!("logs in {}", path.display())
+}
+
+/// Puts `count` DataMessages through the KPL (aggregating) and returns every id it reported
+/// sent, its warm-up messages included.
+fn kpl_put(stream: &str, count: usize) -> HashSet<String> {
+    let mut env = aws_env();
+    let port = kinesis().1.to_string();
+    let count = count.to_string();
+    env.extend(
+        [
+            ("STREAM_NAME", stream),
+            ("COUNT", &count),
+            ("KINESIS_HOST", "127.0.0.1"),
+            ("KINESIS_PORT", &port),
+            ("LOG_RECORDS", "true"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut kpl = java("kpl-producer", "interop.KplProducer", &env);
+    kpl.expect_exit(Duration::from_secs(120), 0);
+    field(&kpl.events("record sent"), "id")
+        .into_iter()
+        .collect()
+}
+
+/// Reads the whole stream with a Java KCL application of its own, until it has every id in
+/// `expected`; returns what it read, per shard in order.
+async fn read_with_java_kcl(
+    stream: &str,
+    expected: &HashSet<String>,
+) -> BTreeMap<String, Vec<(String, Position)>> {
+    let app = testkit::unique_name("interop-reader");
+    let mut reader = kcl_app(stream, &app, "java-reader", &[]);
+    let all = testkit::eventually(Duration::from_secs(120), || {
+        ids(&java_received(&reader)).is_superset(expected)
+    })
+    .await;
+    assert!(all, "{}", save_logs("reader", &[&reader]));
+    stop_java(&mut reader);
+    let mut by_shard: BTreeMap<String, Vec<(String, Position)>> = BTreeMap::new();
+    for (id, at) in java_received(&reader) {
+        by_shard.entry(at.shard.clone()).or_default().push((id, at));
+    }
+    by_shard
+}
+
+/// In one shard's records, a position inside an aggregate of at least three user records that
+/// is followed by at least one more Kinesis record, at user record `pick(len)` of it.
+fn inside_an_aggregate(records: &[(String, Position)], pick: fn(usize) -> usize) -> Position {
+    let mut order: Vec<&str> = Vec::new();
+    let mut sizes: HashMap<&str, usize> = HashMap::new();
+    for (_, at) in records {
+        let seq = at.sequence_number.as_str();
+        if !sizes.contains_key(seq) {
+            order.push(seq);
+        }
+        *sizes.entry(seq).or_default() += 1;
+    }
+    let seq = order[..order.len().saturating_sub(1)]
+        .iter()
+        .find(|seq| sizes[**seq] >= 3)
+        .unwrap_or_else(|| panic!("no aggregate of 3+ records before the last one: {sizes:?}"));
+    Position {
+        shard: records[0].1.shard.clone(),
+        sequence_number: seq.to_string(),
+        sub_sequence_number: pick(sizes[seq]) as u64,
+    }
+}
+
+/// KPL aggregates -> the Java KCL, stopped dead after checkpoints inside aggregates -> this
+/// consumer on the same lease table.
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    let stream = testkit::unique_name("kpl-to-kcl");
+    testkit::create_stream(&client, &stream, 2).await;
+    let sent = kpl_put(&stream, 1000);
+    let stored = testkit::read_stream(&client, &stream).await;
+    assert!(
+        stored.len() < 40,
+        "the KPL aggregated {} messages into {} Kinesis records",
+        sent.len(),
+        stored.len()
+    );
+
+    // How the Java KCL unpacks the stream: the reference for every position below.
+    let layout = read_with_java_kcl(&stream, &sent).await;
+    assert_eq!(layout.len(), 2, "records on both shards");
+    let mut shards = layout.keys();
+    let (first, second) = (shards.next().unwrap(), shards.next().unwrap());
+    // The first user record of an aggregate on one shard, the middle of one on the other.
+    let stops = [
+        inside_an_aggregate(&layout[first], |_| 0),
+        inside_an_aggregate(&layout[second], |len| len / 2),
+    ];
+    let stop_at = stops
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}",
+                p.shard, p.sequence_number, p.sub_sequence_number
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // The Java application: one Kinesis record (one aggregate) a batch, checkpointing after
+    // each; at the stop positions it checkpoints exactly there, processes the rest of that
+    // aggregate without checkpointing, then halts with its leases still owned.
+    let app = testkit::unique_name("interop-app");
+    let mut java_app = kcl_app(
+        &stream,
+        &app,
+        "java-worker",
+        &[("MAX_RECORDS", "1"), ("STOP_AT", &stop_at)],
+    );
+    java_app.expect_exit(Duration::from_secs(120), 0);
+    assert_eq!(java_app.events("halted").len(), 1, "{}", java_app.dump());
+    let java_read = java_received(&java_app);
+    for stop in &stops {
+        let last = java_app
+            .events("checkpoint")
+            .into_iter()
+            .rfind(|e| e["shard_id"].as_str() == Some(stop.shard.as_str()))
+            .map(|e| position(&e));
+        assert_eq!(last.as_ref(), Some(stop), "{}", java_app.dump());
+    }
+
+    // What the Java KCL 3.x left in the table: its checkpoints, and its own entities.
+    let table = items(&app).await;
+    let kinds: HashSet<String> = table.iter().filter_map(|i| s(i, "entityType")).collect();
+    for kind in [
+        "LEASE",
+        "LEADER",
+        "WORKER_METRIC_STATS",
+        "CLIENT_VERSION_MIGRATION",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} item in {table:?}");
+    }
+    for stop in &stops {
+        let lease = table
+            .iter()
+            .find(|i| s(i, "leaseKey").as_deref() == Some(stop.shard.as_str()))
+            .expect("lease of the shard");
+        assert_eq!(
+            s(lease, "checkpoint").as_deref(),
+            Some(stop.sequence_number.as_str())
+        );
+        assert_eq!(
+            lease["checkpointSubSequenceNumber"].as_n().ok(),
+            Some(&stop.sub_sequence_number.to_string())
+        );
+        assert_eq!(s(lease, "leaseOwner").as_deref(), Some("java-worker"));
+    }
+    let description = dynamo()
+        .dynamodb()
+        .describe_table()
+        .table_name(&app)
+        .send()
+        .await
+        .expect("DescribeTable");
+    let indexes: Vec<&str> = description
+        .table()
+        .map(|t| t.global_secondary_indexes())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.index_name())
+        .collect();
+    assert_eq!(indexes, ["LeaseOwnerToLeaseKeyIndex"]);
+    // A graceful handoff the KCL 3.x leader had started when every Java worker died: the lease
+    // assigned to a new owner, `checkpointOwner` naming the old one (written here the way the
+    // leader writes it).
+    dynamo()
+        .dynamodb()
+        .update_item()
+        .table_name(&app)
+        .key("leaseKey", AttributeValue::S(stops[1].shard.clone()))
+        .update_expression("SET leaseOwner = :new, checkpointOwner = :old")
+        .condition_expression("leaseOwner = :old")
+        .expression_attribute_values(":new", AttributeValue::S("java-worker-b".into()))
+        .expression_attribute_values(":old", AttributeValue::S("java-worker".into()))
+        .send()
+        .await
+        .expect("UpdateItem");
+    let before = items(&app).await;
+    let others_before: Vec<_> = before
+        .iter()
+        .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
+        .cloned()
+        .collect();
+    // Attributes of the KCL 3.x this consumer does not write (`entityType`, and
+    // `throughputKBps` once the KCL measured one), per lease.
+    let ours_to_write = [
+        "leaseOwner",
+        "leaseCounter",
+        "checkpoint",
+        "checkpointSubSequenceNumber",
+        "ownerSwitchesSinceCheckpoint",
+        "checkpointOwner",
+        "pendingCheckpoint",
+        "pendingCheckpointSubSequenceNumber",
+        "pendingCheckpointState",
+        "childShardIds",
+    ];
+    let kcl_only = |item: &HashMap<String, AttributeValue>| -> BTreeMap<String, AttributeValue> {
+        item.iter()
+            .filter(|(k, _)| !ours_to_write.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let leases_before: BTreeMap<String, BTreeMap<String, AttributeValue>> = before
+        .iter()
+        .filter(|i| s(i, "entityType").as_deref() == Some("LEASE"))
+        .map(|i| (s(i, "leaseKey").unwrap_or_default(), kcl_only(i)))
+        .collect();
+
+    // This consumer on the same table.
+    let mut ours = our_consumer(&stream, &app, "rust-worker");
+    let mut expected: HashSet<String> = HashSet::new();
+    for stop in &stops {
+        let records = &layout[&stop.shard];
+        expected.extend(
+            records
+                .iter()
+                .filter(|(_, at)| at > stop)
+                .map(|(id, _)| id.clone()),
+        );
+    }
+    let done = testkit::eventually(Duration::from_secs(60), || {
+        ids(&ours_received(&ours)).is_superset(&expected)
+    })
+    .await;
+    assert!(done, "{}", save_logs("resume", &[&java_app, &ours]));
+    ours.stop();
+    let ours_read = ours_received(&ours);
+
+    // Resumed exactly after each checkpoint, at the positions the Java KCL reads.
+    let reference: HashMap<&str, &Position> = layout
+        .values()
+        .flatten()
+        .map(|(id, at)| (id.as_str(), at))
+        .collect();
+    for (id, at) in &ours_read {
+        assert_eq!(Some(&at), reference.get(id.as_str()), "position of {id}");
+    }
+    for stop in &stops {
+        let on_shard: Vec<&Position> = ours_read
+            .iter()
+            .map(|(_, at)| at)
+            .filter(|at| at.shard == stop.shard)
+            .collect();
+        let next = layout[&stop.shard]
+            .iter()
+            .map(|(_, at)| at)
+            .find(|at| *at > stop);
+        assert_eq!(
+            on_shard.first().copied(),
+            next,
+            "first record after {stop:?}"
+        );
+    }
+    assert_eq!(ids(&ours_read), expected);
+    assert_eq!(ours_read.len(), expected.len(), "ours read a record twice");
+    // Nothing lost; repeated only what the Java application processed after its checkpoint.
+    let everything: HashSet<String> = ids(&java_read).union(&ids(&ours_read)).cloned().collect();
+    assert_eq!(everything, sent);
+    let repeated: HashSet<String> = ids(&java_read)
+        .intersection(&ids(&ours_read))
+        .cloned()
+        .collect();
+    let uncheckpointed: HashSet<String> = java_read
+        .iter()
+        .filter(|(_, at)| stops.iter().any(|stop| at.shard == stop.shard && at > stop))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(repeated, uncheckpointed);
+    eprintln!(
+        "KPL sent {}; Java KCL read {} and stopped at {stop_at}; ours read {} ({} repeated)",
+        sent.len(),
+        java_read.len(),
+        ours_read.len(),
+        repeated.len()
+    );
+
+    // The KCL's other entities were neither counted as leases nor written.
+    let acquired = ours.events("lease acquired");
+    let taken: HashSet<String> = field(&acquired, "shard_id").into_iter().collect();
+    assert_eq!(taken, stops.iter().map(|p| p.shard.clone()).collect());
+    for event in &acquired {
+        assert_eq!(event["target_leases"], 2, "{event}");
+        assert_eq!(event["workers"], 1, "{event}");
+    }
+    assert!(ours.events("unreadable lease item skipped").is_empty());
+    let after = items(&app).await;
+    let others_after: Vec<_> = after
+        .iter()
+        .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
+        .cloned()
+        .collect();
+    assert_eq!(others_after, others_before);
+    let leases_after: Vec<_> = after
+        .iter()
+        .filter(|i| s(i, "entityType").as_deref() == Some("LEASE"))
+        .collect();
+    assert_eq!(leases_after.len(), 2);
+    for lease in leases_after {
+        let key = s(lease, "leaseKey").unwrap_or_default();
+        assert_eq!(kcl_only(lease), leases_before[&key], "kept");
+        assert!(!lease.contains_key("checkpointOwner"), "{lease:?}");
+        assert!(!lease.contains_key("leaseOwner"), "released: {lease:?}");
+    }
+}
+
+/// This producer's aggregates -> this consumer, stopped -> the Java KCL on the same table.
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn a_java_kcl_application_resumes_from_our_checkpoints_and_unpacks_our_aggregates() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    let stream = testkit::unique_name("ours-to-kcl");
+    testkit::create_stream(&client, &stream, 2).await;
+    let produce = |count: &str| {
+        let mut producer = ServiceProcess::spawn(
+            &producer_bin(),
+            &testkit::env_with(
+                &kinesis().0.endpoint(),
+                &stream,
+                &[
+                    ("PRODUCER_COUNT", count),
+                    ("PRODUCER_INTERVAL_MS", "20"),
+                    ("PRODUCER_MESSAGES_PER_TICK", "10"),
+                    ("PRODUCER_AGGREGATION", "true"),
+                    ("PRODUCER_LINGER_MS", "50"),
+                ],
+            ),
+        );
+        producer.expect_exit(Duration::from_secs(60), 0);
+        producer.events("record sent")
+    };
+
+    let app = testkit::unique_name("interop-app");
+    let first = produce("200");
+    let first_ids: HashSet<String> = field(&first, "id").into_iter().collect();
+    let mut ours = our_consumer(&stream, &app, "rust-worker");
+    let read = testkit::eventually(Duration::from_secs(60), || {
+        ids(&ours_received(&ours)) == first_ids
+    })
+    .await;
+    assert!(read, "{}", ours.dump());
+    ours.stop();
+    let our_checkpoints: HashMap<String, (String, u64)> = ours
+        .events("checkpoint")
+        .iter()
+        .map(|e| {
+            let at = position(e);
+            (at.shard, (at.sequence_number, at.sub_sequence_number))
+        })
+        .collect();
+    assert!(
+        our_checkpoints.values().any(|(_, sub)| *sub > 0),
+        "a checkpoint inside an aggregate: {our_checkpoints:?}"
+    );
+
+    let second = produce("200");
+    let aggregated = second
+        .iter()
+        .filter(|e| e["sub_sequence_number"].is_u64())
+        .count();
+    assert!(aggregated >= 180, "{aggregated} of 200 aggregated");
+    let second_ids: HashSet<String> = field(&second, "id").into_iter().collect();
+    let mut java_app = kcl_app(&stream, &app, "java-worker", &[]);
+    let read = testkit::eventually(Duration::from_secs(120), || {
+        ids(&java_received(&java_app)).is_superset(&second_ids)
+    })
+    .await;
+    assert!(read, "{}", save_logs("to-java", &[&ours, &java_app]));
+    stop_java(&mut java_app);
+    let java_read = java_received(&java_app);
+
+    // Started at our checkpoints, read nothing of the first batch and nothing twice.
+    for event in java_app.events("initialized") {
+        let shard = event["shard_id"].as_str().unwrap_or_default();
+        let (seq, sub) = &our_checkpoints[shard];
+        assert_eq!(event["checkpoint"].as_str(), Some(seq.as_str()), "{event}");
+        assert_eq!(event["sub_sequence_number"].as_u64(), Some(*sub), "{event}");
+    }
+    assert_eq!(ids(&java_read), second_ids);
+    assert_eq!(java_read.len(), second_ids.len(), "the Java KCL read twice");
+    // Each user record where our producer said it put it.
+    let reported: HashMap<String, Position> = second
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap_or_default().to_string(),
+                position(e),
+            )
+        })
+        .collect();
+    for (id, at) in &java_read {
+        assert_eq!(Some(at), reported.get(id), "position of {id}");
+    }
+    let unpacked = java_app
+        .events("record received")
+        .iter()
+        .filter(|e| e["aggregated"] == true)
+        .count();
+    assert_eq!(unpacked, aggregated, "the KCL unpacked our aggregates");
+    eprintln!(
+        "ours read {} and checkpointed at {our_checkpoints:?}; the Java KCL read {} ({unpacked} from aggregates)",
+        first_ids.len(),
+        java_read.len()
+    );
+}
