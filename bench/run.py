@@ -15,17 +15,28 @@ on free ports:
      - ours, not aggregated   target/release/producer, PRODUCER_AGGREGATION=false
      - peer: plain Rust SDK   500-record PutRecords, 8 in flight (producer/examples/plain_sdk_peer.rs)
      - peer: official KPL aggregation library for Node.js with the AWS SDK v3 (bench/node-peer)
-2. End to end, against kinesis-mock (the engine LocalStack runs): the producer at a fixed
+2. Throughput over TLS, against kinesalite serving HTTPS with a certificate made for this run
+   (bench/kinesalite-tls.js): the KPL talks HTTPS only, so it is compared with this producer
+   over the same TLS endpoint, in the same run, with the same messages.
+     - ours, aggregated, TLS  target/release/producer, verifying the certificate (SSL_CERT_FILE)
+     - peer: the KPL          interop/java/kpl-producer (the KPL's Java library starting its
+                              native daemon; VerifyCertificate=false, CloudWatch metrics off,
+                              its per-shard rate limit raised out of the way as ours is off)
+   Left out with --no-kpl (the KPL needs Java 17+ and the Maven build of interop/java).
+3. End to end, against kinesis-mock (the engine LocalStack runs): the producer at a fixed
    rate and the consumer, latency = consumer's log timestamp - the message's CreatedOn.
 
-Prints a Markdown table.
+Prints Markdown tables.
 """
 
 import argparse
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -68,6 +79,7 @@ def wait_http(url, deadline_s=60):
 class Emulator:
     def __init__(self, kind):
         self.port = free_port()
+        self.ca_bundle = None
         env = dict(os.environ)
         if kind == "dynalite":
             cmd = ["node", os.path.join(MODULES, "dynalite", "cli.js"), "--port", str(self.port),
@@ -94,17 +106,64 @@ class Emulator:
 
     def create_stream(self, shards):
         name = f"bench-{uuid.uuid4().hex[:10]}"
-        aws = os.path.join(ROOT, ".venv", "bin", "aws")
+        aws = [os.path.join(ROOT, ".venv", "bin", "aws"), "--endpoint-url", self.endpoint]
+        if self.ca_bundle:
+            aws += ["--ca-bundle", self.ca_bundle]
         env = {**os.environ, **AWS_ENV}
-        subprocess.run([aws, "--endpoint-url", self.endpoint, "kinesis", "create-stream",
-                        "--stream-name", name, "--shard-count", str(shards)], env=env, check=True)
+        subprocess.run(aws + ["kinesis", "create-stream", "--stream-name", name, "--shard-count", str(shards)],
+                       env=env, check=True)
         for _ in range(300):
-            out = subprocess.run([aws, "--endpoint-url", self.endpoint, "kinesis", "describe-stream-summary",
-                                  "--stream-name", name], env=env, capture_output=True, text=True)
+            out = subprocess.run(aws + ["kinesis", "describe-stream-summary", "--stream-name", name],
+                                 env=env, capture_output=True, text=True)
             if out.returncode == 0 and '"ACTIVE"' in out.stdout:
                 return name
             time.sleep(0.2)
         sys.exit(f"stream {name} did not become ACTIVE")
+
+
+class TlsKinesalite(Emulator):
+    """kinesalite over HTTPS with a CA and a server certificate (IP 127.0.0.1) made by openssl for
+    this run, so that a verifying client (this producer, with SSL_CERT_FILE) accepts it."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-tls-")
+        self.ca_bundle = os.path.join(self.dir, "ca.pem")
+        key, cert = os.path.join(self.dir, "server.key"), os.path.join(self.dir, "server.pem")
+        csr, ext = os.path.join(self.dir, "server.csr"), os.path.join(self.dir, "ext.cnf")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                    "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        for cmd in (
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-ca",
+             "-keyout", os.path.join(self.dir, "ca.key"), "-out", self.ca_bundle,
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+            ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", csr],
+            ["openssl", "x509", "-req", "-in", csr, "-CA", self.ca_bundle, "-CAkey", os.path.join(self.dir, "ca.key"),
+             "-CAcreateserial", "-days", "2", "-out", cert, "-extfile", ext],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True)
+        self.port = free_port()
+        self.endpoint = f"https://127.0.0.1:{self.port}"
+        env = {**os.environ, "EMULATORS_MODULES": MODULES, "KINESALITE_PORT": str(self.port),
+               "TLS_KEY": key, "TLS_CERT": cert}
+        self.proc = subprocess.Popen(["node", os.path.join(ROOT, "bench", "kinesalite-tls.js")], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        end = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint + "/", timeout=2, context=context)
+                break
+            except urllib.error.HTTPError:
+                break  # answered over verified TLS: up
+            except OSError:
+                if time.time() > end:
+                    sys.exit(f"kinesalite over TLS did not start on port {self.port}")
+                time.sleep(0.1)
+
+    def stop(self):
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_measured(cmd, env, stdout=subprocess.DEVNULL):
@@ -211,6 +270,9 @@ def main():
     parser.add_argument("--count", type=int, default=1_000_000, help="records for our aggregated producer")
     parser.add_argument("--plain-count", type=int, default=100_000, help="records for unaggregated producers")
     parser.add_argument("--peer-agg-count", type=int, default=300_000, help="records for the Node.js aggregation peer")
+    parser.add_argument("--tls-count", type=int, default=1_000_000, help="records for our aggregated producer over TLS")
+    parser.add_argument("--kpl-count", type=int, default=300_000, help="records for the KPL")
+    parser.add_argument("--no-kpl", action="store_true", help="leave out the TLS rows (the KPL needs Java and Maven)")
     parser.add_argument("--latency-rate", type=int, default=200, help="messages per second in the end-to-end run")
     parser.add_argument("--latency-seconds", type=int, default=20)
     args = parser.parse_args()
@@ -218,7 +280,11 @@ def main():
     producer = [os.path.join(RELEASE, "producer")]
     peer_rust = [os.path.join(RELEASE, "examples", "plain_sdk_peer")]
     peer_node = ["node", os.path.join(ROOT, "bench", "node-peer", "producer.js")]
-    for path in (producer[0], peer_rust[0], os.path.join(RELEASE, "consumer")):
+    kpl_lib = os.path.join(ROOT, "interop", "java", "kpl-producer", "target", "lib")
+    peer_kpl = ["java", "-cp", os.path.join(kpl_lib, "*"), "interop.KplProducer"]
+    kpl_jars = glob.glob(os.path.join(kpl_lib, "amazon-kinesis-producer-*.jar"))
+    kpl_version = os.path.basename(kpl_jars[0])[len("amazon-kinesis-producer-"):-len(".jar")] if kpl_jars else "?"
+    for path in (producer[0], peer_rust[0], os.path.join(RELEASE, "consumer")) + (() if args.no_kpl else (kpl_lib,)):
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: run bench/prepare.sh first")
 
@@ -239,6 +305,29 @@ def main():
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / best_peer:.1f}x |")
+    sys.stdout.flush()
+
+    if not args.no_kpl:
+        tls = TlsKinesalite()
+        try:
+            tls_rows = [
+                throughput(tls, "ours, aggregated, TLS", producer,
+                           {**ours(True), "PRODUCER_COUNT": str(args.tls_count), "SSL_CERT_FILE": tls.ca_bundle},
+                           args.tls_count),
+                throughput(tls, f"peer: KPL {kpl_version} (Java library + native daemon)", peer_kpl,
+                           {"KINESIS_HOST": "127.0.0.1", "KINESIS_PORT": str(tls.port), "SOURCE": "bench",
+                            "RATE_LIMIT": "100000"},
+                           args.kpl_count, parse_stdout=True),
+            ]
+        finally:
+            tls.stop()
+        kpl = tls_rows[-1]["rate"]
+        print("\n### Producer throughput over TLS (kinesalite serving HTTPS, ~100-byte DataMessages, 2-shard stream)\n")
+        print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs KPL |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in tls_rows:
+            print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / kpl:.1f}x |")
+        sys.stdout.flush()
 
     print(f"\n### End to end (kinesis-mock, {args.latency_rate} msg/s for {args.latency_seconds} s, consumer polling every 200 ms)\n")
     print("| consumer mode | aggregation | received / sent | latency p50 ms | latency p99 ms | producer peak RSS MiB | consumer peak RSS MiB |")

@@ -33,7 +33,9 @@ import software.amazon.kinesis.producer.UserRecordResult;
  * {@code record sent} line per user record with its shard and sequence number),
  * {@code AGGREGATION} ({@code true}), {@code MAX_OUTSTANDING} (100000: records handed to the
  * daemon and not yet acknowledged, the backpressure the KPL documentation asks callers to apply),
- * {@code SOURCE} (written into each message's {@code Source}). CloudWatch metrics are off.
+ * {@code SOURCE} (written into each message's {@code Source}), {@code RATE_LIMIT} (the KPL's
+ * per-shard limit in percent of the Kinesis shard limits, 150 by default; the benchmark raises
+ * it out of the way, as it turns the Rust producer's limiter off). CloudWatch metrics are off.
  *
  * <p>Until the daemon has loaded the stream's shard map it sends every record on its own,
  * unaggregated; so first, pairs of messages with one partition key are put until a pair comes
@@ -64,6 +66,7 @@ public final class KplProducer {
                 .setCloudwatchEndpoint("127.0.0.1")
                 .setCloudwatchPort(9)
                 .setAggregationEnabled(Boolean.parseBoolean(Env.optional("AGGREGATION", "true")))
+                .setRateLimit(Env.number("RATE_LIMIT", 150))
                 .setLogLevel(Env.optional("KPL_LOG_LEVEL", "warning"));
         boolean aggregation = config.isAggregationEnabled();
         KinesisProducer producer = new KinesisProducer(config);
