@@ -460,7 +460,23 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
         ids(&ours_received(&ours)).is_superset(&expected)
     })
     .await;
-    assert!(done, "{}", save_logs("resume", &[&java_app, &ours]));
+    if !done {
+        let got = ids(&ours_received(&ours));
+        let missing: Vec<&Position> = layout
+            .values()
+            .flatten()
+            .filter(|(id, _)| expected.contains(id) && !got.contains(id))
+            .map(|(_, at)| at)
+            .collect();
+        panic!(
+            "after the Java checkpoints at {stop_at}, ours never read {} of {} records, the first \
+             at {:?}; {}",
+            missing.len(),
+            expected.len(),
+            missing.first(),
+            save_logs("resume", &[&java_app, &ours])
+        );
+    }
     ours.stop();
     let ours_read = ours_received(&ours);
 
