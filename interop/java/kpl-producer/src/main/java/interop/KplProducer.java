@@ -32,7 +32,7 @@ import software.amazon.kinesis.producer.UserRecordResult;
  * {@code AWS_SECRET_ACCESS_KEY}; optional {@code LOG_RECORDS} ({@code true}: one
  * {@code record sent} line per user record with its shard and sequence number),
  * {@code AGGREGATION} ({@code true}), {@code MAX_OUTSTANDING} (100000: records handed to the
- * daemon and not yet acknowledged, the backpressure the KPL documentation asks callers to apply),
+ * daemon and not yet acknowledged, the back-pressure loop of the KPL README),
  * {@code SOURCE} (written into each message's {@code Source}), {@code RATE_LIMIT} (the KPL's
  * per-shard limit in percent of the Kinesis shard limits, 150 by default; the benchmark raises
  * it out of the way, as it turns the Rust producer's limiter off). CloudWatch metrics are off.
