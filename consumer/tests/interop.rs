@@ -418,8 +418,8 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
         .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
         .cloned()
         .collect();
-    // Attributes of the KCL 3.x this consumer does not write (`entityType`, and
-    // `throughputKBps` once the KCL measured one), per lease.
+    // The attributes this consumer never writes, per lease: the KCL 3.x's (`entityType`, and
+    // `throughputKBps` once the KCL measured one) and the shard's own.
     let ours_to_write = [
         "leaseOwner",
         "leaseCounter",
@@ -431,6 +431,8 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
         "pendingCheckpointSubSequenceNumber",
         "pendingCheckpointState",
         "childShardIds",
+        "kinesisStreamName",
+        "latestStartTimestamp",
     ];
     let kcl_only = |item: &HashMap<String, AttributeValue>| -> BTreeMap<String, AttributeValue> {
         item.iter()
