@@ -192,7 +192,7 @@ impl Emulator {
             }
         };
         cmd.envs(extra_env.iter().copied());
-        // Run node under a small shell that kills it when our end of its stdin closes: that
+        // Run the emulator under a small shell that kills it when our end of its stdin closes: that
         // happens when the guard drops, and also when the test process dies in any way, so no
         // emulator outlives the tests (the shared ones are never dropped).
         let log_path = std::env::temp_dir().join(format!(

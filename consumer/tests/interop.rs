@@ -654,7 +654,8 @@ async fn a_java_kcl_application_resumes_from_our_checkpoints_and_unpacks_our_agg
         .count();
     assert_eq!(unpacked, aggregated, "the KCL unpacked our aggregates");
     eprintln!(
-        "ours read {} and checkpointed at {our_checkpoints:?}; the Java KCL read {} ({unpacked} from aggregates)",
+        "ours read {} and checkpointed at {our_checkpoints:?}; the Java KCL read {} \
+         ({unpacked} from aggregates)",
         first_ids.len(),
         java_read.len()
     );
