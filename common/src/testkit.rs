@@ -725,6 +725,41 @@ pub fn sibling_binary(known: &str, name: &str) -> PathBuf {
     path
 }
 
+/// Every `DataMessage` stored in the stream: its id and each (shard id, sequence number) it is
+/// stored under (more than one when it was stored twice).
+pub async fn stored_messages(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> std::collections::HashMap<String, Vec<(String, String)>> {
+    let mut stored: std::collections::HashMap<String, Vec<(String, String)>> =
+        std::collections::HashMap::new();
+    for (shard, r) in read_stream(client, stream).await {
+        let m = crate::message::DataMessage::from_json(r.data().as_ref())
+            .expect("the stream holds DataMessages");
+        stored
+            .entry(m.id.to_string())
+            .or_default()
+            .push((shard, r.sequence_number().to_string()));
+    }
+    stored
+}
+
+/// Like [`stored_messages`], for a stream where each message must be stored once: id -> (shard
+/// id, sequence number); panics on a message stored twice.
+pub async fn stored_once(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> std::collections::HashMap<String, (String, String)> {
+    stored_messages(client, stream)
+        .await
+        .into_iter()
+        .map(|(id, mut copies)| {
+            assert_eq!(copies.len(), 1, "{id} is stored {copies:?}");
+            (id, copies.remove(0))
+        })
+        .collect()
+}
+
 /// Every record stored in the stream, shard by shard from `TRIM_HORIZON`, with its shard id.
 pub async fn read_stream(
     client: &aws_sdk_kinesis::Client,

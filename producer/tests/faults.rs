@@ -16,20 +16,6 @@ fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))
 }
 
-/// Every (id -> (shard, sequence number)) actually stored in the stream; panics on a duplicate.
-async fn stream_contents(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-) -> HashMap<String, (String, String)> {
-    let mut found = HashMap::new();
-    for (shard, r) in testkit::read_stream(client, stream).await {
-        let m = common::message::DataMessage::from_json(r.data().as_ref()).unwrap();
-        let previous = found.insert(m.id.to_string(), (shard, r.sequence_number().to_string()));
-        assert!(previous.is_none(), "{} is stored twice", m.id);
-    }
-    found
-}
-
 /// The `record sent` events as id -> (shard, sequence number).
 fn reported_sent(producer: &ServiceProcess) -> HashMap<String, (String, String)> {
     producer
@@ -113,14 +99,7 @@ async fn records_handed_over_while_connections_are_cut_are_retried_until_they_pa
         .filter(|e| e["attempts"].as_u64() > Some(1))
         .filter_map(|e| e["id"].as_str().map(str::to_string))
         .collect();
-    let mut stored: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for (shard, r) in testkit::read_stream(&emu.kinesis(), &stream).await {
-        let m = common::message::DataMessage::from_json(r.data().as_ref()).unwrap();
-        stored
-            .entry(m.id.to_string())
-            .or_default()
-            .push((shard, r.sequence_number().to_string()));
-    }
+    let stored = testkit::stored_messages(&emu.kinesis(), &stream).await;
     for (id, copies) in &stored {
         let reported = sent
             .get(id)
@@ -171,7 +150,7 @@ async fn partial_failures_and_throttling_lose_nothing_and_store_nothing_twice() 
         "no record was retried: {}",
         producer.dump()
     );
-    assert_eq!(stream_contents(&emu.kinesis(), &stream).await, sent);
+    assert_eq!(testkit::stored_once(&emu.kinesis(), &stream).await, sent);
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! The producer binary against kinesis-mock: what it reports sent is on the stream, it stops
 //! cleanly on SIGTERM, and bad settings or a missing stream end it with a clear error.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,21 +8,6 @@ use common::testkit::{self, field, Kind, ServiceProcess};
 
 fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))
-}
-
-/// Every (id -> (shard, sequence number)) actually stored in the stream.
-async fn stream_contents(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-) -> HashMap<String, (String, String)> {
-    testkit::read_stream(client, stream)
-        .await
-        .into_iter()
-        .map(|(shard, r)| {
-            let m = common::message::DataMessage::from_json(r.data().as_ref()).unwrap();
-            (m.id.to_string(), (shard, r.sequence_number().to_string()))
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -45,7 +29,7 @@ async fn every_record_reported_sent_is_on_the_stream_with_that_sequence_number()
 
     let sent = producer.events("record sent");
     assert_eq!(sent.len(), 30, "{}", producer.dump());
-    let stored = stream_contents(&client, &stream).await;
+    let stored = testkit::stored_once(&client, &stream).await;
     assert_eq!(stored.len(), 30);
     for event in &sent {
         let id = event["id"].as_str().unwrap();
