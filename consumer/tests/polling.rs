@@ -495,15 +495,18 @@ async fn sigterm_exits_within_5_seconds_while_kinesis_hangs() {
             ],
         ),
     );
+    // Both shard readers have their iterators and are polling: from now on each one's next
+    // call is a GetRecords.
     let reading = testkit::eventually(Duration::from_secs(60), || {
-        reader.events("reading shard").len() == 2
+        reader.events("reading shard").len() == 2 && proxy.requests("GetRecords") >= 4
     })
     .await;
     assert!(reading, "{}", reader.dump());
     proxy.set(vec![Rule::hang()]);
-    let before = proxy.requests("GetRecords");
-    let hanging = testkit::eventually(Duration::from_secs(10), || {
-        proxy.requests("GetRecords") >= before + 2
+    // Every reader is inside a call that will not be answered for 30 s (a GetRecords, or a
+    // GetShardIterator if a reader renews its iterator meanwhile).
+    let hanging = testkit::eventually(Duration::from_secs(30), || {
+        proxy.faults("GetRecords") + proxy.faults("GetShardIterator") >= 2
     })
     .await;
     assert!(hanging, "{}", reader.dump());
