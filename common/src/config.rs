@@ -197,6 +197,26 @@ pub const CONSUMER_MAX_LEASES_PER_WORKER: VarSpec = var(
     None,
     "unset (no limit) or a whole number of leases from 1 to 100000",
 );
+pub const CONSUMER_RETRIEVAL: VarSpec = var(
+    "CONSUMER_RETRIEVAL",
+    Some("polling"),
+    "`polling` (GetRecords, the shard's read limits shared with every other consumer) or `fanout` (enhanced fan-out: SubscribeToShard pushes records to a registered stream consumer)",
+);
+pub const CONSUMER_EFO_NAME: VarSpec = var(
+    "CONSUMER_EFO_NAME",
+    None,
+    "unset (CONSUMER_APPLICATION_NAME) or a stream consumer name of 1-128 characters of a-z, A-Z, 0-9, _ . -",
+);
+pub const CONSUMER_EFO_RENEW_MS: VarSpec = var(
+    "CONSUMER_EFO_RENEW_MS",
+    Some("290000"),
+    "a whole number of milliseconds from 1000 to 300000 (a subscription lasts 5 minutes)",
+);
+pub const CONSUMER_EFO_IDLE_MS: VarSpec = var(
+    "CONSUMER_EFO_IDLE_MS",
+    Some("35000"),
+    "a whole number of milliseconds from 1000 to 300000",
+);
 
 /// Variables both services read.
 pub const SHARED_VARS: &[VarSpec] = &[
@@ -241,6 +261,10 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
     CONSUMER_WORKER_ID,
     CONSUMER_FAILOVER_MS,
     CONSUMER_MAX_LEASES_PER_WORKER,
+    CONSUMER_RETRIEVAL,
+    CONSUMER_EFO_NAME,
+    CONSUMER_EFO_RENEW_MS,
+    CONSUMER_EFO_IDLE_MS,
 ];
 
 /// Variables read not by this module but by the AWS SDK's standard chain and by the log filter.
@@ -657,6 +681,37 @@ impl LeaseSettings {
     }
 }
 
+/// How records are fetched from a shard, in either [`ConsumerMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrieval {
+    /// `GetRecords` calls (at most 5 a second per shard, shared with every other consumer).
+    Polling,
+    /// Enhanced fan-out: `SubscribeToShard` pushes records to a registered stream consumer,
+    /// with its own 2 MiB/s per shard.
+    FanOut,
+}
+
+impl Retrieval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retrieval::Polling => "polling",
+            Retrieval::FanOut => "fanout",
+        }
+    }
+}
+
+/// The enhanced fan-out settings of [`Retrieval::FanOut`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanOutSettings {
+    /// The registered stream consumer's name; workers of one application share it.
+    pub consumer_name: String,
+    /// A subscription is replaced by a new one (from where it stopped) after this long, before
+    /// Kinesis ends it at 5 minutes.
+    pub renew_interval: Duration,
+    /// A subscription that delivers no event for this long is replaced.
+    pub idle_timeout: Duration,
+}
+
 /// The consumer service's settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -670,10 +725,19 @@ pub struct ConsumerSettings {
     pub mode: ConsumerMode,
     /// Read in every mode so that a bad value is reported even before it matters.
     pub lease: LeaseSettings,
+    pub retrieval: Retrieval,
+    /// Read whatever `retrieval` is, for the same reason.
+    pub fan_out: FanOutSettings,
 }
 
 fn valid_table_name(s: &str) -> bool {
     (3..=255).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn valid_consumer_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
@@ -719,6 +783,33 @@ impl ConsumerSettings {
                 })
             }
         };
+        let application_name = raw
+            .text(&CONSUMER_APPLICATION_NAME, valid_table_name)?
+            .unwrap_or_default();
+        let retrieval = raw.choice(
+            &CONSUMER_RETRIEVAL,
+            &[
+                ("polling", Retrieval::Polling),
+                ("fanout", Retrieval::FanOut),
+            ],
+        )?;
+        let consumer_name = match raw.text(&CONSUMER_EFO_NAME, valid_consumer_name)? {
+            Some(name) => name,
+            // A table name is 3-255 characters, a consumer name at most 128: only an error
+            // when the name is used.
+            None if valid_consumer_name(&application_name) || retrieval == Retrieval::Polling => {
+                application_name.clone()
+            }
+            None => {
+                return Err(ConfigError::Missing {
+                    var: CONSUMER_EFO_NAME.name,
+                    because: format!(
+                        "CONSUMER_APPLICATION_NAME {application_name:?} is longer than a stream consumer name may be"
+                    ),
+                    allowed: CONSUMER_EFO_NAME.allowed,
+                })
+            }
+        };
         Ok(Self {
             shared: SharedSettings::from_raw(raw)?,
             initial_position,
@@ -733,12 +824,16 @@ impl ConsumerSettings {
                 ],
             )?,
             lease: LeaseSettings {
-                application_name: raw
-                    .text(&CONSUMER_APPLICATION_NAME, valid_table_name)?
-                    .unwrap_or_default(),
+                application_name,
                 worker_id: raw.text(&CONSUMER_WORKER_ID, valid_worker_id)?,
                 failover: raw.millis(&CONSUMER_FAILOVER_MS, 300, 3_600_000)?,
                 max_leases_per_worker: raw.number(&CONSUMER_MAX_LEASES_PER_WORKER, 1, 100_000)?,
+            },
+            retrieval,
+            fan_out: FanOutSettings {
+                consumer_name,
+                renew_interval: raw.millis(&CONSUMER_EFO_RENEW_MS, 1000, 300_000)?,
+                idle_timeout: raw.millis(&CONSUMER_EFO_IDLE_MS, 1000, 300_000)?,
             },
         })
     }
@@ -894,6 +989,63 @@ mod tests {
             let line = err.to_string();
             assert!(line.contains(value) && !line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn retrieval_settings_defaults_and_values() {
+        let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(c.retrieval, Retrieval::Polling);
+        assert_eq!(c.fan_out.consumer_name, "demo-consumer");
+        assert_eq!(c.fan_out.renew_interval, Duration::from_millis(290_000));
+        assert_eq!(c.fan_out.idle_timeout, Duration::from_secs(35));
+        let c = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_RETRIEVAL", "FanOut"),
+            ("CONSUMER_APPLICATION_NAME", "orders-app"),
+            ("CONSUMER_EFO_RENEW_MS", "3000"),
+            ("CONSUMER_EFO_IDLE_MS", "2000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.retrieval, Retrieval::FanOut);
+        assert_eq!(
+            c.fan_out.consumer_name, "orders-app",
+            "the application name"
+        );
+        assert_eq!(c.fan_out.renew_interval, Duration::from_secs(3));
+        assert_eq!(c.fan_out.idle_timeout, Duration::from_secs(2));
+        let c = ConsumerSettings::from_raw(&raw(&[("CONSUMER_EFO_NAME", "efo.1")])).unwrap();
+        assert_eq!(c.fan_out.consumer_name, "efo.1");
+    }
+
+    #[test]
+    fn bad_retrieval_settings_name_their_variable() {
+        for (var, value) in [
+            ("CONSUMER_RETRIEVAL", "push"),
+            ("CONSUMER_EFO_NAME", "a/b"),
+            ("CONSUMER_EFO_RENEW_MS", "999"),
+            ("CONSUMER_EFO_RENEW_MS", "300001"),
+            ("CONSUMER_EFO_IDLE_MS", "soon"),
+        ] {
+            let err = ConsumerSettings::from_raw(&raw(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var(), var);
+            let line = err.to_string();
+            assert!(line.contains(value) && !line.contains('\n'), "{line}");
+        }
+        // An application name too long to be a consumer name needs CONSUMER_EFO_NAME, with
+        // fan-out only.
+        let long = "a".repeat(129);
+        assert!(ConsumerSettings::from_raw(&raw(&[("CONSUMER_APPLICATION_NAME", &long)])).is_ok());
+        let err = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_APPLICATION_NAME", &long),
+            ("CONSUMER_RETRIEVAL", "fanout"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_EFO_NAME");
+        let c = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_APPLICATION_NAME", &long),
+            ("CONSUMER_EFO_NAME", "short"),
+        ]))
+        .unwrap();
+        assert_eq!(c.lease.application_name, long);
     }
 
     #[test]

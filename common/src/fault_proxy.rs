@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP proxy for tests: it sits between a service under test and a real
 //! emulator and, switched at run time, provokes the failures the emulators never produce —
-//! dropped connections, calls that hang, throttling and other error answers, and `PutRecords`
-//! calls that fail some of their entries individually.
+//! dropped connections, calls that hang, streaming answers that stop delivering, throttling and
+//! other error answers, and `PutRecords` calls that fail some of their entries individually.
 //!
 //! It runs on its own thread with its own runtime, so it keeps serving while a test thread
 //! blocks (waiting for a child process, say). It speaks HTTP/1.1, which is what the AWS SDK
@@ -43,6 +43,10 @@ enum Action {
     Cut,
     /// Read the request and never answer.
     Hang,
+    /// Forward the request, pass the answer's status and headers on, then never another byte
+    /// of its body (a streaming answer, such as a `SubscribeToShard` event stream, that stops
+    /// delivering while the connection stays open).
+    Stall,
     /// Answer with this status; with an AWS error code the body is the JSON error the AWS
     /// JSON protocols use, without one it is a plain page, as from a load balancer.
     Error { status: u16, code: Option<String> },
@@ -79,6 +83,12 @@ impl Rule {
     /// Accepts matching requests and never answers them (a half-open peer).
     pub fn hang() -> Self {
         Self::new(Action::Hang)
+    }
+
+    /// Forwards matching requests and passes on the head of the answer, then holds its body:
+    /// the connection stays open and delivers nothing more (an event stream gone quiet).
+    pub fn stall() -> Self {
+        Self::new(Action::Stall)
     }
 
     /// Answers matching requests with `status`, and the AWS error `code` if given (otherwise a
@@ -336,10 +346,30 @@ async fn handle(shared: Shared, req: Request<Incoming>) -> Result<Response<Proxy
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Some(Action::Stall) => {
+            let (head, upstream) = forward(&shared, req).await?.into_parts();
+            Ok(Response::from_parts(head, Stalled(upstream).boxed()))
+        }
         Some(Action::Error { status, code }) => Ok(error_response(status, code.as_deref())),
         Some(Action::FailEntries { code, fraction }) => {
             fail_entries(&shared, req, &code, fraction).await
         }
+    }
+}
+
+/// A body that never yields a frame; it keeps the upstream body (unread) so the emulator's
+/// side of the stream stays open too.
+struct Stalled(#[allow(dead_code)] ProxyBody);
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::task::Poll::Pending
     }
 }
 

@@ -1,6 +1,9 @@
 //! The consumer: reads every shard of a Kinesis stream and logs each `DataMessage`.
 //!
 //! - [`reader`]: one shard's `GetRecords` loop with rate limits, iterator renewal and retries.
+//! - [`fanout`]: enhanced fan-out, one shard's `SubscribeToShard` subscriptions, renewed and
+//!   replaced without skipping or repeating a record; [`retrieval`] picks one of the two per
+//!   `CONSUMER_RETRIEVAL`, behind one interface both modes read shards through.
 //! - [`polling`]: polling mode, which reads all shards in one process and follows resharding
 //!   (parents before children).
 //! - [`lease`]: leased mode, which shares the shards among any number of consumer processes
@@ -11,12 +14,14 @@
 //!
 //! Run it with `cargo run -p consumer` (see the README for the variables).
 
+pub mod fanout;
 pub mod lease;
 pub mod metrics;
 pub mod observe;
 pub mod polling;
 pub mod reader;
 pub mod record;
+pub mod retrieval;
 
 use std::sync::Arc;
 
@@ -49,6 +54,7 @@ pub async fn run(
         probe.clone(),
         &stream,
         if leased { "leased" } else { "polling" },
+        settings.retrieval.as_str(),
         worker_id.clone(),
         leased.then(|| settings.lease.application_name.clone()),
         recent,

@@ -8,7 +8,7 @@
 //!   handed to the processor.
 //! - `kinesis_consumer_bytes_processed_total{shard_id}` (DataBytesProcessed).
 //! - `kinesis_consumer_millis_behind_latest{shard_id}` (MillisBehindLatest): from the last
-//!   `GetRecords`.
+//!   `GetRecords` answer, or the last `SubscribeToShard` event with fan-out.
 //! - `kinesis_consumer_leases_held` (CurrentLeases).
 //! - `kinesis_consumer_lease_acquisitions_total` (TakenLeases),
 //!   `kinesis_consumer_leases_lost_total` (LostLeases).
@@ -17,6 +17,8 @@
 //! - `kinesis_consumer_get_records_seconds` (KinesisDataFetcher.getRecords.Time) and
 //!   `kinesis_consumer_process_records_seconds` (RecordProcessor.processRecords.Time).
 //! - `kinesis_consumer_workers`: workers seen alive in the lease table.
+//! - `kinesis_consumer_info{mode, retrieval}`: always 1; how this process shares the shards
+//!   (`polling`, `leased`) and fetches records (`polling`, `fanout`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +26,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// The labels of `kinesis_consumer_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Info {
+    pub mode: String,
+    pub retrieval: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Shard {
@@ -53,6 +62,7 @@ pub struct ConsumerMetrics {
     pub get_records_seconds: Histogram,
     pub process_records_seconds: Histogram,
     pub workers: Gauge,
+    pub info: Family<Info, Gauge>,
 }
 
 impl Default for ConsumerMetrics {
@@ -71,6 +81,7 @@ impl Default for ConsumerMetrics {
             get_records_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             process_records_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             workers: Gauge::default(),
+            info: Family::default(),
         }
     }
 }
@@ -94,7 +105,7 @@ impl ConsumerMetrics {
         );
         r.register(
             "millis_behind_latest",
-            "How far the last GetRecords answer was behind the tip of the shard",
+            "How far the last GetRecords answer (or fan-out event) was behind the tip of the shard",
             m.millis_behind_latest.clone(),
         );
         r.register(
@@ -138,7 +149,22 @@ impl ConsumerMetrics {
             "Workers of the application seen alive in the lease table",
             m.workers.clone(),
         );
+        r.register(
+            "info",
+            "Always 1: how this process shares the shards (mode) and fetches records (retrieval)",
+            m.info.clone(),
+        );
         m
+    }
+
+    /// Records the consumer mode and the retrieval in `kinesis_consumer_info`.
+    pub fn retrieval(&self, mode: &str, retrieval: &str) {
+        self.info
+            .get_or_create(&Info {
+                mode: mode.to_string(),
+                retrieval: retrieval.to_string(),
+            })
+            .set(1);
     }
 
     /// Counts a batch of user records handed to the processor.

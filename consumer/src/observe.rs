@@ -61,6 +61,7 @@ pub struct Observer {
     pub probe: Arc<Probe>,
     stream: String,
     mode: &'static str,
+    retrieval: &'static str,
     worker_id: Option<String>,
     application: Option<String>,
     started_at: DateTime<Utc>,
@@ -80,6 +81,8 @@ struct StatusDoc {
     service: &'static str,
     stream: String,
     mode: &'static str,
+    /// `polling` (GetRecords) or `fanout` (SubscribeToShard).
+    retrieval: &'static str,
     worker_id: Option<String>,
     application: Option<String>,
     started_at: String,
@@ -94,22 +97,27 @@ struct StatusDoc {
 
 impl Observer {
     /// Creates the process's observer and installs it; later calls return the first one.
+    // One call, in `crate::run`, passing what the status document shows.
+    #[allow(clippy::too_many_arguments)]
     pub fn install(
         metrics: ConsumerMetrics,
         probe: Arc<Probe>,
         stream: &str,
         mode: &'static str,
+        retrieval: &'static str,
         worker_id: Option<String>,
         application: Option<String>,
         recent: RecentEvents,
     ) -> Arc<Self> {
         OBSERVER
             .get_or_init(|| {
+                metrics.retrieval(mode, retrieval);
                 Arc::new(Self {
                     metrics,
                     probe,
                     stream: stream.to_string(),
                     mode,
+                    retrieval,
                     worker_id,
                     application,
                     started_at: Utc::now(),
@@ -225,6 +233,7 @@ impl Observer {
             service: "consumer",
             stream: self.stream.clone(),
             mode: self.mode,
+            retrieval: self.retrieval,
             worker_id: self.worker_id.clone(),
             application: self.application.clone(),
             started_at: self.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),

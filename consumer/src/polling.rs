@@ -22,7 +22,8 @@ use common::config::{ConsumerSettings, InitialPosition};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::reader::{ReadError, ShardReader, StartPosition};
+use crate::reader::{ReadError, StartPosition};
+use crate::retrieval::{Retrieval, RetrievalConfig, ShardSource};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ShardState {
@@ -150,6 +151,9 @@ pub enum PollingError {
     Read(#[from] ReadError),
     #[error("stream {stream:?} was deleted while being read ({message})")]
     StreamGone { stream: String, message: String },
+    /// Fan-out: the stream consumer could not be registered (or did not become `ACTIVE`).
+    #[error(transparent)]
+    Register(crate::fanout::RegisterError),
     #[error("listing the shards of stream {stream:?} at start")]
     FirstListing {
         stream: String,
@@ -177,6 +181,19 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), PollingError> {
     let stream = settings.shared.stream_name.clone();
+    let retrieval = match Retrieval::prepare(
+        &RetrievalConfig::from_settings(settings),
+        &client,
+        &stream,
+        settings.shared.stream_wait_timeout,
+        &cancel,
+    )
+    .await
+    {
+        Ok(retrieval) => retrieval,
+        Err(crate::fanout::RegisterError::Cancelled(_)) => return Ok(()),
+        Err(err) => return Err(PollingError::Register(err)),
+    };
     let mut graph = ShardGraph::default();
     let listed = match list(&client, &stream, &cancel).await {
         Ok(Some(listed)) => listed,
@@ -190,10 +207,11 @@ pub async fn run(
     };
     let mut ranges = HashMap::new();
     remember_ranges(&mut ranges, &listed);
+    retrieval.note_listing(&listed);
     let (read, skip) = first_listing(&listed, settings.initial_position);
     graph.skip(skip);
     let first: HashSet<String> = graph.add(read).into_iter().collect();
-    tracing::info!(stream = %stream, shards = first.len(), mode = "polling", "consumer started");
+    tracing::info!(stream = %stream, shards = first.len(), mode = "polling", retrieval = retrieval.name(), "consumer started");
 
     // Readers stop with `cancel`, or with `stop_readers` when the stream is gone.
     let stop_readers = cancel.child_token();
@@ -209,14 +227,7 @@ pub async fn run(
                 StartPosition::TrimHorizon
             };
             tracing::info!(shard_id = %shard_id, start = ?start, "reading shard");
-            let reader = ShardReader::new(
-                client.clone(),
-                &stream,
-                &shard_id,
-                start,
-                settings.max_records,
-                settings.poll_interval,
-            );
+            let reader = retrieval.open(client.clone(), &stream, &shard_id, start);
             readers.spawn(read_shard(
                 reader,
                 ranges.get(&shard_id).copied(),
@@ -251,6 +262,7 @@ pub async fn run(
         match list(&client, &stream, &cancel).await {
             Ok(Some(shards)) => {
                 remember_ranges(&mut ranges, &shards);
+                retrieval.note_listing(&shards);
                 for id in graph.add(shards.iter().map(parents_of)) {
                     tracing::info!(shard_id = %id, "new shard discovered");
                 }
@@ -280,7 +292,7 @@ pub async fn run(
 }
 
 async fn read_shard(
-    mut reader: ShardReader,
+    mut reader: ShardSource,
     hash_range: Option<(u128, u128)>,
     cancel: CancellationToken,
 ) -> (String, Result<Vec<String>, ReadError>) {

@@ -77,7 +77,7 @@ pub struct ShardReader {
 
 /// The current run of failed calls, for backoff and for reporting it without flooding the log.
 #[derive(Debug)]
-struct Failures {
+pub(crate) struct Failures {
     /// Transient errors (throttling, 5xx, timeouts): short waits.
     transient: Backoff,
     /// Errors that need someone to act (access denied, a missing shard, a rejected request):
@@ -106,6 +106,38 @@ enum Report {
 }
 
 impl Failures {
+    /// Counts and reports one failed call of `shard_id`'s reader (the first of a run, then once
+    /// a minute); returns the wait before the next call. Shared by both ways of reading.
+    pub(crate) fn failed(&mut self, shard_id: &str, failure: Failure) -> Duration {
+        let (error, persistent) = match failure {
+            Failure::Transient(error) => (error, false),
+            Failure::Persistent(error) => (error, true),
+        };
+        let (delay, report) = self.note(Instant::now(), persistent);
+        let retry_in_ms = delay.as_millis() as u64;
+        match (report, persistent) {
+            (None, _) => {}
+            (Some(Report::First), false) => {
+                tracing::warn!(shard_id = %shard_id, error = %error, retry_in_ms, "transient error reading shard, retrying")
+            }
+            (Some(Report::First), true) => {
+                tracing::error!(shard_id = %shard_id, error = %error, retry_in_ms, "cannot read shard, retrying with backoff")
+            }
+            (Some(Report::Still { failures }), _) => {
+                tracing::error!(shard_id = %shard_id, error = %error, failures, retry_in_ms, "shard still failing, retrying with backoff")
+            }
+        }
+        delay
+    }
+
+    /// A call succeeded: the run of failures, if any, is over.
+    pub(crate) fn recovered(&mut self, shard_id: &str) {
+        if self.count > 0 {
+            tracing::info!(shard_id = %shard_id, failures = self.count, "reading shard again");
+        }
+        *self = Failures::default();
+    }
+
     /// Counts one failure at `now`: the wait before the next call, and what to log, if anything.
     fn note(&mut self, now: Instant, persistent: bool) -> (Duration, Option<Report>) {
         self.count += 1;
@@ -131,7 +163,7 @@ impl Failures {
 }
 
 /// What to do about one failed call.
-enum Failure {
+pub(crate) enum Failure {
     /// Throttling or a transient fault: retry soon.
     Transient(String),
     /// Will not heal by itself soon (access denied, missing shard, bad request): retry with
@@ -293,33 +325,12 @@ impl ShardReader {
     }
 
     fn failed(&mut self, failure: Failure) {
-        let (error, persistent) = match failure {
-            Failure::Transient(error) => (error, false),
-            Failure::Persistent(error) => (error, true),
-        };
-        let (delay, report) = self.failures.note(Instant::now(), persistent);
+        let delay = self.failures.failed(&self.shard_id, failure);
         self.next_call_at = Instant::now() + delay.max(MIN_CALL_SPACING);
-        let retry_in_ms = delay.as_millis() as u64;
-        match (report, persistent) {
-            (None, _) => {}
-            (Some(Report::First), false) => {
-                tracing::warn!(shard_id = %self.shard_id, error = %error, retry_in_ms, "transient error reading shard, retrying")
-            }
-            (Some(Report::First), true) => {
-                tracing::error!(shard_id = %self.shard_id, error = %error, retry_in_ms, "cannot read shard, retrying with backoff")
-            }
-            (Some(Report::Still { failures }), _) => {
-                tracing::error!(shard_id = %self.shard_id, error = %error, failures, retry_in_ms, "shard still failing, retrying with backoff")
-            }
-        }
     }
 
     fn recovered(&mut self) {
-        let f = &mut self.failures;
-        if f.count > 0 {
-            tracing::info!(shard_id = %self.shard_id, failures = f.count, "reading shard again");
-        }
-        *f = Failures::default();
+        self.failures.recovered(&self.shard_id);
     }
 
     /// A new iterator at the current position; `Err` only when the reader must end.

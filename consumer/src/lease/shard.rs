@@ -31,8 +31,9 @@ use super::sync::{parents_done, pending_parents};
 use super::table::{
     compare_sequence_numbers, Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable,
 };
-use crate::reader::{ReadError, ShardReader, StartPosition};
+use crate::reader::{ReadError, StartPosition};
 use crate::record::UserRecords;
+use crate::retrieval::Retrieval;
 
 /// What every shard task of a worker shares.
 pub(crate) struct ShardContext {
@@ -41,8 +42,8 @@ pub(crate) struct ShardContext {
     pub stream: String,
     pub worker_id: String,
     pub initial_position: InitialPosition,
-    pub max_records: i32,
-    pub poll_interval: Duration,
+    /// Polling or fan-out, ready to open shards.
+    pub retrieval: Retrieval,
     /// How often a child re-reads its parents' leases while it waits.
     pub parent_poll: Duration,
     /// Asks the coordinator for a shard sync (a shard ended: its children need leases).
@@ -192,14 +193,9 @@ async fn process<P: RecordProcessor>(
         return ShardOutcome::Failed(format!("initialize: {err:#}"));
     }
     let mut resume = Resume::new(&lease.checkpoint);
-    let mut reader = ShardReader::new(
-        ctx.kinesis.clone(),
-        &ctx.stream,
-        &shard_id,
-        start,
-        ctx.max_records,
-        ctx.poll_interval,
-    );
+    let mut reader = ctx
+        .retrieval
+        .open(ctx.kinesis.clone(), &ctx.stream, &shard_id, start);
     loop {
         let batch = match reader.next_batch(stop).await {
             Ok(batch) => batch,

@@ -46,6 +46,8 @@ use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
 use super::sync::{leases_to_create, parents_done, ShardInfo};
 use super::table::{Checkpoint, Lease, LeaseTable};
+use crate::fanout::RegisterError;
+use crate::retrieval::{Retrieval, RetrievalConfig};
 
 /// Time allowed for shard tasks to finish their batch and for the leases to be released after
 /// a stop request: within the 5 seconds a stopped container gets, with room for the rest.
@@ -81,9 +83,9 @@ pub struct WorkerConfig {
     pub max_leases_per_worker: Option<usize>,
     pub shard_sync_interval: Duration,
     pub initial_position: InitialPosition,
-    pub max_records: i32,
-    pub poll_interval: Duration,
-    /// How long to wait for a new lease table to become ACTIVE.
+    /// Polling (`GetRecords` limit and idle wait) or enhanced fan-out.
+    pub retrieval: RetrievalConfig,
+    /// How long to wait for a new lease table (and a new stream consumer) to become ACTIVE.
     pub table_wait_timeout: Duration,
 }
 
@@ -98,8 +100,7 @@ impl WorkerConfig {
             max_leases_per_worker: settings.lease.max_leases_per_worker,
             shard_sync_interval: settings.shard_sync_interval,
             initial_position: settings.initial_position,
-            max_records: settings.max_records,
-            poll_interval: settings.poll_interval,
+            retrieval: RetrievalConfig::from_settings(settings),
             table_wait_timeout: settings.shared.stream_wait_timeout,
         }
     }
@@ -161,6 +162,20 @@ impl<F: RecordProcessorFactory> Worker<F> {
             _ = cancel.cancelled() => return Ok(()),
             checked = self.table.check_stream() => checked?,
         }
+        // Fan-out: the stream consumer every worker of the application shares.
+        let retrieval = match Retrieval::prepare(
+            &self.config.retrieval,
+            &self.kinesis,
+            &self.config.stream,
+            self.config.table_wait_timeout,
+            &cancel,
+        )
+        .await
+        {
+            Ok(retrieval) => retrieval,
+            Err(RegisterError::Cancelled(_)) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
         // Our own token, so that a fatal error can stop the shard tasks like a signal does.
         let cancel = cancel.child_token();
         let held: HeldMap = Arc::default();
@@ -170,8 +185,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             stream: self.config.stream.clone(),
             worker_id: self.config.worker_id.clone(),
             initial_position: self.config.initial_position,
-            max_records: self.config.max_records,
-            poll_interval: self.config.poll_interval,
+            retrieval,
             parent_poll: self.config.renew_interval,
             sync_now: Arc::new(Notify::new()),
         });
@@ -196,6 +210,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             failover_ms = self.config.failover.as_millis() as u64,
             renew_ms = self.config.renew_interval.as_millis() as u64,
             mode = "leased",
+            retrieval = self.config.retrieval.name(),
             "consumer started"
         );
         unless_cancelled(&cancel, coordinator.sync_shards()).await;
@@ -558,7 +573,10 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
     /// Creates leases for shards that have none.
     async fn sync_shards(&mut self) {
         let shards = match common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
-            Ok(shards) => shards,
+            Ok(shards) => {
+                self.ctx.retrieval.note_listing(&shards);
+                shards
+            }
             Err(err) if crate::reader::stream_gone(&self.kinesis, &self.config.stream).await => {
                 self.fatal = Some(anyhow::anyhow!(
                     "stream {:?} was deleted while being read ({err:#})",
