@@ -652,9 +652,14 @@ impl FanoutReader {
                 (None, StartPosition::Latest) => {
                     request.shard_iterator_type(ShardIteratorType::Latest)
                 }
-                // Nothing handed out yet from a closed shard's start: anything there would
-                // have come by now, but look from its start to be sure.
-                (None, _) => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                (None, StartPosition::AtTimestamp(t)) => request
+                    .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                    .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(
+                        t.timestamp_millis(),
+                    )),
+                (None, StartPosition::TrimHorizon) => {
+                    request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+                }
             };
             let iterator = request
                 .send()
