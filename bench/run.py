@@ -23,8 +23,13 @@ on free ports:
                               native daemon; VerifyCertificate=false, CloudWatch metrics off,
                               its per-shard rate limit raised out of the way as ours is off)
    Left out with --no-kpl (the KPL needs Java 17+ and the Maven build of interop/java).
-3. End to end, against kinesis-mock (the engine LocalStack runs): the producer at a fixed
-   rate and the consumer, latency = consumer's log timestamp - the message's CreatedOn.
+3. End to end, against kinesis-mock 0.6.2 (the engine LocalStack runs): the producer at a
+   fixed rate and the consumer, latency = consumer's log timestamp - the message's CreatedOn,
+   for both retrievals in the same run: polling (GetRecords, 200 ms apart when idle) and
+   enhanced fan-out (SubscribeToShard). kinesis-mock pushes fan-out events about once a second,
+   so the fan-out figure measures that pace, not what AWS does (about 70 ms).
+
+    python3 bench/run.py --only end-to-end     # section 3 alone
 
 Prints Markdown tables.
 """
@@ -211,7 +216,7 @@ def parse_time(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def end_to_end(rate, seconds, aggregated, leased):
+def end_to_end(rate, seconds, aggregated, leased, retrieval):
     emu = Emulator("kinesis-mock")
     dynamo = Emulator("dynalite") if leased else None
     try:
@@ -221,12 +226,14 @@ def end_to_end(rate, seconds, aggregated, leased):
         if dynamo:
             base.update(AWS_ENDPOINT_URL_DYNAMODB=dynamo.endpoint, CONSUMER_MODE="leased",
                         CONSUMER_APPLICATION_NAME=stream)
+        consumer_env = {**base, "CONSUMER_POLL_INTERVAL_MS": "200", "CONSUMER_RETRIEVAL": retrieval,
+                        "CONSUMER_EFO_NAME": "bench"}
         log_path = tempfile.NamedTemporaryFile(suffix=".log", delete=False).name
         # The consumer appends to its own descriptor; this script reads through a separate one
         # (seeking a shared descriptor would move the writer's offset too).
         with open(log_path, "a") as sink:
             consumer = subprocess.Popen([os.path.join(RELEASE, "consumer")],
-                                        env={**base, "CONSUMER_POLL_INTERVAL_MS": "200"},
+                                        env=consumer_env,
                                         stdout=sink, stderr=subprocess.DEVNULL)
         per_tick = max(1, rate // 20)
         count = rate * seconds
@@ -256,7 +263,7 @@ def end_to_end(rate, seconds, aggregated, leased):
         _, _, usage = os.wait4(consumer.pid, 0)
         latencies.sort()
         os.unlink(log_path)
-        return {"aggregated": aggregated, "rate": rate, "count": count, "received": len(latencies),
+        return {"aggregated": aggregated, "retrieval": retrieval, "rate": rate, "count": count, "received": len(latencies),
                 "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
                 "producer_rss_mib": producer_rss, "consumer_rss_mib": usage.ru_maxrss / 1024}
     finally:
@@ -275,6 +282,8 @@ def main():
     parser.add_argument("--no-kpl", action="store_true", help="leave out the TLS rows (the KPL needs Java and Maven)")
     parser.add_argument("--latency-rate", type=int, default=200, help="messages per second in the end-to-end run")
     parser.add_argument("--latency-seconds", type=int, default=20)
+    parser.add_argument("--only", choices=["all", "end-to-end"], default="all",
+                        help="end-to-end: leave out the producer throughput sections")
     args = parser.parse_args()
 
     producer = [os.path.join(RELEASE, "producer")]
@@ -284,11 +293,20 @@ def main():
     peer_kpl = ["java", "-cp", os.path.join(kpl_lib, "*"), "interop.KplProducer"]
     kpl_jars = glob.glob(os.path.join(kpl_lib, "amazon-kinesis-producer-*.jar"))
     kpl_version = os.path.basename(kpl_jars[0])[len("amazon-kinesis-producer-"):-len(".jar")] if kpl_jars else "?"
-    for path in (producer[0], peer_rust[0], os.path.join(RELEASE, "consumer")) + (() if args.no_kpl else (kpl_lib,)):
+    needed = (producer[0], os.path.join(RELEASE, "consumer"))
+    if args.only == "all":
+        needed += (peer_rust[0],) + (() if args.no_kpl else (kpl_lib,))
+    for path in needed:
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: run bench/prepare.sh first")
 
     print(f"machine: {os.cpu_count()} cores; emulator runs on the same cores", file=sys.stderr)
+    if args.only == "all":
+        throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version)
+    end_to_end_section(args)
+
+
+def throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version):
     emu = Emulator("kinesalite")
     try:
         rows = [
@@ -329,12 +347,19 @@ def main():
             print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / kpl:.1f}x |")
         sys.stdout.flush()
 
-    print(f"\n### End to end (kinesis-mock, {args.latency_rate} msg/s for {args.latency_seconds} s, consumer polling every 200 ms)\n")
-    print("| consumer mode | aggregation | received / sent | latency p50 ms | latency p99 ms | producer peak RSS MiB | consumer peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for leased, aggregated in ((False, True), (False, False), (True, True)):
-        e = end_to_end(args.latency_rate, args.latency_seconds, aggregated, leased)
-        print(f"| {'leased' if leased else 'polling'} | {'on' if aggregated else 'off'} | {e['received']:,} / {e['count']:,} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['producer_rss_mib']:.1f} | {e['consumer_rss_mib']:.1f} |")
+
+
+def end_to_end_section(args):
+    print(f"\n### End to end (kinesis-mock 0.6.2, {args.latency_rate} msg/s for {args.latency_seconds} s; "
+          "polling: GetRecords 200 ms apart when idle; fan-out: kinesis-mock pushes about once a second)\n")
+    print("| consumer mode | retrieval | aggregation | received / sent | latency p50 ms | latency p99 ms | producer peak RSS MiB | consumer peak RSS MiB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    runs = ((False, True, "polling"), (False, False, "polling"), (True, True, "polling"),
+            (False, True, "fanout"), (False, False, "fanout"), (True, True, "fanout"))
+    for leased, aggregated, retrieval in runs:
+        e = end_to_end(args.latency_rate, args.latency_seconds, aggregated, leased, retrieval)
+        print(f"| {'leased' if leased else 'polling'} | {retrieval} | {'on' if aggregated else 'off'} | {e['received']:,} / {e['count']:,} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['producer_rss_mib']:.1f} | {e['consumer_rss_mib']:.1f} |")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -477,7 +477,7 @@ impl FanoutReader {
                         self.retry_quietly();
                         continue;
                     }
-                    let failure = self.judge(kind, text).await?;
+                    let failure = self.judge(kind, text, cancel).await?;
                     self.failed(failure);
                 }
             }
@@ -587,22 +587,37 @@ impl FanoutReader {
                     tracing::debug!(shard_id = %self.shard_id, error = %text, "previous subscription not released yet");
                     return Ok(Err(None));
                 }
-                Ok(Err(Some(self.judge(kind, text).await?)))
+                Ok(Err(Some(self.judge(kind, text, cancel).await?)))
             }
         }
     }
 
-    /// Sorts a failure: retried soon, retried with long waits, or the end (the stream is gone).
-    async fn judge(&self, kind: ErrorKind, text: String) -> Result<Failure, ReadError> {
+    /// Sorts a failure: retried soon, retried with long waits, or the end (the stream is gone,
+    /// or a stop was requested while that was being checked).
+    async fn judge(
+        &self,
+        kind: ErrorKind,
+        text: String,
+        cancel: &CancellationToken,
+    ) -> Result<Failure, ReadError> {
         Ok(match kind {
             // Throttled (one call a second) or the subscription still held elsewhere.
             kind if kind.is_retryable() || kind == ErrorKind::InUse => Failure::Transient(text),
-            ErrorKind::NotFound if stream_gone(&self.client, &self.stream).await => {
-                return Err(ReadError::StreamGone {
-                    stream: self.stream.clone(),
-                    shard_id: self.shard_id.clone(),
-                    message: text,
-                })
+            // A missing shard or stream consumer, or a deleted stream: only the last one ends
+            // the reader.
+            ErrorKind::NotFound => {
+                let gone = tokio::select! {
+                    _ = cancel.cancelled() => return Err(ReadError::Cancelled),
+                    gone = stream_gone(&self.client, &self.stream) => gone,
+                };
+                if gone {
+                    return Err(ReadError::StreamGone {
+                        stream: self.stream.clone(),
+                        shard_id: self.shard_id.clone(),
+                        message: text,
+                    });
+                }
+                Failure::Persistent(text)
             }
             _ => Failure::Persistent(text),
         })
