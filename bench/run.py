@@ -23,7 +23,7 @@ on free ports:
                               native daemon; VerifyCertificate=false, CloudWatch metrics off,
                               its per-shard rate limit raised out of the way as ours is off)
    Left out with --no-kpl (the KPL needs Java 17+ and the Maven build of interop/java).
-3. End to end, against kinesis-mock 0.6.2 (the engine LocalStack runs): the producer at a
+3. End to end, against kinesis-mock 0.6.2 (LocalStack 4.14 runs 0.5.2, which has no SubscribeToShard): the producer at a
    fixed rate and the consumer, latency = consumer's log timestamp - the message's CreatedOn,
    for both retrievals in the same run: polling (GetRecords, 200 ms apart when idle) and
    enhanced fan-out (SubscribeToShard). kinesis-mock pushes fan-out events about once a second,

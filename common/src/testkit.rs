@@ -3,7 +3,7 @@
 //! ports, and runs the service binaries as child processes whose log lines the tests read.
 //! Everything started here is killed when its guard drops, also when a test panics.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -687,6 +687,29 @@ pub fn field(events: &[Value], field: &str) -> Vec<String> {
         .iter()
         .filter_map(|e| e.get(field).and_then(Value::as_str).map(str::to_string))
         .collect()
+}
+
+/// Asserts that every record `consumer` logged as received carries the sequence number
+/// `producer` logged as sent for the same message id.
+pub fn assert_received_as_sent(producer: &ServiceProcess, consumer: &ServiceProcess) {
+    let sent: HashMap<String, String> = producer
+        .events("record sent")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e.get("id")?.as_str()?.to_string(),
+                e.get("sequence_number")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    for e in consumer.events("record received") {
+        let id = e["id"].as_str().unwrap_or_default();
+        assert_eq!(
+            sent.get(id).map(String::as_str),
+            e["sequence_number"].as_str(),
+            "message {id}: received under another sequence number than it was sent"
+        );
+    }
 }
 
 /// Runs `binary` with `var` set to bytes that are not UTF-8 (and nothing else that could reach

@@ -9,28 +9,18 @@
 //! conditions, never on that pace. They run one at a time (failover bounds on a 2-core
 //! machine).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
 use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
 use serde_json::Value;
-
-const FAILOVER_MS: u64 = 3000;
-const RENEW_MS: u64 = FAILOVER_MS / 3;
+use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn consumer_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_consumer"))
-}
-
-fn producer_bin() -> PathBuf {
-    testkit::sibling_binary(env!("CARGO_BIN_EXE_consumer"), "producer")
-}
 
 /// The shared kinesis-mock, checked to be a version that serves `SubscribeToShard`.
 fn kinesis_mock() -> &'static testkit::Emulator {
@@ -67,16 +57,6 @@ fn producer(endpoint: &str, stream: &str, count: usize, interval_ms: u64) -> Ser
             ],
         ),
     )
-}
-
-fn ids(process: &ServiceProcess) -> Vec<String> {
-    field(&process.events("record received"), "id")
-}
-
-fn sent_ids(producer: &ServiceProcess) -> HashSet<String> {
-    field(&producer.events("record sent"), "id")
-        .into_iter()
-        .collect()
 }
 
 async fn put_messages(
@@ -202,22 +182,7 @@ async fn polling_mode_with_fanout_reads_every_message_once_and_reuses_its_stream
         .collect();
     assert_eq!(shards.len(), 2, "both shards were read");
     // Each record carries what the producer logged for it.
-    let sent_seq: HashMap<String, String> = producer
-        .events("record sent")
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                e["sequence_number"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    for e in reader.events("record received") {
-        assert_eq!(
-            sent_seq.get(e["id"].as_str().unwrap()).map(String::as_str),
-            e["sequence_number"].as_str()
-        );
-    }
+    testkit::assert_received_as_sent(&producer, &reader);
 
     // A second run finds the consumer and uses it as it is.
     let mut again = fanout_consumer(&emu.endpoint(), &stream, &[]);
@@ -517,196 +482,13 @@ async fn sigterm_exits_within_5_seconds_with_a_quiet_or_hanging_subscription() {
     }
 }
 
-#[test]
-fn a_bad_retrieval_setting_ends_the_consumer_with_one_line_naming_it() {
-    let mut env = testkit::service_env("http://127.0.0.1:9", "s");
-    env.push(("CONSUMER_RETRIEVAL".into(), "push".into()));
-    let mut process = ServiceProcess::spawn(consumer_bin(), &env);
-    let status = process
-        .wait_exit(Duration::from_secs(10))
-        .expect("exits at once");
-    assert_eq!(status.code(), Some(2));
-    let err = process.stderr_lines();
-    assert_eq!(err.len(), 1, "{err:?}");
-    assert!(
-        err[0].contains("CONSUMER_RETRIEVAL") && err[0].contains("push"),
-        "{err:?}"
-    );
-}
-
 // ---- leased mode with fan-out ----
 
-struct Setup {
-    stream: String,
-    app: String,
-    kinesis_endpoint: String,
-    dynamo_endpoint: String,
-    kinesis: aws_sdk_kinesis::Client,
-    dynamo: aws_sdk_dynamodb::Client,
-}
-
 async fn setup(prefix: &str, shards: i32) -> Setup {
-    let kinesis_emu = kinesis_mock();
-    let dynamo_emu = testkit::shared(Kind::Dynalite);
-    let stream = testkit::unique_name(prefix);
-    let kinesis = kinesis_emu.kinesis();
-    testkit::create_stream(&kinesis, &stream, shards).await;
-    Setup {
-        app: testkit::unique_name(&format!("{prefix}-app")),
-        stream,
-        kinesis_endpoint: kinesis_emu.endpoint(),
-        dynamo_endpoint: dynamo_emu.endpoint(),
-        kinesis,
-        dynamo: dynamo_emu.dynamodb(),
-    }
-}
-
-impl Setup {
-    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut env = testkit::service_env_with_dynamo(
-            &self.kinesis_endpoint,
-            &self.dynamo_endpoint,
-            &self.stream,
-        );
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        env
-    }
-
-    /// A leased worker reading with fan-out; the stream consumer is named after the
-    /// application (the default).
-    fn worker(&self, id: &str) -> ServiceProcess {
-        let failover = FAILOVER_MS.to_string();
-        ServiceProcess::spawn(
-            consumer_bin(),
-            &self.env(&[
-                ("CONSUMER_MODE", "leased"),
-                ("CONSUMER_RETRIEVAL", "fanout"),
-                ("CONSUMER_APPLICATION_NAME", self.app.as_str()),
-                ("CONSUMER_WORKER_ID", id),
-                ("CONSUMER_FAILOVER_MS", failover.as_str()),
-                ("CONSUMER_SHARD_SYNC_MS", "1000"),
-            ]),
-        )
-    }
-
-    fn producer(&self, count: usize, interval_ms: u64) -> ServiceProcess {
-        let count = count.to_string();
-        let interval = interval_ms.to_string();
-        ServiceProcess::spawn(
-            &producer_bin(),
-            &self.env(&[
-                ("PRODUCER_COUNT", count.as_str()),
-                ("PRODUCER_INTERVAL_MS", interval.as_str()),
-            ]),
-        )
-    }
-
-    /// Shard id -> owner, for the leases not at SHARD_END.
-    async fn owners(&self) -> BTreeMap<String, Option<String>> {
-        let items = match self.dynamo.scan().table_name(&self.app).send().await {
-            Ok(out) => out.items().to_vec(),
-            Err(_) => Vec::new(),
-        };
-        items
-            .iter()
-            .filter(|i| s(i, "checkpoint").as_deref() != Some("SHARD_END"))
-            .filter_map(|i| Some((s(i, "leaseKey")?, s(i, "leaseOwner"))))
-            .collect()
-    }
-
-    async fn owned_by(&self, worker: &str) -> HashSet<String> {
-        self.owners()
-            .await
-            .into_iter()
-            .filter(|(_, o)| o.as_deref() == Some(worker))
-            .map(|(k, _)| k)
-            .collect()
-    }
-}
-
-fn s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
-}
-
-/// Polls an async condition every 200 ms until it holds or `limit` passes.
-async fn until<F, Fut>(limit: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until each worker holds two leases and knows exactly which.
-async fn settle_two_by_two(setup: &Setup, a: (&str, &ServiceProcess), b: (&str, &ServiceProcess)) {
-    let settled = until(Duration::from_secs(60), || async {
-        let (sa, sb) = (setup.owned_by(a.0).await, setup.owned_by(b.0).await);
-        sa.len() == 2 && sb.len() == 2 && a.1.held_leases() == sa && b.1.held_leases() == sb
-    })
-    .await;
-    assert!(
-        settled,
-        "{:?}\n{}\n{}",
-        setup.owners().await,
-        a.1.dump(),
-        b.1.dump()
-    );
-}
-
-fn wait_ok(process: &mut ServiceProcess, limit: Duration) {
-    let code = process.wait_exit(limit).and_then(|s| s.code());
-    assert_eq!(code, Some(0), "{}", process.dump());
-}
-
-fn duplicates(processes: &[&ServiceProcess]) -> HashSet<String> {
-    let mut seen = HashSet::new();
-    let mut dups = HashSet::new();
-    for p in processes {
-        for id in ids(p) {
-            if !seen.insert(id.clone()) {
-                dups.insert(id);
-            }
-        }
-    }
-    dups
-}
-
-fn all_received(processes: &[&ServiceProcess], sent: &HashSet<String>) -> bool {
-    let got: HashSet<String> = processes.iter().flat_map(|p| ids(p)).collect();
-    sent.is_subset(&got)
-}
-
-/// What `process` logged as received on `shards` after its last `checkpoint` on that shard.
-fn after_last_checkpoint(process: &ServiceProcess, shards: &HashSet<String>) -> HashSet<String> {
-    let mut pending: HashMap<String, HashSet<String>> = HashMap::new();
-    for line in process.lines() {
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        let shard = event["shard_id"].as_str().unwrap_or_default().to_string();
-        match event["message"].as_str() {
-            Some("checkpoint") => {
-                pending.remove(&shard);
-            }
-            Some("record received") if shards.contains(&shard) => {
-                pending
-                    .entry(shard)
-                    .or_default()
-                    .insert(event["id"].as_str().unwrap_or_default().to_string());
-            }
-            _ => {}
-        }
-    }
-    pending.into_values().flatten().collect()
+    let mut setup = Setup::new(prefix, shards, kinesis_mock()).await;
+    // The stream consumer is named after the application (the default).
+    setup.worker_vars = vec![("CONSUMER_RETRIEVAL", "fanout")];
+    setup
 }
 
 #[tokio::test]
@@ -733,13 +515,7 @@ async fn leased_fanout_kill_9_hands_shards_over_and_repeats_only_the_last_batch(
     let killed = Instant::now();
     victim.wait_exit(Duration::from_secs(5));
     let acquired = testkit::eventually(Duration::from_secs(20), || {
-        let taken: HashSet<String> = field(
-            &survivor.events("lease acquired")[acquired_before..],
-            "shard_id",
-        )
-        .into_iter()
-        .collect();
-        victim_shards.is_subset(&taken)
+        acquired_since(&survivor, acquired_before).is_superset(&victim_shards)
     })
     .await;
     let acquired_after = killed.elapsed();
@@ -788,13 +564,7 @@ async fn leased_fanout_sigterm_hands_shards_over_with_no_duplicates_and_no_loss(
     let stopped = Instant::now();
     leaving.stop();
     let acquired = testkit::eventually(Duration::from_secs(10), || {
-        let taken: HashSet<String> = field(
-            &staying.events("lease acquired")[acquired_before..],
-            "shard_id",
-        )
-        .into_iter()
-        .collect();
-        leaving_shards.is_subset(&taken)
+        acquired_since(&staying, acquired_before).is_superset(&leaving_shards)
     })
     .await;
     assert!(acquired, "{}", staying.dump());

@@ -7,128 +7,23 @@
 //! Short timings: failover 3 s, so renewal and scans every second. The tests run one at a time
 //! (they measure failover times on a 2-core machine).
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
 use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
-use serde_json::Value;
-
-const FAILOVER_MS: u64 = 3000;
-const RENEW_MS: u64 = FAILOVER_MS / 3;
+use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn consumer_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_consumer"))
-}
-
-fn producer_bin() -> PathBuf {
-    testkit::sibling_binary(env!("CARGO_BIN_EXE_consumer"), "producer")
-}
-
-struct Setup {
-    stream: String,
-    app: String,
-    kinesis_endpoint: String,
-    dynamo_endpoint: String,
-    kinesis: aws_sdk_kinesis::Client,
-    dynamo: aws_sdk_dynamodb::Client,
-}
-
 async fn setup(prefix: &str, shards: i32) -> Setup {
-    let kinesis_emu = testkit::shared(Kind::KinesisMock);
-    let dynamo_emu = testkit::shared(testkit::lease_table_emulator());
-    let stream = testkit::unique_name(prefix);
-    let kinesis = kinesis_emu.kinesis();
-    testkit::create_stream(&kinesis, &stream, shards).await;
-    Setup {
-        app: testkit::unique_name(&format!("{prefix}-app")),
-        stream,
-        kinesis_endpoint: kinesis_emu.endpoint(),
-        dynamo_endpoint: dynamo_emu.endpoint(),
-        kinesis,
-        dynamo: dynamo_emu.dynamodb(),
-    }
+    Setup::new(prefix, shards, testkit::shared(Kind::KinesisMock)).await
 }
 
 impl Setup {
-    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut env = testkit::service_env_with_dynamo(
-            &self.kinesis_endpoint,
-            &self.dynamo_endpoint,
-            &self.stream,
-        );
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        env
-    }
-
-    fn worker(&self, id: &str) -> ServiceProcess {
-        self.worker_with(id, &[])
-    }
-
-    fn worker_with(&self, id: &str, extra: &[(&str, &str)]) -> ServiceProcess {
-        let failover = FAILOVER_MS.to_string();
-        let mut vars = vec![
-            ("CONSUMER_MODE", "leased"),
-            ("CONSUMER_APPLICATION_NAME", self.app.as_str()),
-            ("CONSUMER_WORKER_ID", id),
-            ("CONSUMER_FAILOVER_MS", failover.as_str()),
-            ("CONSUMER_POLL_INTERVAL_MS", "200"),
-            ("CONSUMER_SHARD_SYNC_MS", "1000"),
-        ];
-        vars.extend_from_slice(extra);
-        ServiceProcess::spawn(consumer_bin(), &self.env(&vars))
-    }
-
-    fn producer(&self, count: usize, interval_ms: u64) -> ServiceProcess {
-        let count = count.to_string();
-        let interval = interval_ms.to_string();
-        ServiceProcess::spawn(
-            &producer_bin(),
-            &self.env(&[
-                ("PRODUCER_COUNT", count.as_str()),
-                ("PRODUCER_INTERVAL_MS", interval.as_str()),
-            ]),
-        )
-    }
-
-    async fn items(&self) -> Vec<HashMap<String, AttributeValue>> {
-        match self.dynamo.scan().table_name(&self.app).send().await {
-            Ok(out) => out.items().to_vec(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Shard id -> owner, for the leases not at SHARD_END.
-    async fn owners(&self) -> BTreeMap<String, Option<String>> {
-        self.items()
-            .await
-            .iter()
-            .filter(|i| s(i, "checkpoint").as_deref() != Some("SHARD_END"))
-            .filter_map(|i| Some((s(i, "leaseKey")?, s(i, "leaseOwner"))))
-            .collect()
-    }
-
-    async fn put(&self, partition_key: &str) -> (String, String, String) {
-        let message = DataMessage::new();
-        let out = testkit::put_record(
-            &self.kinesis,
-            &self.stream,
-            partition_key,
-            message.to_json(),
-        )
-        .await;
-        (
-            message.id.to_string(),
-            out.shard_id().to_string(),
-            out.sequence_number().to_string(),
-        )
-    }
-
     /// Creates the lease table the way a Java KCL application does (hash key `leaseKey`,
     /// on-demand) and waits until it is ACTIVE.
     async fn create_kcl_table(&self) {
@@ -221,149 +116,12 @@ fn kcl_item(
     item
 }
 
-fn s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
-}
-
 fn load(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usize> {
     let mut load = BTreeMap::new();
     for owner in owners.values().flatten() {
         *load.entry(owner.clone()).or_default() += 1;
     }
     load
-}
-
-/// Waits until the two workers hold two leases each, and each knows exactly which: a worker
-/// that had a lease stolen has noticed. Then no steal is pending, and records produced from now
-/// on are not repeated by balancing.
-async fn settle_two_by_two(setup: &Setup, a: (&str, &ServiceProcess), b: (&str, &ServiceProcess)) {
-    let settled = until(Duration::from_secs(60), || async {
-        let owners = setup.owners().await;
-        let of = |w: &str| -> HashSet<String> {
-            owners
-                .iter()
-                .filter(|(_, o)| o.as_deref() == Some(w))
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        let (sa, sb) = (of(a.0), of(b.0));
-        sa.len() == 2 && sb.len() == 2 && a.1.held_leases() == sa && b.1.held_leases() == sb
-    })
-    .await;
-    assert!(
-        settled,
-        "{:?}\n{}",
-        setup.owners().await,
-        dump_all(&[a.1, b.1])
-    );
-}
-
-/// Polls an async condition every 200 ms until it holds or `limit` passes.
-async fn until<F, Fut>(limit: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn ids(process: &ServiceProcess) -> Vec<String> {
-    field(&process.events("record received"), "id")
-}
-
-fn sent_ids(producer: &ServiceProcess) -> HashSet<String> {
-    field(&producer.events("record sent"), "id")
-        .into_iter()
-        .collect()
-}
-
-fn wait_ok(process: &mut ServiceProcess, limit: Duration) {
-    let code = process.wait_exit(limit).and_then(|s| s.code());
-    assert_eq!(code, Some(0), "{}", process.dump());
-}
-
-/// SIGTERM, then exit 0 within 5 seconds.
-fn stop(process: &mut ServiceProcess) {
-    process.signal("TERM");
-    wait_ok(process, Duration::from_secs(5));
-}
-
-/// Ids received more than once across `processes`.
-fn duplicates(processes: &[&ServiceProcess]) -> HashSet<String> {
-    let mut seen = HashSet::new();
-    let mut dups = HashSet::new();
-    for p in processes {
-        for id in ids(p) {
-            if !seen.insert(id.clone()) {
-                dups.insert(id);
-            }
-        }
-    }
-    dups
-}
-
-fn all_received(processes: &[&ServiceProcess], sent: &HashSet<String>) -> bool {
-    let got: HashSet<String> = processes.iter().flat_map(|p| ids(p)).collect();
-    sent.is_subset(&got)
-}
-
-/// What `process` logged as received on `shards` after its last `checkpoint` on that shard.
-fn after_last_checkpoint(process: &ServiceProcess, shards: &HashSet<String>) -> HashSet<String> {
-    let mut pending: HashMap<String, HashSet<String>> = HashMap::new();
-    for line in process.lines() {
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        let shard = event["shard_id"].as_str().unwrap_or_default().to_string();
-        match event["message"].as_str() {
-            Some("checkpoint") => {
-                pending.remove(&shard);
-            }
-            Some("record received") if shards.contains(&shard) => {
-                pending
-                    .entry(shard)
-                    .or_default()
-                    .insert(event["id"].as_str().unwrap_or_default().to_string());
-            }
-            _ => {}
-        }
-    }
-    pending.into_values().flatten().collect()
-}
-
-/// Writes every process's whole output to a file, for a failure message.
-fn save_logs(test: &str, processes: &[&ServiceProcess]) -> String {
-    let path = std::env::temp_dir().join(testkit::unique_name(&format!("leased-{test}")));
-    let text: String = processes
-        .iter()
-        .map(|p| {
-            format!(
-                "=== {} (pid {})\n{}\n",
-                p.name,
-                p.pid(),
-                p.lines().join("\n")
-            )
-        })
-        .collect();
-    let _ = std::fs::write(&path, text);
-    format!("logs in {}", path.display())
-}
-
-fn dump_all(processes: &[&ServiceProcess]) -> String {
-    processes
-        .iter()
-        .map(|p| p.dump())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]
@@ -462,13 +220,7 @@ async fn kill_9_hands_shards_over_within_failover_and_repeats_only_the_last_batc
     victim.wait_exit(Duration::from_secs(5));
 
     let acquired = testkit::eventually(Duration::from_secs(20), || {
-        let taken: HashSet<String> = field(
-            &survivor.events("lease acquired")[acquired_before..],
-            "shard_id",
-        )
-        .into_iter()
-        .collect();
-        victim_shards.is_subset(&taken)
+        acquired_since(&survivor, acquired_before).is_superset(&victim_shards)
     })
     .await;
     let acquired_after = killed.elapsed();
@@ -542,13 +294,7 @@ async fn sigterm_hands_shards_over_with_no_duplicates_and_no_loss() {
     let stopped = Instant::now();
     stop(&mut leaving);
     let acquired = testkit::eventually(Duration::from_secs(10), || {
-        let taken: HashSet<String> = field(
-            &staying.events("lease acquired")[acquired_before..],
-            "shard_id",
-        )
-        .into_iter()
-        .collect();
-        leaving_shards.is_subset(&taken)
+        acquired_since(&staying, acquired_before).is_superset(&leaving_shards)
     })
     .await;
     assert!(acquired, "{}", staying.dump());

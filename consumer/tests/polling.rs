@@ -3,7 +3,7 @@
 //! before children, malformed records are skipped with a warning, and the process stops
 //! cleanly on SIGTERM or refuses a bad setting.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,21 +78,8 @@ async fn every_message_sent_to_a_two_shard_stream_is_read_exactly_once() {
         .collect();
     assert_eq!(shards.len(), 2, "both shards were read");
     // Each record carries what the producer logged for it.
-    let sent_seq: HashMap<String, String> = producer
-        .events("record sent")
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_string(),
-                e["sequence_number"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    testkit::assert_received_as_sent(&producer, &reader);
     for e in reader.events("record received") {
-        assert_eq!(
-            sent_seq.get(e["id"].as_str().unwrap()).map(String::as_str),
-            e["sequence_number"].as_str()
-        );
         assert!(e["created_on"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
 }
@@ -236,19 +223,21 @@ async fn latest_skips_what_was_written_before_the_consumer_started() {
 
 #[test]
 fn a_bad_setting_ends_the_consumer_with_one_line_naming_it() {
-    let mut env = testkit::service_env("http://127.0.0.1:9", "s");
-    env.push(("CONSUMER_INITIAL_POSITION".into(), "BEGINNING".into()));
-    let mut process = ServiceProcess::spawn(consumer_bin(), &env);
-    let status = process
-        .wait_exit(Duration::from_secs(10))
-        .expect("exits at once");
-    assert_eq!(status.code(), Some(2));
-    let err = process.stderr_lines();
-    assert_eq!(err.len(), 1, "{err:?}");
-    assert!(
-        err[0].contains("CONSUMER_INITIAL_POSITION") && err[0].contains("BEGINNING"),
-        "{err:?}"
-    );
+    for (var, value) in [
+        ("CONSUMER_INITIAL_POSITION", "BEGINNING"),
+        ("CONSUMER_RETRIEVAL", "push"),
+    ] {
+        let mut env = testkit::service_env("http://127.0.0.1:9", "s");
+        env.push((var.into(), value.into()));
+        let mut process = ServiceProcess::spawn(consumer_bin(), &env);
+        let status = process
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits at once");
+        assert_eq!(status.code(), Some(2), "{var}");
+        let err = process.stderr_lines();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].contains(var) && err[0].contains(value), "{err:?}");
+    }
 }
 
 #[tokio::test]
