@@ -5,7 +5,8 @@
 # CHROMIUM_PATH).
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
-# Without arguments (as CI runs it) the consumer's Kinesis suites (polling, aggregation, leased)
+# Without arguments (as CI runs it) the documentation examples run next, and the consumer's
+# Kinesis suites (polling, aggregation, leased)
 # then run a second time against kinesis-mock 0.5.2, the engine LocalStack 4.14.0 installs, so
 # the docker compose demo's engine is tested too; the first pass uses 0.6.2. With arguments only
 # the first pass runs (KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 selects 0.5.2 for it).
@@ -24,6 +25,9 @@ echo "==> cargo test --workspace (kinesis-mock: ${KINESIS_MOCK_PACKAGE:-kinesis-
 cargo test --workspace --all-targets --locked "$@"
 
 if (($# == 0)); then
+  # `--all-targets` leaves out documentation examples: they are compiled and run here.
+  echo "==> cargo test --workspace --doc" >&2
+  cargo test --workspace --doc --locked
   echo "==> consumer Kinesis suites again, against kinesis-mock 0.5.2 (LocalStack 4.14.0's)" >&2
   KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 \
     cargo test --locked -p consumer --test polling --test aggregation --test leased
