@@ -5,9 +5,12 @@
 //! - Each worker aims at `target = ceil(leases / live workers)`, capped by
 //!   `CONSUMER_MAX_LEASES_PER_WORKER`.
 //! - Below target, a worker first takes expired (or unowned) leases, as many as it is short.
-//! - Only when none is expired does it steal, at most one lease per cycle, from the most loaded
-//!   worker, and only when that worker is above target, or at target while this worker is
+//! - Only when none is expired does it steal: as many leases as it is short, in one cycle, from
+//!   the workers above target (most loaded first), never taking one of them below target; so a
+//!   worker joining one that holds 200 leases takes its 100 at once. When nobody is above
+//!   target, it steals one lease from the most loaded worker at target, and only while it is
 //!   short by two or more (so 6 leases on 4 workers settle at 2-2-1-1 instead of oscillating).
+//!   Workers that are balanced (everyone within one of target) never move a lease.
 //!
 //! Leases at `SHARD_END` are not passed in: nobody needs to hold them.
 
@@ -33,8 +36,8 @@ pub struct Plan {
     pub workers: usize,
     /// Leases to take, in this order.
     pub take: Vec<String>,
-    /// Set when `take` is a steal: the victim.
-    pub stolen_from: Option<String>,
+    /// Set when `take` is a steal: the victims, most loaded first.
+    pub stolen_from: Vec<String>,
 }
 
 /// `ceil(leases / workers)`, capped; 0 when there is nothing to hold.
@@ -82,34 +85,46 @@ pub fn plan(
         return plan;
     }
 
-    // Most loaded other worker; ties broken by name so the choice is stable.
-    let Some((victim, victim_load)) = load
+    // Other workers, most loaded first; ties broken by name so the choice is stable.
+    let mut others: Vec<(&str, usize)> = load
         .iter()
         .filter(|(w, _)| **w != me)
-        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-        .map(|(w, n)| (w.to_string(), *n))
-    else {
-        return plan;
-    };
-    let over = victim_load.saturating_sub(target);
-    let steal = if victim_load < target {
-        0
-    } else if over == 0 {
-        usize::from(needed > 1)
-    } else {
-        needed.min(over)
-    }
-    .min(1);
-    if steal == 0 {
-        return plan;
-    }
-    let candidates: Vec<&LeaseView> = leases
-        .iter()
-        .filter(|l| !l.expired && l.owner.as_deref() == Some(victim.as_str()))
+        .map(|(w, n)| (*w, *n))
         .collect();
-    if let Some(lease) = candidates.choose(rng) {
-        plan.take = vec![lease.key.clone()];
-        plan.stolen_from = Some(victim);
+    others.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    // As many as this worker is short, from every worker above target, none taken below it.
+    let mut quotas: Vec<(&str, usize)> = Vec::new();
+    let mut left = needed;
+    for (worker, n) in &others {
+        if left == 0 || *n <= target {
+            break;
+        }
+        let k = (n - target).min(left);
+        quotas.push((worker, k));
+        left -= k;
+    }
+    // Nobody above target: one from the most loaded at target, and only while this worker is
+    // short by two or more (6 leases on 4 workers settle at 2-2-1-1 instead of oscillating).
+    if quotas.is_empty() && needed > 1 {
+        if let Some((worker, n)) = others.first() {
+            if *n == target && target > 0 {
+                quotas.push((worker, 1));
+            }
+        }
+    }
+    for (victim, k) in quotas {
+        let candidates: Vec<&LeaseView> = leases
+            .iter()
+            .filter(|l| !l.expired && l.owner.as_deref() == Some(victim))
+            .collect();
+        let chosen: Vec<String> = candidates
+            .choose_multiple(rng, k)
+            .map(|l| l.key.clone())
+            .collect();
+        if !chosen.is_empty() {
+            plan.take.extend(chosen);
+            plan.stolen_from.push(victim.to_string());
+        }
     }
     plan
 }
@@ -165,7 +180,7 @@ mod tests {
         let mut take = p.take.clone();
         take.sort();
         assert_eq!(take, vec!["a", "b", "c"]);
-        assert_eq!(p.stolen_from, None);
+        assert!(p.stolen_from.is_empty());
     }
 
     #[test]
@@ -182,19 +197,111 @@ mod tests {
             .take
             .iter()
             .all(|k| ["s3", "s4", "s5"].contains(&k.as_str())));
-        assert_eq!(p.stolen_from, None);
+        assert!(p.stolen_from.is_empty());
         // With a cap of 2, only 2 of them.
         assert_eq!(plan(&l, "me", Some(2), &mut rng()).take.len(), 2);
     }
 
     #[test]
-    fn at_most_one_lease_is_stolen_per_cycle_from_the_most_loaded_worker() {
+    fn a_worker_steals_what_it_is_short_from_workers_above_target_only() {
+        // 4-2-0: target 2; "big" is 2 over, "small" at target.
         let l = owned(&["big", "big", "big", "big", "small", "small"]);
         let p = plan(&l, "me", None, &mut rng());
         assert_eq!((p.workers, p.target), (3, 2));
-        assert_eq!(p.take.len(), 1);
-        assert_eq!(p.stolen_from.as_deref(), Some("big"));
-        assert!(["s0", "s1", "s2", "s3"].contains(&p.take[0].as_str()));
+        assert_eq!(p.take.len(), 2);
+        assert_eq!(p.stolen_from, vec!["big"]);
+        assert!(p
+            .take
+            .iter()
+            .all(|k| ["s0", "s1", "s2", "s3"].contains(&k.as_str())));
+    }
+
+    #[test]
+    fn a_worker_joining_one_with_200_leases_takes_its_half_in_one_cycle() {
+        let l = owned(&["old"; 200]);
+        let p = plan(&l, "new", None, &mut rng());
+        assert_eq!((p.workers, p.target), (2, 100));
+        assert_eq!(p.take.len(), 100);
+        let distinct: std::collections::HashSet<&String> = p.take.iter().collect();
+        assert_eq!(distinct.len(), 100);
+        // Joining two with 100 each: 33 from each, none left below target (67).
+        let mut owners = vec!["a"; 100];
+        owners.extend(vec!["b"; 100]);
+        let l = owned(&owners);
+        let p = plan(&l, "c", None, &mut rng());
+        assert_eq!((p.workers, p.target), (3, 67));
+        assert_eq!(p.take.len(), 66);
+        assert_eq!(p.stolen_from, vec!["a", "b"]);
+        let from_a = p
+            .take
+            .iter()
+            .filter(|k| {
+                l.iter()
+                    .any(|x| &x.key == *k && x.owner.as_deref() == Some("a"))
+            })
+            .count();
+        assert_eq!(from_a, 33);
+        // Capped: no more than the cap allows.
+        let l = owned(&["old"; 200]);
+        assert_eq!(plan(&l, "new", Some(30), &mut rng()).take.len(), 30);
+    }
+
+    /// Whatever the loads, a worker whose load is within one of every other worker's takes
+    /// nothing: balanced workers never move a lease back and forth.
+    #[test]
+    fn balanced_workers_never_steal() {
+        for workers in 2..7usize {
+            for leases in 0..40usize {
+                // Round-robin: loads differ by at most one.
+                let names: Vec<String> = (0..workers).map(|w| format!("w{w}")).collect();
+                let owners: Vec<&str> = (0..leases).map(|i| names[i % workers].as_str()).collect();
+                let l = owned(&owners);
+                for me in &names {
+                    let p = plan(&l, me, None, &mut rng());
+                    assert!(
+                        p.take.is_empty(),
+                        "{workers} workers, {leases} leases, {me}: {p:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Plans applied in turn (each worker scans, plans and steals) settle within a few rounds
+    /// and then stop moving leases.
+    #[test]
+    fn repeated_plans_settle_and_stop() {
+        for (workers, leases) in [(2usize, 200usize), (3, 200), (4, 200), (4, 6), (5, 17)] {
+            let mut owner: Vec<String> = vec!["w0".to_string(); leases];
+            let names: Vec<String> = (0..workers).map(|w| format!("w{w}")).collect();
+            let mut moves_per_round = Vec::new();
+            for _round in 0..6 {
+                let mut moved = 0;
+                for me in &names {
+                    let l = owned(&owner.iter().map(String::as_str).collect::<Vec<_>>());
+                    let p = plan(&l, me, None, &mut rng());
+                    for key in &p.take {
+                        let i: usize = key[1..].parse().unwrap();
+                        owner[i] = me.clone();
+                        moved += 1;
+                    }
+                }
+                moves_per_round.push(moved);
+            }
+            assert_eq!(
+                moves_per_round[2..],
+                [0, 0, 0, 0],
+                "{workers} on {leases}: {moves_per_round:?}"
+            );
+            let target = target(leases, workers, None);
+            for me in &names {
+                let n = owner.iter().filter(|o| *o == me).count();
+                assert!(
+                    n + 1 >= target && n <= target,
+                    "{me}: {n} of target {target}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -222,14 +329,15 @@ mod tests {
     fn ties_pick_a_stable_victim_and_nothing_is_taken_from_an_empty_table() {
         let l = owned(&["b", "b", "b", "a", "a", "a"]);
         let p = plan(&l, "me", None, &mut rng());
-        assert_eq!(p.stolen_from.as_deref(), Some("a"));
+        assert_eq!(p.stolen_from, vec!["a", "b"]);
+        assert_eq!(p.take.len(), 2);
         assert_eq!(
             plan(&[], "me", None, &mut rng()),
             Plan {
                 target: 0,
                 workers: 1,
                 take: Vec::new(),
-                stolen_from: None
+                stolen_from: Vec::new()
             }
         );
     }

@@ -484,7 +484,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                         shard_id = %taken.key,
                         worker_id = %self.me(),
                         previous_owner = lease.owner.as_deref().unwrap_or(""),
-                        stolen = plan.stolen_from.is_some(),
+                        stolen = !plan.stolen_from.is_empty(),
                         checkpoint = %taken.checkpoint,
                         target_leases = plan.target,
                         workers = plan.workers,
