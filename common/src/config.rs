@@ -192,6 +192,26 @@ pub const CONSUMER_FAILOVER_MS: VarSpec = var(
     Some("10000"),
     "a whole number of milliseconds from 300 to 3600000",
 );
+pub const CONSUMER_HANDOFF_TIMEOUT_MS: VarSpec = var(
+    "CONSUMER_HANDOFF_TIMEOUT_MS",
+    Some("30000"),
+    "0 (a lease taken from a live worker starts at once, without a graceful handoff) or a whole number of milliseconds from 1000 to 3600000",
+);
+pub const CONSUMER_LEASE_CLEANUP_MS: VarSpec = var(
+    "CONSUMER_LEASE_CLEANUP_MS",
+    Some("60000"),
+    "a whole number of milliseconds from 100 to 86400000",
+);
+pub const CONSUMER_COMPLETED_LEASE_CLEANUP_MS: VarSpec = var(
+    "CONSUMER_COMPLETED_LEASE_CLEANUP_MS",
+    Some("300000"),
+    "a whole number of milliseconds from 100 to 86400000",
+);
+pub const CONSUMER_GARBAGE_LEASE_CLEANUP_MS: VarSpec = var(
+    "CONSUMER_GARBAGE_LEASE_CLEANUP_MS",
+    Some("1800000"),
+    "a whole number of milliseconds from 100 to 86400000",
+);
 pub const CONSUMER_MAX_LEASES_PER_WORKER: VarSpec = var(
     "CONSUMER_MAX_LEASES_PER_WORKER",
     None,
@@ -260,6 +280,10 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
     CONSUMER_APPLICATION_NAME,
     CONSUMER_WORKER_ID,
     CONSUMER_FAILOVER_MS,
+    CONSUMER_HANDOFF_TIMEOUT_MS,
+    CONSUMER_LEASE_CLEANUP_MS,
+    CONSUMER_COMPLETED_LEASE_CLEANUP_MS,
+    CONSUMER_GARBAGE_LEASE_CLEANUP_MS,
     CONSUMER_MAX_LEASES_PER_WORKER,
     CONSUMER_RETRIEVAL,
     CONSUMER_EFO_NAME,
@@ -670,6 +694,20 @@ pub struct LeaseSettings {
     pub failover: Duration,
     /// `None`: no cap on the leases one worker holds.
     pub max_leases_per_worker: Option<usize>,
+    /// How long the new owner of a lease taken from a live worker waits for the old owner to
+    /// checkpoint and let go (never less than `failover`); zero: no graceful handoff.
+    pub handoff_timeout: Duration,
+    /// Lease cleanup: how often it looks, how often it deletes the leases of shards read to
+    /// their end, and of shards that no longer exist.
+    pub cleanup: LeaseCleanupSettings,
+}
+
+/// When leases of finished or vanished shards are deleted (the Java KCL's `LeaseCleanupConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseCleanupSettings {
+    pub interval: Duration,
+    pub completed_interval: Duration,
+    pub garbage_interval: Duration,
 }
 
 impl LeaseSettings {
@@ -828,6 +866,27 @@ impl ConsumerSettings {
                 worker_id: raw.text(&CONSUMER_WORKER_ID, valid_worker_id)?,
                 failover: raw.millis(&CONSUMER_FAILOVER_MS, 300, 3_600_000)?,
                 max_leases_per_worker: raw.number(&CONSUMER_MAX_LEASES_PER_WORKER, 1, 100_000)?,
+                handoff_timeout: match raw.millis(&CONSUMER_HANDOFF_TIMEOUT_MS, 0, 3_600_000)? {
+                    t if !t.is_zero() && t < Duration::from_millis(1000) => {
+                        return Err(
+                            raw.invalid(&CONSUMER_HANDOFF_TIMEOUT_MS, &t.as_millis().to_string())
+                        )
+                    }
+                    t => t,
+                },
+                cleanup: LeaseCleanupSettings {
+                    interval: raw.millis(&CONSUMER_LEASE_CLEANUP_MS, 100, 86_400_000)?,
+                    completed_interval: raw.millis(
+                        &CONSUMER_COMPLETED_LEASE_CLEANUP_MS,
+                        100,
+                        86_400_000,
+                    )?,
+                    garbage_interval: raw.millis(
+                        &CONSUMER_GARBAGE_LEASE_CLEANUP_MS,
+                        100,
+                        86_400_000,
+                    )?,
+                },
             },
             retrieval,
             fan_out: FanOutSettings {

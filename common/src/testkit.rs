@@ -580,7 +580,7 @@ impl ServiceProcess {
     }
 
     /// The shards a leased-mode consumer believes it holds, from its log: acquired and not
-    /// since lost or released.
+    /// since lost, released or handed to another worker.
     pub fn held_leases(&self) -> HashSet<String> {
         let mut held = HashSet::new();
         for line in self.lines() {
@@ -592,7 +592,9 @@ impl ServiceProcess {
                 Some("lease acquired") => {
                     held.insert(shard);
                 }
-                Some("lease lost" | "lease released") => {
+                Some(
+                    "lease lost" | "lease released" | "lease handed off" | "lease handed over",
+                ) => {
                     held.remove(&shard);
                 }
                 _ => {}

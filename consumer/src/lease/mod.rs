@@ -22,6 +22,7 @@
 //! moving; leases are renewed, and the table scanned for leases to take, every third of that.
 
 pub mod balance;
+pub mod cleanup;
 mod held;
 pub mod processor;
 mod shard;

@@ -67,6 +67,7 @@ pub fn leases_to_create(
     position: InitialPosition,
 ) -> Vec<Lease> {
     let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    let finished = finished_ancestors(shards, existing);
     let mut leased: HashSet<String> = existing.clone();
     let mut decided: HashSet<&str> = HashSet::new();
     let mut created = Vec::new();
@@ -88,7 +89,7 @@ pub fn leases_to_create(
             }
             decided.insert(id);
             progress = true;
-            if leased.contains(id) {
+            if leased.contains(id) || finished.contains(id) {
                 continue;
             }
             let checkpoint = match position {
@@ -118,6 +119,32 @@ pub fn leases_to_create(
         }
     }
     created
+}
+
+/// Shards without a lease that have a descendant with one: finished, their leases deleted by
+/// lease cleanup (which deletes a parent only once its children are past their start; a child
+/// lease is never created before its parent's). Giving them a lease again would read them
+/// twice.
+fn finished_ancestors<'a>(shards: &'a [ShardInfo], existing: &HashSet<String>) -> HashSet<&'a str> {
+    let mut finished: HashSet<&str> = HashSet::new();
+    loop {
+        let mut progress = false;
+        for shard in shards {
+            if !existing.contains(&shard.shard_id) && !finished.contains(shard.shard_id.as_str()) {
+                continue;
+            }
+            for parent in &shard.parents {
+                if let Some(listed) = shards.iter().find(|s| &s.shard_id == parent) {
+                    if !existing.contains(parent) && finished.insert(listed.shard_id.as_str()) {
+                        progress = true;
+                    }
+                }
+            }
+        }
+        if !progress {
+            return finished;
+        }
+    }
 }
 
 /// Whether a shard with these parents may start, given the parents' leases (`None`: no lease).
@@ -212,6 +239,26 @@ mod tests {
         let mut k = keys(&created);
         k.sort();
         assert_eq!(k, vec![("d1", "TRIM_HORIZON"), ("d2", "TRIM_HORIZON")]);
+    }
+
+    #[test]
+    fn parents_whose_leases_were_cleaned_up_are_not_leased_again() {
+        // p split into c1, c2 (c2 merged with o into m): p's lease was deleted, then c2's and
+        // o's.
+        for position in [InitialPosition::TrimHorizon, InitialPosition::Latest] {
+            let existing: HashSet<String> = ["c1", "c2", "o", "m"].map(String::from).into();
+            assert!(leases_to_create(&history(), &existing, position).is_empty());
+            let existing: HashSet<String> = ["c1", "m"].map(String::from).into();
+            assert!(
+                leases_to_create(&history(), &existing, position).is_empty(),
+                "grandparent p, parents c2 and o: all finished"
+            );
+        }
+        // A fresh table still gets every lease.
+        assert_eq!(
+            leases_to_create(&history(), &HashSet::new(), InitialPosition::TrimHorizon).len(),
+            5
+        );
     }
 
     #[test]

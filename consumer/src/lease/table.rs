@@ -41,8 +41,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
@@ -70,6 +70,8 @@ pub const STREAM_NAME: &str = "kinesisStreamName";
 pub const LATEST_START: &str = "latestStartTimestamp";
 pub const ENTITY_TYPE: &str = "entityType";
 pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+/// The Java KCL 3.x's global secondary index: hash key `leaseOwner`, keys only.
+pub const OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
 /// The `entityType` of a lease; an item without `entityType` is a lease too (KCL 2.x, this
 /// consumer).
 pub const LEASE_ENTITY_TYPE: &str = "LEASE";
@@ -208,6 +210,9 @@ pub struct Lease {
     /// reads from there until the first real checkpoint, so a lease that moves before it loses
     /// nothing written meanwhile.
     pub latest_start: Option<DateTime<Utc>>,
+    /// `checkpointOwner`: a graceful handoff is in progress; the worker named may still
+    /// checkpoint (and must clear it), the owner must not start before it is gone.
+    pub checkpoint_owner: Option<String>,
 }
 
 impl Lease {
@@ -229,6 +234,7 @@ impl Lease {
             pending_checkpoint: None,
             hash_key_range,
             latest_start: None,
+            checkpoint_owner: None,
         }
     }
 
@@ -279,6 +285,9 @@ impl Lease {
         }
         if let Some(at) = self.latest_start {
             item.insert(LATEST_START.into(), n(at.timestamp_millis()));
+        }
+        if let Some(old) = &self.checkpoint_owner {
+            item.insert(CHECKPOINT_OWNER.into(), s(old));
         }
         item
     }
@@ -336,6 +345,9 @@ impl Lease {
             pending_checkpoint: pending,
             hash_key_range: range,
             latest_start,
+            checkpoint_owner: get_s(item, CHECKPOINT_OWNER)
+                .map_err(|_| bad(CHECKPOINT_OWNER))?
+                .filter(|o| !o.is_empty()),
             key,
         })
     }
@@ -538,10 +550,33 @@ impl LeaseTable {
                     .attribute_type(ScalarAttributeType::S)
                     .build()?,
             )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(LEASE_OWNER)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
             .key_schema(
                 KeySchemaElement::builder()
                     .attribute_name(LEASE_KEY)
                     .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            // The Java KCL 3.x's index: which leases a worker owns, read by a Query.
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(OWNER_INDEX)
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name(LEASE_OWNER)
+                            .key_type(KeyType::Hash)
+                            .build()?,
+                    )
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::KeysOnly)
+                            .build(),
+                    )
                     .build()?,
             )
             .billing_mode(BillingMode::PayPerRequest)
@@ -617,6 +652,77 @@ impl LeaseTable {
             .map(Lease::from_item)
             .transpose()
             .map_err(|e| self.error("GetItem", ErrorKind::Invalid, e.to_string()))
+    }
+
+    /// The keys of the leases `worker_id` owns, read from [`OWNER_INDEX`] (eventually
+    /// consistent, keys only). `Ok(None)` when the table has no such index (created by an older
+    /// version of this consumer, or by a Java KCL 2.x): then only scans tell.
+    pub async fn owned_keys(&self, worker_id: &str) -> Result<Option<Vec<String>>, TableError> {
+        let mut keys = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .index_name(OWNER_INDEX)
+                .key_condition_expression("#owner = :owner")
+                .expression_attribute_names("#owner", LEASE_OWNER)
+                .expression_attribute_values(":owner", s(worker_id))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(err) => {
+                    let kind = classify(&err);
+                    let text = error_text(&err);
+                    // "The table does not have the specified index" (DynamoDB, DynamoDB Local,
+                    // dynalite all answer a ValidationException).
+                    if matches!(kind, ErrorKind::Invalid | ErrorKind::NotFound)
+                        && text.to_ascii_lowercase().contains("index")
+                    {
+                        return Ok(None);
+                    }
+                    return Err(self.error("Query", kind, text));
+                }
+            };
+            keys.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|item| get_s(item, LEASE_KEY).ok().flatten()),
+            );
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(Some(keys)),
+            }
+        }
+    }
+
+    /// Deletes a lease, conditional on its counter as last seen (nobody wrote it since).
+    /// Returns whether it was deleted.
+    pub async fn delete_lease(&self, lease: &Lease) -> Result<bool, TableError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .key(LEASE_KEY, s(&lease.key))
+            .condition_expression("#counter = :counter")
+            .expression_attribute_names("#counter", LEASE_COUNTER)
+            .expression_attribute_values(":counter", n(lease.counter))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match classify(&err) {
+                ErrorKind::ConditionFailed => Ok(false),
+                kind => Err(self.error(
+                    "DeleteItem",
+                    kind,
+                    format!("deleting lease {}: {}", lease.key, error_text(&err)),
+                )),
+            },
+        }
     }
 
     /// Fails with [`OtherStreamError`] when a lease in the table was created for another stream
@@ -716,6 +822,101 @@ impl LeaseTable {
         update.send(self).await
     }
 
+    /// Steals a live worker's lease with a graceful handoff (the Java KCL 3.x protocol):
+    /// `worker_id` becomes the owner and `checkpointOwner` names the old owner, who may still
+    /// checkpoint until it clears it. Conditional on the counter and owner as seen, and on no
+    /// handoff being in progress already.
+    pub async fn take_with_handoff(
+        &self,
+        lease: &Lease,
+        worker_id: &str,
+    ) -> Result<Lease, WriteError> {
+        let Some(old) = lease.owner.as_deref() else {
+            return self.take(lease, worker_id).await;
+        };
+        let mut update = Update::new(lease);
+        update.set(LEASE_OWNER, s(worker_id));
+        update.set(CHECKPOINT_OWNER, s(old));
+        update.set(
+            OWNER_SWITCHES,
+            n(lease.owner_switches_since_checkpoint.saturating_add(1)),
+        );
+        update.require_absent(CHECKPOINT_OWNER);
+        update.send(self).await
+    }
+
+    /// Hands a lease this worker holds, and no longer processes, to `to` (a stopping worker's
+    /// leases to a live worker, which finds them by [`LeaseTable::owned_keys`]).
+    pub async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, WriteError> {
+        // A `checkpointOwner` stays: the recipient waits for that handoff as this worker did.
+        let mut update = Update::new(lease);
+        update.set(LEASE_OWNER, s(to));
+        update.set(
+            OWNER_SWITCHES,
+            n(lease.owner_switches_since_checkpoint.saturating_add(1)),
+        );
+        update.send(self).await
+    }
+
+    /// Ends a handoff from the new owner's side (its timeout ran out): removes
+    /// `checkpointOwner`, so the old owner can no longer checkpoint.
+    pub async fn clear_handoff(&self, lease: &Lease) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.remove(CHECKPOINT_OWNER);
+        update.send(self).await
+    }
+
+    /// A checkpoint by the old owner during a handoff: conditional on `checkpointOwner` naming
+    /// it, whatever the counter and owner (the new owner renews meanwhile). The counter is left
+    /// alone, so the new owner's renewals do not trip over it.
+    pub async fn checkpoint_in_handoff(
+        &self,
+        lease: &Lease,
+        checkpoint: &Checkpoint,
+        child_shard_ids: &[String],
+        old_owner: &str,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::handoff(lease, old_owner);
+        update.set(CHECKPOINT, s(checkpoint.value()));
+        update.set(CHECKPOINT_SUB_SEQUENCE, n(checkpoint.sub_sequence_number()));
+        update.set(OWNER_SWITCHES, n(0));
+        if !child_shard_ids.is_empty() {
+            let mut children = child_shard_ids.to_vec();
+            children.sort();
+            children.dedup();
+            update.set(CHILD_SHARD_IDS, AttributeValue::Ss(children));
+        }
+        update.remove(PENDING_CHECKPOINT);
+        update.remove(PENDING_CHECKPOINT_SUB_SEQUENCE);
+        update.remove(PENDING_CHECKPOINT_STATE);
+        update.remove(LATEST_START);
+        update.send(self).await
+    }
+
+    /// Pins `LATEST` during a handoff (see [`LeaseTable::checkpoint_in_handoff`]).
+    pub async fn pin_latest_in_handoff(
+        &self,
+        lease: &Lease,
+        at: DateTime<Utc>,
+        old_owner: &str,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::handoff(lease, old_owner);
+        update.set(LATEST_START, n(at.timestamp_millis()));
+        update.send(self).await
+    }
+
+    /// The old owner is done: removes `checkpointOwner` (conditional on it naming `old_owner`),
+    /// so the new owner starts.
+    pub async fn finish_handoff(
+        &self,
+        lease: &Lease,
+        old_owner: &str,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::handoff(lease, old_owner);
+        update.remove(CHECKPOINT_OWNER);
+        update.send(self).await
+    }
+
     /// Records progress; a `ShardEnd` checkpoint also records the children.
     pub async fn checkpoint(
         &self,
@@ -763,6 +964,10 @@ struct Update<'a> {
     values: HashMap<String, AttributeValue>,
     sets: Vec<String>,
     removes: Vec<String>,
+    /// `Some(old owner)`: a handoff write, conditional on `checkpointOwner` only.
+    handoff: Option<String>,
+    /// Extra conditions: attributes that must be absent.
+    absent: Vec<String>,
 }
 
 impl<'a> Update<'a> {
@@ -773,9 +978,30 @@ impl<'a> Update<'a> {
             values: HashMap::new(),
             sets: Vec::new(),
             removes: Vec::new(),
+            handoff: None,
+            absent: Vec::new(),
         };
         update.set(LEASE_COUNTER, n(lease.counter.saturating_add(1)));
         update
+    }
+
+    /// A write by the old owner during a handoff: no counter bump, conditional on
+    /// `checkpointOwner = old_owner`.
+    fn handoff(lease: &'a Lease, old_owner: &str) -> Self {
+        Self {
+            lease,
+            names: HashMap::new(),
+            values: HashMap::new(),
+            sets: Vec::new(),
+            removes: Vec::new(),
+            handoff: Some(old_owner.to_string()),
+            absent: Vec::new(),
+        }
+    }
+
+    fn require_absent(&mut self, attribute: &str) {
+        let name = self.name(attribute);
+        self.absent.push(name);
     }
 
     fn name(&mut self, attribute: &str) -> String {
@@ -797,22 +1023,40 @@ impl<'a> Update<'a> {
     }
 
     async fn send(mut self, table: &LeaseTable) -> Result<Lease, WriteError> {
-        let counter = self.name(LEASE_COUNTER);
-        let owner = self.name(LEASE_OWNER);
-        let mut condition = format!("{counter} = :expected_counter");
-        self.values
-            .insert(":expected_counter".into(), n(self.lease.counter));
-        match &self.lease.owner {
-            Some(o) => {
-                condition.push_str(&format!(" AND {owner} = :expected_owner"));
-                self.values.insert(":expected_owner".into(), s(o));
+        let mut condition = match self.handoff.take() {
+            Some(old) => {
+                let checkpoint_owner = self.name(CHECKPOINT_OWNER);
+                self.values
+                    .insert(":expected_checkpoint_owner".into(), s(&old));
+                format!("{checkpoint_owner} = :expected_checkpoint_owner")
             }
-            None => condition.push_str(&format!(" AND attribute_not_exists({owner})")),
+            None => {
+                let counter = self.name(LEASE_COUNTER);
+                let owner = self.name(LEASE_OWNER);
+                let mut condition = format!("{counter} = :expected_counter");
+                self.values
+                    .insert(":expected_counter".into(), n(self.lease.counter));
+                match &self.lease.owner {
+                    Some(o) => {
+                        condition.push_str(&format!(" AND {owner} = :expected_owner"));
+                        self.values.insert(":expected_owner".into(), s(o));
+                    }
+                    None => condition.push_str(&format!(" AND attribute_not_exists({owner})")),
+                }
+                condition
+            }
+        };
+        for name in &self.absent {
+            condition.push_str(&format!(" AND attribute_not_exists({name})"));
         }
-        let mut expression = format!("SET {}", self.sets.join(", "));
+        let mut parts = Vec::new();
+        if !self.sets.is_empty() {
+            parts.push(format!("SET {}", self.sets.join(", ")));
+        }
         if !self.removes.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", self.removes.join(", ")));
+            parts.push(format!("REMOVE {}", self.removes.join(", ")));
         }
+        let expression = parts.join(" ");
         let key = self.lease.key.clone();
         let result = table
             .client
@@ -870,6 +1114,7 @@ mod tests {
             pending_checkpoint: None,
             hash_key_range: Some(("0".into(), "170141183460469231731687303715884105727".into())),
             latest_start: None,
+            checkpoint_owner: None,
         }
     }
 

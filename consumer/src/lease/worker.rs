@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backoff::Backoff;
-use common::config::{ConsumerSettings, InitialPosition};
+use common::config::{ConsumerSettings, InitialPosition, LeaseCleanupSettings};
 use futures_util::future::join_all;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{self, LeaseView};
+use super::cleanup;
 use super::held::HeldLease;
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
@@ -55,6 +56,14 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(3500);
 
 /// How long after a lease's expiry time the extra scan looks, so that it is past, not at, it.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
+
+/// How often a worker reads, through the `leaseOwner` index, which leases the table says it
+/// owns: leases handed to it by a stopping worker are found within this time, and leases taken
+/// from it (a graceful handoff) are noticed within it.
+pub const OWNER_POLL: Duration = Duration::from_millis(500);
+
+/// How often the new owner re-reads a lease while waiting for the old owner to hand it over.
+const HANDOFF_POLL: Duration = Duration::from_millis(500);
 
 /// Waits before this worker takes again a shard whose processing failed here.
 const FAILED_SHARD_BACKOFF: (Duration, Duration) =
@@ -87,6 +96,12 @@ pub struct WorkerConfig {
     pub retrieval: RetrievalConfig,
     /// How long to wait for a new lease table (and a new stream consumer) to become ACTIVE.
     pub table_wait_timeout: Duration,
+    /// A lease stolen from a live worker is handed over gracefully (the old owner checkpoints
+    /// first); the new owner starts anyway after this time, and never before the failover
+    /// time. Zero: steals are immediate, without a handoff.
+    pub handoff_timeout: Duration,
+    /// When leases of finished and vanished shards are deleted.
+    pub cleanup: LeaseCleanupSettings,
 }
 
 impl WorkerConfig {
@@ -102,6 +117,8 @@ impl WorkerConfig {
             initial_position: settings.initial_position,
             retrieval: RetrievalConfig::from_settings(settings),
             table_wait_timeout: settings.shared.stream_wait_timeout,
+            handoff_timeout: settings.lease.handoff_timeout,
+            cleanup: settings.lease.cleanup,
         }
     }
 }
@@ -202,6 +219,10 @@ impl<F: RecordProcessorFactory> Worker<F> {
             rng: StdRng::from_entropy(),
             cooling: HashMap::new(),
             fatal: None,
+            owner_index: None,
+            last_scan_keys: None,
+            next_completed_cleanup: Instant::now() + self.config.cleanup.completed_interval,
+            next_garbage_cleanup: Instant::now() + self.config.cleanup.garbage_interval,
         };
         tracing::info!(
             stream = %self.config.stream,
@@ -222,8 +243,15 @@ impl<F: RecordProcessorFactory> Worker<F> {
             renewer_stop.clone(),
         ));
 
-        let mut take_tick = tokio::time::interval(self.config.renew_interval);
+        // Which leases the table says are ours: also tells whether the owner index exists.
+        unless_cancelled(&cancel, coordinator.poll_owned(&cancel)).await;
+        let mut take_tick = tokio::time::interval(coordinator.scan_interval());
         take_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cleanup_tick = tokio::time::interval(self.config.cleanup.interval);
+        cleanup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        cleanup_tick.tick().await;
+        let mut owner_tick = tokio::time::interval(OWNER_POLL);
+        owner_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync_tick.tick().await;
@@ -241,6 +269,12 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 }
                 _ = sync_tick.tick() => {
                     unless_cancelled(&cancel, coordinator.sync_shards()).await;
+                }
+                _ = cleanup_tick.tick() => {
+                    unless_cancelled(&cancel, coordinator.clean_up()).await;
+                }
+                _ = owner_tick.tick(), if coordinator.owner_index != Some(false) => {
+                    unless_cancelled(&cancel, coordinator.poll_owned(&cancel)).await;
                 }
                 _ = ctx.sync_now.notified() => {
                     unless_cancelled(&cancel, async {
@@ -311,6 +345,14 @@ struct Coordinator<F: RecordProcessorFactory> {
     cooling: HashMap<String, (Instant, Backoff)>,
     /// Set when the worker must end with an error (the stream was deleted).
     fatal: Option<anyhow::Error>,
+    /// Whether the table has the `leaseOwner` index (`None`: not asked yet).
+    owner_index: Option<bool>,
+    /// The lease keys the last scan saw, and when: shard sync uses them rather than scanning
+    /// again (lease creation is conditional, so a stale list costs a refused put at most).
+    last_scan_keys: Option<(Instant, HashSet<String>)>,
+    /// When lease cleanup next looks for completed leases, and for leases of vanished shards.
+    next_completed_cleanup: Instant,
+    next_garbage_cleanup: Instant,
 }
 
 impl<F: RecordProcessorFactory> Coordinator<F> {
@@ -403,6 +445,56 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 .is_some_and(|o| now.duration_since(o.since) > self.config.failover)
     }
 
+    /// How often the table is scanned for leases to take: half the failover time when the
+    /// owner index tells this worker at once about leases handed to it or taken from it, a
+    /// third of it (as the KCL) when only scans tell. A lease due to expire gets its own scan.
+    fn scan_interval(&self) -> Duration {
+        if self.owner_index == Some(false) {
+            self.config.renew_interval
+        } else {
+            self.config.failover / 2
+        }
+    }
+
+    /// Reads which leases the table says this worker owns (a keys-only `Query` on the owner
+    /// index). Leases held here but owned by another worker now are renewed at once, which
+    /// tells a graceful handoff (stop the shard, checkpoint, let go) from a loss; leases owned
+    /// but not held (handed over by a stopping worker) are taken by a scan at once.
+    async fn poll_owned(&mut self, cancel: &CancellationToken) {
+        let owned = match self.table.owned_keys(self.me()).await {
+            Ok(Some(keys)) => {
+                self.owner_index = Some(true);
+                keys.into_iter().collect::<HashSet<String>>()
+            }
+            Ok(None) => {
+                tracing::info!(table = %self.table.name(), "the lease table has no LeaseOwnerToLeaseKeyIndex: leases are found by scans only");
+                self.owner_index = Some(false);
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "owner index query failed");
+                return;
+            }
+        };
+        let taken_away: Vec<Arc<HeldLease>> = self
+            .held
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .filter(|(k, _)| !owned.contains(*k))
+                    .map(|(_, l)| l.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !taken_away.is_empty() {
+            join_all(taken_away.iter().map(|lease| lease.renew())).await;
+        }
+        let held = self.held_keys();
+        if owned.iter().any(|k| !held.contains(k)) {
+            self.take_leases(cancel).await;
+        }
+    }
+
     /// One taking cycle: scan, plan, take.
     async fn take_leases(&mut self, cancel: &CancellationToken) {
         let observer = crate::observe::observer();
@@ -420,6 +512,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             }
         };
         let now = Instant::now();
+        self.last_scan_keys = Some((now, leases.iter().map(|l| l.key.clone()).collect()));
         self.observe(&leases, now);
         if let Some(o) = observer {
             o.probe.set_ready();
@@ -470,6 +563,11 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             self.config.max_leases_per_worker,
             &mut self.rng,
         );
+        let expired: HashSet<&str> = views
+            .iter()
+            .filter(|v| v.expired)
+            .map(|v| v.key.as_str())
+            .collect();
         for key in &plan.take {
             if cancel.is_cancelled() {
                 return;
@@ -478,7 +576,16 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 continue;
             };
             let sent = Instant::now();
-            match self.table.take(lease, self.me()).await {
+            // A live worker's lease: it finishes its batch and checkpoints before we start.
+            let graceful = !expired.contains(key.as_str())
+                && lease.owner.as_deref().is_some_and(|o| o != self.me())
+                && !self.config.handoff_timeout.is_zero();
+            let taken = if graceful {
+                self.table.take_with_handoff(lease, self.me()).await
+            } else {
+                self.table.take(lease, self.me()).await
+            };
+            match taken {
                 Ok(taken) => {
                     tracing::info!(
                         shard_id = %taken.key,
@@ -504,23 +611,41 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
 
     fn start_shard(&mut self, lease: Lease, taken_at: Instant, cancel: &CancellationToken) {
         let shard_id = lease.key.clone();
+        let handoff = lease
+            .checkpoint_owner
+            .as_deref()
+            .is_some_and(|old| old != self.me());
+        // The shard's own stop token: cancelled by a stop request, or by a handoff.
+        let stop = cancel.child_token();
         let held = Arc::new(HeldLease::new(
             lease,
             self.me(),
             self.table.clone(),
             self.config.failover,
             taken_at,
+            stop.clone(),
         ));
         if let Ok(mut map) = self.held.lock() {
             map.insert(shard_id.clone(), held.clone());
         }
         let processor = self.factory.create(&shard_id);
-        let handle = self.tasks.spawn(shard::consume(
-            self.ctx.clone(),
-            held,
-            processor,
-            cancel.clone(),
-        ));
+        // Never before the failover time: by then the old owner stopped on its own, since it
+        // can no longer renew.
+        let wait = self.config.handoff_timeout.max(self.config.failover);
+        let ctx = self.ctx.clone();
+        let handle = self.tasks.spawn(async move {
+            if handoff {
+                let handed = tokio::select! {
+                    _ = stop.cancelled() => return ShardOutcome::Stopped,
+                    _ = held.until_lost() => false,
+                    handed = held.await_handoff(wait, HANDOFF_POLL) => handed,
+                };
+                if !handed {
+                    return ShardOutcome::Lost;
+                }
+            }
+            shard::consume(ctx, held, processor, stop).await
+        });
         self.task_shards.insert(handle.id(), shard_id);
     }
 
@@ -538,7 +663,23 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let Some(shard_id) = self.task_shards.remove(&id) else {
             return;
         };
+        let handing_off = match self
+            .held
+            .lock()
+            .ok()
+            .and_then(|h| h.get(&shard_id).cloned())
+        {
+            Some(lease) => lease.is_handing_off().await,
+            None => false,
+        };
         match outcome {
+            // Taken by another worker with a graceful handoff: the shard stopped after its
+            // checkpoint; clearing `checkpointOwner` lets the new owner start.
+            ShardOutcome::Stopped | ShardOutcome::Lost if handing_off => {
+                if let Some(lease) = self.forget(&shard_id) {
+                    lease.release().await;
+                }
+            }
             // Kept until shutdown releases every lease at once.
             ShardOutcome::Stopped => {}
             ShardOutcome::Lost => {
@@ -589,12 +730,20 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 return;
             }
         };
-        let existing: HashSet<String> = match self.table.list().await {
-            Ok(leases) => leases.into_iter().map(|l| l.key).collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, "shard sync failed, keeping the current leases");
-                return;
-            }
+        let recent = self
+            .last_scan_keys
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.config.failover)
+            .map(|(_, keys)| keys.clone());
+        let existing: HashSet<String> = match recent {
+            Some(keys) => keys,
+            None => match self.table.list().await {
+                Ok(leases) => leases.into_iter().map(|l| l.key).collect(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "shard sync failed, keeping the current leases");
+                    return;
+                }
+            },
         };
         let infos: Vec<ShardInfo> = shards.iter().map(ShardInfo::from_shard).collect();
         for lease in leases_to_create(&infos, &existing, self.config.initial_position) {
@@ -612,7 +761,83 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         }
     }
 
-    /// Lets every shard task finish its batch, then releases every lease, within the budget.
+    /// The other workers alive as of the last scan (owners of leases not at `SHARD_END` whose
+    /// counter moved within the failover time), with how many leases each holds.
+    fn live_others(&self) -> Vec<(String, usize)> {
+        let now = Instant::now();
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for o in self.observed.values() {
+            if o.ended || now.duration_since(o.since) > self.config.failover {
+                continue;
+            }
+            if let Some(owner) = o.owner.as_deref().filter(|w| *w != self.me()) {
+                *load.entry(owner.to_string()).or_default() += 1;
+            }
+        }
+        load.into_iter().collect()
+    }
+
+    /// Deletes the leases [`cleanup`] allows, when their interval is due: completed leases (of
+    /// shards read to their end, once every child is past its start) and leases of shards
+    /// `ListShards` no longer reports. Every delete is conditional on the counter scanned.
+    async fn clean_up(&mut self) {
+        let now = Instant::now();
+        let completed_due = now >= self.next_completed_cleanup;
+        let garbage_due = now >= self.next_garbage_cleanup;
+        if !completed_due && !garbage_due {
+            return;
+        }
+        let leases = match self.table.list().await {
+            Ok(leases) => leases,
+            Err(err) => {
+                tracing::warn!(error = %err, "lease cleanup skipped: the lease table scan failed");
+                return;
+            }
+        };
+        let mut doomed: Vec<(&Lease, &'static str)> = Vec::new();
+        if completed_due {
+            self.next_completed_cleanup = now + self.config.cleanup.completed_interval;
+            doomed.extend(
+                cleanup::completed(&leases)
+                    .into_iter()
+                    .map(|l| (l, "completed")),
+            );
+        }
+        let listed: Option<HashSet<String>> = if garbage_due {
+            self.next_garbage_cleanup = now + self.config.cleanup.garbage_interval;
+            // Listed after the scan: every lease scanned was created from an older listing.
+            match common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
+                Ok(shards) => Some(shards.iter().map(|s| s.shard_id().to_string()).collect()),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "lease cleanup: ListShards failed, no lease of a vanished shard is deleted this time");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(listed) = &listed {
+            for lease in cleanup::garbage(&leases, listed) {
+                if !doomed.iter().any(|(l, _)| l.key == lease.key) {
+                    doomed.push((lease, "shard no longer exists"));
+                }
+            }
+        }
+        for (lease, reason) in doomed {
+            match self.table.delete_lease(lease).await {
+                Ok(true) => {
+                    tracing::info!(shard_id = %lease.key, worker_id = %self.me(), checkpoint = %lease.checkpoint, reason = reason, "lease deleted")
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(shard_id = %lease.key, error = %err, "deleting a lease failed")
+                }
+            }
+        }
+    }
+
+    /// Lets every shard task finish its batch, then hands every lease to a live worker (or
+    /// releases it), within the budget.
     async fn shutdown(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
         let release_reserve = Duration::from_millis(1000);
@@ -651,9 +876,33 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .lock()
             .map(|mut h| h.drain().map(|(_, l)| l).collect())
             .unwrap_or_default();
+        // Each lease to the least loaded live worker, which finds it through the owner index
+        // within `OWNER_POLL`; released (owner removed) when there is none or no index.
+        let mut recipients = self.live_others();
+        let mut plan: Vec<(Arc<HeldLease>, Option<String>)> = Vec::new();
+        for lease in leases {
+            let to = if self.owner_index == Some(true) {
+                recipients
+                    .iter_mut()
+                    .filter(|(_, n)| self.config.max_leases_per_worker.is_none_or(|max| *n < max))
+                    .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)))
+                    .map(|(w, n)| {
+                        *n += 1;
+                        w.clone()
+                    })
+            } else {
+                None
+            };
+            plan.push((lease, to));
+        }
         let released = tokio::time::timeout_at(
             deadline,
-            join_all(leases.iter().map(|lease| lease.release())),
+            join_all(plan.iter().map(|(lease, to)| async move {
+                match to {
+                    Some(to) => lease.hand_over(to).await,
+                    None => lease.release().await,
+                }
+            })),
         )
         .await;
         if released.is_err() {
