@@ -147,8 +147,16 @@ async fn sigterm_of_one_of_two_workers_hands_its_leases_to_the_other_within_two_
     })
     .await;
     let took = signalled.elapsed();
-    assert!(all, "{:?}\n{}", load(&setup.owners().await), staying.dump());
     wait_ok(&mut leaving, Duration::from_secs(5));
+    assert!(
+        all,
+        "{:?}\n{}",
+        load(&setup.owners().await),
+        dump_all(&[&leaving, &staying])
+    );
+    if took > Duration::from_millis(3000) {
+        eprintln!("{}", save_logs("term2s", &[&leaving, &staying]));
+    }
     eprintln!(
         "SIGTERM of one of two workers on {shards} shards: the other holds all after {took:?}"
     );

@@ -877,7 +877,14 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .map(|mut h| h.drain().map(|(_, l)| l).collect())
             .unwrap_or_default();
         // Each lease to the least loaded live worker, which finds it through the owner index
-        // within `OWNER_POLL`; released (owner removed) when there is none or no index.
+        // within `OWNER_POLL`; released (owner removed) when there is none or no index. A
+        // fresh scan first, so that a worker that joined since the last one counts.
+        if self.owner_index == Some(true) && !leases.is_empty() {
+            let scan_by = (Instant::now() + Duration::from_millis(1000)).min(deadline);
+            if let Ok(Ok(scanned)) = tokio::time::timeout_at(scan_by, self.table.list()).await {
+                self.observe(&scanned, Instant::now());
+            }
+        }
         let mut recipients = self.live_others();
         let mut plan: Vec<(Arc<HeldLease>, Option<String>)> = Vec::new();
         for lease in leases {
