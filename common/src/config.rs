@@ -1034,6 +1034,43 @@ mod tests {
     }
 
     #[test]
+    fn handoff_and_cleanup_settings_defaults_and_values() {
+        let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(c.lease.handoff_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.lease.cleanup,
+            LeaseCleanupSettings {
+                interval: Duration::from_secs(60),
+                completed_interval: Duration::from_secs(300),
+                garbage_interval: Duration::from_secs(1800),
+            }
+        );
+        let c = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_HANDOFF_TIMEOUT_MS", "0"),
+            ("CONSUMER_LEASE_CLEANUP_MS", "500"),
+            ("CONSUMER_COMPLETED_LEASE_CLEANUP_MS", "1000"),
+            ("CONSUMER_GARBAGE_LEASE_CLEANUP_MS", "2000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.lease.handoff_timeout, Duration::ZERO);
+        assert_eq!(c.lease.cleanup.interval, Duration::from_millis(500));
+        assert_eq!(c.lease.cleanup.completed_interval, Duration::from_secs(1));
+        assert_eq!(c.lease.cleanup.garbage_interval, Duration::from_secs(2));
+        for (var, value) in [
+            ("CONSUMER_HANDOFF_TIMEOUT_MS", "500"),
+            ("CONSUMER_HANDOFF_TIMEOUT_MS", "soon"),
+            ("CONSUMER_LEASE_CLEANUP_MS", "0"),
+            ("CONSUMER_COMPLETED_LEASE_CLEANUP_MS", "-1"),
+            ("CONSUMER_GARBAGE_LEASE_CLEANUP_MS", "99999999999"),
+        ] {
+            let err = ConsumerSettings::from_raw(&raw(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var(), var);
+            let line = err.to_string();
+            assert!(line.contains(value) && !line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
     fn bad_lease_settings_name_their_variable() {
         for (var, value) in [
             ("CONSUMER_MODE", "kcl"),
