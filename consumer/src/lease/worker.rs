@@ -221,6 +221,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             fatal: None,
             owner_index: None,
             last_scan_keys: None,
+            unheld_owned: HashSet::new(),
             next_completed_cleanup: Instant::now() + self.config.cleanup.completed_interval,
             next_garbage_cleanup: Instant::now() + self.config.cleanup.garbage_interval,
         };
@@ -350,6 +351,8 @@ struct Coordinator<F: RecordProcessorFactory> {
     /// The lease keys the last scan saw, and when: shard sync uses them rather than scanning
     /// again (lease creation is conditional, so a stale list costs a refused put at most).
     last_scan_keys: Option<(Instant, HashSet<String>)>,
+    /// Leases the owner index last showed as ours that this worker does not hold.
+    unheld_owned: HashSet<String>,
     /// When lease cleanup next looks for completed leases, and for leases of vanished shards.
     next_completed_cleanup: Instant,
     next_garbage_cleanup: Instant,
@@ -490,7 +493,12 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             join_all(taken_away.iter().map(|lease| lease.renew())).await;
         }
         let held = self.held_keys();
-        if owned.iter().any(|k| !held.contains(k)) {
+        let unheld: HashSet<String> = owned.into_iter().filter(|k| !held.contains(k)).collect();
+        // Scan for new ones only: a lease whose release failed stays ours in the table until
+        // it expires, and must not make every poll a scan.
+        let new = unheld.iter().any(|k| !self.unheld_owned.contains(k));
+        self.unheld_owned = unheld;
+        if new {
             self.take_leases(cancel).await;
         }
     }
@@ -582,6 +590,10 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 && !self.config.handoff_timeout.is_zero();
             let taken = if graceful {
                 self.table.take_with_handoff(lease, self.me()).await
+            } else if lease.is_owned_by(self.me()) && lease.checkpoint_owner.is_some() {
+                // Handed to us in the middle of a handoff: it stays one (the shard starts when
+                // the previous holder is done), so `checkpointOwner` is kept.
+                self.table.renew(lease).await
             } else {
                 self.table.take(lease, self.me()).await
             };
@@ -663,12 +675,13 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let Some(shard_id) = self.task_shards.remove(&id) else {
             return;
         };
-        let handing_off = match self
+        // The map's lock is not held across the await.
+        let lease = self
             .held
             .lock()
             .ok()
-            .and_then(|h| h.get(&shard_id).cloned())
-        {
+            .and_then(|h| h.get(&shard_id).cloned());
+        let handing_off = match lease {
             Some(lease) => lease.is_handing_off().await,
             None => false,
         };
