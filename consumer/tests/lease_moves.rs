@@ -320,3 +320,63 @@ async fn a_split_parents_lease_is_deleted_once_its_children_are_read_and_not_cre
     assert!(duplicates(&[&worker]).is_empty(), "{}", worker.dump());
     stop(&mut worker);
 }
+
+/// A lease handed to a worker in the middle of a handoff whose old holder never finishes (here
+/// `checkpointOwner` names a worker that does not exist): the worker waits, never less than the
+/// failover time, then removes `checkpointOwner` itself and reads the shard.
+#[tokio::test]
+async fn a_handoff_that_never_finishes_times_out_no_sooner_than_the_failover_time() {
+    let _serial = SERIAL.lock().await;
+    let kinesis = kinesis_mock();
+    let setup = Setup::new("timeout", 1, &kinesis).await;
+    let mut first = setup.worker("first");
+    let held = until(Duration::from_secs(60), || async {
+        setup.owned_by("first").await.len() == 1
+    })
+    .await;
+    assert!(held, "{}", first.dump());
+    stop(&mut first);
+    let shard = setup.owners().await.into_keys().next().unwrap();
+    setup
+        .dynamo
+        .update_item()
+        .table_name(&setup.app)
+        .key("leaseKey", AttributeValue::S(shard.clone()))
+        .update_expression("SET leaseOwner = :new, checkpointOwner = :old")
+        .expression_attribute_values(":new", AttributeValue::S("heir".into()))
+        .expression_attribute_values(":old", AttributeValue::S("ghost".into()))
+        .send()
+        .await
+        .expect("UpdateItem");
+    let (id, _, _) = setup.put("k").await;
+
+    let started = Instant::now();
+    let mut heir = setup.worker_with("heir", &[("CONSUMER_HANDOFF_TIMEOUT_MS", "1000")]);
+    let read = testkit::eventually(Duration::from_secs(30), || ids(&heir).contains(&id)).await;
+    let took = started.elapsed();
+    assert!(read, "{}", heir.dump());
+    assert_eq!(
+        heir.events("waiting for the previous owner to hand the shard over")
+            .len(),
+        1,
+        "{}",
+        heir.dump()
+    );
+    assert_eq!(
+        heir.events("handoff timed out, starting anyway").len(),
+        1,
+        "{}",
+        heir.dump()
+    );
+    // The timeout asked for is 1 s, but never less than the failover time.
+    assert!(took >= Duration::from_millis(FAILOVER_MS), "took {took:?}");
+    let item = setup
+        .items()
+        .await
+        .into_iter()
+        .find(|i| s(i, "leaseKey").as_deref() == Some(shard.as_str()))
+        .unwrap();
+    assert!(!item.contains_key("checkpointOwner"), "{item:?}");
+    assert_eq!(s(&item, "leaseOwner").as_deref(), Some("heir"));
+    stop(&mut heir);
+}
