@@ -282,8 +282,9 @@ async fn main() {
     let kinesis_emu = Emulator::start(Kind::KinesisMock);
     let dynamo_emu = Emulator::start(Kind::Dynalite);
     println!(
-        "failover {failover_ms} ms (renewal and scans every {} ms), producer interval {interval_ms} ms, 2 workers, 4 shards",
-        failover_ms / 3
+        "failover {failover_ms} ms (renewal every {} ms, scans every {} ms), producer interval {interval_ms} ms, 2 workers, 4 shards",
+        failover_ms / 3,
+        failover_ms / 2
     );
     println!("| stop | lease acquired, first (ms) | lease acquired, last (ms) | first record (ms) | duplicates | uncheckpointed by the stopped worker | lost |");
     println!("|---|---|---|---|---|---|---|");
