@@ -14,13 +14,17 @@
 //!
 //! Run: `cargo run --release -p consumer --example scale_bench` (it builds the release
 //! binaries first). Knobs: `BENCH_SHARDS` (200), `BENCH_FAILOVER_MS` (10000, the service
-//! default), `BENCH_MEASURE_S` (60). Needs the emulators (`npm ci --prefix emulators`).
+//! default), `BENCH_MEASURE_S` (60), `BENCH_ONLY` (a comma-separated subset of `join,idle,calls`;
+//! `join` includes the SIGTERM run), `BENCH_SKIP_BUILD=1` (use the binaries in
+//! `target/release` as they are). The workers' logs are written to a temporary directory,
+//! named at the end. Needs the emulators (`npm ci --prefix emulators`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use common::testkit::{self, Emulator, FaultProxy, Kind, ServiceProcess};
 
 fn knob(name: &str, default: u64) -> u64 {
@@ -127,6 +131,15 @@ async fn wait_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<D
     None
 }
 
+fn log_time(events: &[serde_json::Value], i: usize) -> Option<DateTime<Utc>> {
+    events
+        .get(i)?
+        .get("timestamp")?
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 fn ms(d: Option<Duration>) -> String {
     d.map_or("not reached".into(), |d| d.as_millis().to_string())
 }
@@ -171,7 +184,16 @@ async fn main() {
     let shards = knob("BENCH_SHARDS", 200) as usize;
     let failover_ms = knob("BENCH_FAILOVER_MS", 10_000);
     let measure = Duration::from_secs(knob("BENCH_MEASURE_S", 60));
-    build_binaries();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if std::env::var("BENCH_SKIP_BUILD").as_deref() != Ok("1") {
+        build_binaries();
+    }
+    let logs = std::env::temp_dir().join(testkit::unique_name("scale-bench-logs"));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    let save = |name: &str, p: &ServiceProcess| {
+        let _ = std::fs::write(logs.join(format!("{name}.log")), p.lines().join("\n"));
+    };
     let kinesis = Emulator::start_on(
         Kind::KinesisMock,
         testkit::free_port(),
@@ -195,131 +217,162 @@ async fn main() {
     let half = shards / 2;
 
     // (a) and (b): a worker joins one, then one of the two gets SIGTERM.
-    let a = app(dynamo_emu.endpoint());
-    let mut first = a.worker("first");
-    let alone = wait_for(limit, async || {
-        a.holds("first", &first, shards, shards).await
-    })
-    .await;
-    println!(
-        "one worker takes all {shards} leases: {} ms from its start",
-        ms(alone)
-    );
-    let second = a.worker("second");
-    let fair = wait_for(limit, async || {
-        a.holds("second", &second, half.saturating_sub(1), half + 1)
-            .await
-            && a.holds("first", &first, half.saturating_sub(1), half + 1)
+    if run("join") {
+        let a = app(dynamo_emu.endpoint());
+        let mut first = a.worker("first");
+        let alone = wait_for(limit, async || {
+            a.holds("first", &first, shards, shards).await
+        })
+        .await;
+        println!(
+            "one worker takes all {shards} leases: {} ms from its start",
+            ms(alone)
+        );
+        let second = a.worker("second");
+        let fair = wait_for(limit, async || {
+            a.holds("second", &second, half.saturating_sub(1), half + 1)
                 .await
-    })
-    .await;
-    let stolen = second.events("lease acquired").len();
-    let started = Instant::now() - fair.unwrap_or_default();
-    let handed = wait_for(limit, async || {
-        second.events("shard handed over").len()
-            + second.events("handoff timed out, starting anyway").len()
-            >= stolen
-    })
-    .await
-    .map(|_| started.elapsed());
-    println!(
-        "(a) join: fair share (±1) owned and held after {} ms from its start; all {stolen} stolen shards handed over (processing) after {} ms",
+                && a.holds("first", &first, half.saturating_sub(1), half + 1)
+                    .await
+        })
+        .await;
+        let stolen = second.events("lease acquired").len();
+        let started = Instant::now() - fair.unwrap_or_default();
+        let handed = wait_for(limit, async || {
+            second.events("shard handed over").len()
+                + second.events("handoff timed out, starting anyway").len()
+                >= stolen
+        })
+        .await
+        .map(|_| started.elapsed());
+        println!(
+        "(a) join, seen from outside: fair share (±1) owned and held {} ms after the process was spawned; all {stolen} stolen shards handed over (processing) after {} ms",
         ms(fair),
         ms(handed)
     );
-    let settle = wait_for(limit, async || {
-        a.holds("second", &second, half.saturating_sub(1), half + 1)
-            .await
-            && a.holds("first", &first, half.saturating_sub(1), half + 1)
+        // From its own log: the process start-up (calls to a kinesis-mock busy polling 200 shards)
+        // is not the lease protocol's doing.
+        let started_at = log_time(&second.events("consumer started"), 0);
+        let acquired = second.events("lease acquired");
+        let last_acquired = log_time(&acquired, acquired.len().saturating_sub(1));
+        let over = second.events("shard handed over");
+        let last_over = log_time(&over, over.len().saturating_sub(1));
+        let since = |t: Option<DateTime<Utc>>| match (started_at, t) {
+            (Some(s), Some(t)) => (t - s).num_milliseconds().to_string(),
+            _ => "?".into(),
+        };
+        println!(
+        "(a) join, from the joining worker's log: `consumer started` to its last `lease acquired` {} ms, to its last `shard handed over` {} ms ({} handoffs, {} timed out)",
+        since(last_acquired),
+        since(last_over),
+        over.len(),
+        second.events("handoff timed out, starting anyway").len()
+    );
+        let settle = wait_for(limit, async || {
+            a.holds("second", &second, half.saturating_sub(1), half + 1)
                 .await
-    })
-    .await;
-    assert!(settle.is_some());
-    let signalled = Instant::now();
-    first.signal("TERM");
-    let all = wait_for(limit, async || {
-        a.holds("second", &second, shards, shards).await
-    })
-    .await;
-    let exit = first
-        .wait_exit(Duration::from_secs(10))
-        .and_then(|s| s.code());
-    println!(
+                && a.holds("first", &first, half.saturating_sub(1), half + 1)
+                    .await
+        })
+        .await;
+        assert!(settle.is_some());
+        let signalled = Instant::now();
+        first.signal("TERM");
+        let all = wait_for(limit, async || {
+            a.holds("second", &second, shards, shards).await
+        })
+        .await;
+        let exit = first
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code());
+        println!(
         "(b) SIGTERM of one of two: the other owns and holds all {shards} after {} ms (stopped worker exit code {exit:?}, {} leases handed over)",
         ms(all),
         first.events("lease handed over").len()
     );
-    let _ = signalled;
-    let mut second = second;
-    second.signal("TERM");
-    second.wait_exit(Duration::from_secs(10));
+        let _ = signalled;
+        let mut second = second;
+        second.signal("TERM");
+        second.wait_exit(Duration::from_secs(10));
+        save("join-first", &first);
+        save("join-second", &second);
+    }
 
     // (d) one idle worker holding every lease.
-    let d = app(dynamo_emu.endpoint());
-    let mut solo = d.worker("solo");
-    let all = wait_for(limit, async || d.holds("solo", &solo, shards, shards).await).await;
-    assert!(all.is_some(), "the lone worker did not take every lease");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let ticks = clock_ticks_per_second();
-    let before = cpu_ticks(solo.pid());
-    let t0 = Instant::now();
-    tokio::time::sleep(measure).await;
-    let used = (cpu_ticks(solo.pid()) - before) as f64 / ticks as f64;
-    let cpu = 100.0 * used / t0.elapsed().as_secs_f64();
-    println!(
+    if run("idle") {
+        let d = app(dynamo_emu.endpoint());
+        let mut solo = d.worker("solo");
+        let all = wait_for(limit, async || d.holds("solo", &solo, shards, shards).await).await;
+        assert!(all.is_some(), "the lone worker did not take every lease");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let ticks = clock_ticks_per_second();
+        let before = cpu_ticks(solo.pid());
+        let t0 = Instant::now();
+        tokio::time::sleep(measure).await;
+        let used = (cpu_ticks(solo.pid()) - before) as f64 / ticks as f64;
+        let cpu = 100.0 * used / t0.elapsed().as_secs_f64();
+        println!(
         "(d) one idle worker holding {shards} leases: {cpu:.1}% of a core over {} s, VmRSS {:.1} MiB",
         measure.as_secs(),
         rss_kib(solo.pid()) as f64 / 1024.0
     );
-    solo.signal("TERM");
-    solo.wait_exit(Duration::from_secs(10));
+        solo.signal("TERM");
+        solo.wait_exit(Duration::from_secs(10));
+        save("idle", &solo);
+    }
 
     // (c) DynamoDB calls per minute with 4 balanced workers, counted by the pass-through proxy.
-    let proxy = FaultProxy::start(&dynamo_emu.endpoint());
-    let c = app(proxy.endpoint());
-    let names = ["w1", "w2", "w3", "w4"];
-    let mut workers: Vec<ServiceProcess> = names.iter().map(|n| c.worker(n)).collect();
-    let quarter = shards.div_ceil(4);
-    let balanced = wait_for(limit, async || {
-        let mut ok = true;
-        for (n, w) in names.iter().zip(&workers) {
-            ok &= c.holds(n, w, quarter.saturating_sub(1), quarter).await;
+    if run("calls") {
+        let proxy = FaultProxy::start(&dynamo_emu.endpoint());
+        let c = app(proxy.endpoint());
+        let names = ["w1", "w2", "w3", "w4"];
+        let mut workers: Vec<ServiceProcess> = names.iter().map(|n| c.worker(n)).collect();
+        let quarter = shards.div_ceil(4);
+        let balanced = wait_for(limit, async || {
+            let mut ok = true;
+            for (n, w) in names.iter().zip(&workers) {
+                ok &= c.holds(n, w, quarter.saturating_sub(1), quarter).await;
+            }
+            ok
+        })
+        .await;
+        println!("4 workers balanced after {} ms", ms(balanced));
+        // Let the handoffs and the first scans pass.
+        tokio::time::sleep(Duration::from_millis(2 * failover_ms)).await;
+        let ops = [
+            "UpdateItem",
+            "Scan",
+            "Query",
+            "GetItem",
+            "PutItem",
+            "DeleteItem",
+            "DescribeTable",
+        ];
+        let before: Vec<usize> = ops.iter().map(|op| proxy.requests(op)).collect();
+        let t0 = Instant::now();
+        tokio::time::sleep(measure).await;
+        let minutes = t0.elapsed().as_secs_f64() / 60.0;
+        println!(
+            "(c) DynamoDB calls per minute, 4 workers on {shards} shards, all workers together:"
+        );
+        println!("| operation | calls per minute |");
+        println!("|---|---|");
+        let mut total = 0.0;
+        for (op, b) in ops.iter().zip(before) {
+            let per_minute = (proxy.requests(op) - b) as f64 / minutes;
+            total += per_minute;
+            if per_minute > 0.0 {
+                println!("| {op} | {per_minute:.0} |");
+            }
         }
-        ok
-    })
-    .await;
-    println!("4 workers balanced after {} ms", ms(balanced));
-    // Let the handoffs and the first scans pass.
-    tokio::time::sleep(Duration::from_millis(2 * failover_ms)).await;
-    let ops = [
-        "UpdateItem",
-        "Scan",
-        "Query",
-        "GetItem",
-        "PutItem",
-        "DeleteItem",
-        "DescribeTable",
-    ];
-    let before: Vec<usize> = ops.iter().map(|op| proxy.requests(op)).collect();
-    let t0 = Instant::now();
-    tokio::time::sleep(measure).await;
-    let minutes = t0.elapsed().as_secs_f64() / 60.0;
-    println!("(c) DynamoDB calls per minute, 4 workers on {shards} shards, all workers together:");
-    println!("| operation | calls per minute |");
-    println!("|---|---|");
-    let mut total = 0.0;
-    for (op, b) in ops.iter().zip(before) {
-        let per_minute = (proxy.requests(op) - b) as f64 / minutes;
-        total += per_minute;
-        if per_minute > 0.0 {
-            println!("| {op} | {per_minute:.0} |");
+        println!("| total | {total:.0} |");
+        for w in &mut workers {
+            w.signal("TERM");
+        }
+        for (n, w) in names.iter().zip(&mut workers) {
+            w.wait_exit(Duration::from_secs(10));
+            save(&format!("calls-{n}"), w);
         }
     }
-    println!("| total | {total:.0} |");
-    for w in &mut workers {
-        w.signal("TERM");
-    }
-    for w in &mut workers {
-        w.wait_exit(Duration::from_secs(10));
-    }
+    println!("worker logs in {}", logs.display());
 }
