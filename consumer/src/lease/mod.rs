@@ -7,7 +7,10 @@
 //!   towards `ceil(leases / live workers)` each.
 //! - [`sync`]: leases for new shards, and when a child shard may start (all parents at
 //!   `SHARD_END`).
-//! - [`processor`]: the library API, a [`RecordProcessor`] per shard and its [`Checkpointer`].
+//! - [`processor`]: the library API, a [`RecordProcessor`] per shard, which gets deaggregated
+//!   user records ([`KinesisClientRecord`]), and its [`Checkpointer`].
+//! - [`failure`]: the [`FailurePolicy`] for a batch whose processing keeps failing (retries,
+//!   bisection, maximum record age; then stop, skip or a failure stream).
 //! - `held`, `shard`, [`worker`]: renewing, taking and processing.
 //!
 //! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
@@ -22,6 +25,7 @@
 //! moving; leases are renewed, and the table scanned for leases to take, every third of that.
 
 pub mod balance;
+pub mod failure;
 mod held;
 pub mod processor;
 mod shard;
@@ -29,9 +33,11 @@ pub mod sync;
 pub mod table;
 pub mod worker;
 
+pub use failure::{FailurePolicy, OnFailure};
 pub use processor::{
-    CheckpointError, Checkpointer, InitializationInput, LoggingProcessorFactory,
-    ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
+    CheckpointError, Checkpointer, InitializationInput, KinesisClientRecord,
+    LoggingProcessorFactory, PreparedCheckpointer, ProcessRecordsInput, RecordProcessor,
+    RecordProcessorFactory,
 };
 pub use worker::{Worker, WorkerConfig};
 

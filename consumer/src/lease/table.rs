@@ -740,6 +740,22 @@ impl LeaseTable {
         update.send(self).await
     }
 
+    /// The first phase of a two-phase checkpoint: `pendingCheckpoint` and its sub-sequence
+    /// number, as the Java KCL's `prepareCheckpoint` writes them.
+    pub async fn prepare_checkpoint(
+        &self,
+        lease: &Lease,
+        position: &ExtendedSequenceNumber,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.set(PENDING_CHECKPOINT, s(&position.sequence_number));
+        update.set(
+            PENDING_CHECKPOINT_SUB_SEQUENCE,
+            n(position.sub_sequence_number),
+        );
+        update.send(self).await
+    }
+
     /// Records where a `LATEST` lease was first read (see [`Lease::latest_start`]).
     pub async fn pin_latest(&self, lease: &Lease, at: DateTime<Utc>) -> Result<Lease, WriteError> {
         let mut update = Update::new(lease);

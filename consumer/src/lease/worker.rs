@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{self, LeaseView};
+use super::failure::{FailurePolicy, OnFailure};
 use super::held::HeldLease;
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
@@ -87,6 +88,8 @@ pub struct WorkerConfig {
     pub retrieval: RetrievalConfig,
     /// How long to wait for a new lease table (and a new stream consumer) to become ACTIVE.
     pub table_wait_timeout: Duration,
+    /// What happens to a batch whose processing keeps failing.
+    pub failure: FailurePolicy,
 }
 
 impl WorkerConfig {
@@ -102,6 +105,7 @@ impl WorkerConfig {
             initial_position: settings.initial_position,
             retrieval: RetrievalConfig::from_settings(settings),
             table_wait_timeout: settings.shared.stream_wait_timeout,
+            failure: settings.failure.clone(),
         }
     }
 }
@@ -162,6 +166,13 @@ impl<F: RecordProcessorFactory> Worker<F> {
             _ = cancel.cancelled() => return Ok(()),
             checked = self.table.check_stream() => checked?,
         }
+        // A failure stream that does not exist would only be found at the first failure.
+        if let OnFailure::Stream(name) = &self.config.failure.on_failure {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                checked = check_failure_stream(&self.kinesis, name, &self.config.stream) => checked?,
+            }
+        }
         // Fan-out: the stream consumer every worker of the application shares.
         let retrieval = match Retrieval::prepare(
             &self.config.retrieval,
@@ -188,6 +199,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             retrieval,
             parent_poll: self.config.renew_interval,
             sync_now: Arc::new(Notify::new()),
+            failure: self.config.failure.clone(),
         });
         let mut coordinator = Coordinator {
             config: self.config.clone(),
@@ -266,6 +278,33 @@ impl<F: RecordProcessorFactory> Worker<F> {
         }
         tracing::info!(stream = %self.config.stream, worker_id = %self.config.worker_id, "consumer stopped");
         Ok(())
+    }
+}
+
+/// Checks at start that the failure stream exists and is not the stream read (which would
+/// feed failures back in). A check that cannot be made (throttling, say) is only logged.
+async fn check_failure_stream(
+    kinesis: &aws_sdk_kinesis::Client,
+    name: &str,
+    source: &str,
+) -> anyhow::Result<()> {
+    if name == source {
+        anyhow::bail!("CONSUMER_ON_FAILURE names stream {name:?}, the stream being read: failed records would be read again");
+    }
+    match kinesis
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if common::aws::classify(&err) == common::aws::ErrorKind::NotFound => {
+            anyhow::bail!("CONSUMER_ON_FAILURE names stream {name:?}, which does not exist")
+        }
+        Err(err) => {
+            tracing::warn!(failure_stream = %name, error = %common::kinesis::error_text(&err), "cannot check the failure stream; going on");
+            Ok(())
+        }
     }
 }
 
