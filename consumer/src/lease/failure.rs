@@ -63,7 +63,8 @@ impl Deliverer<'_> {
         stop: &CancellationToken,
     ) -> Delivery {
         // A stack of ranges still to process, the next on top.
-        let mut pending: Vec<Range<usize>> = Vec::from([0..records.len()]);
+        let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
+        pending.push(0..records.len());
         while let Some(mut range) = pending.pop() {
             let mut attempts = 0u32;
             let mut backoff =
