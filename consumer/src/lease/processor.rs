@@ -247,7 +247,7 @@ impl Checkpointer {
     /// Records that every user record delivered so far was processed.
     pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
         let last = self.last_delivered_or_error()?;
-        self.write(last).await
+        self.write(last, false).await
     }
 
     /// Records that every user record up to and including `record` was processed.
@@ -267,7 +267,7 @@ impl Checkpointer {
         sub_sequence_number: i64,
     ) -> Result<(), CheckpointError> {
         let position = self.valid(sequence_number, sub_sequence_number)?;
-        self.write(position).await
+        self.write(position, false).await
     }
 
     /// The first phase of a two-phase checkpoint at the last record delivered: writes the
@@ -352,9 +352,14 @@ impl Checkpointer {
         })
     }
 
-    /// Writes `position` unless the last checkpoint covers it.
-    async fn write(&self, position: ExtendedSequenceNumber) -> Result<(), CheckpointError> {
-        if self.last_checkpoint().is_some_and(|c| position <= c) {
+    /// Writes `position` unless the last checkpoint covers it (and nothing prepared is to be
+    /// cleared: `commit`).
+    async fn write(
+        &self,
+        position: ExtendedSequenceNumber,
+        commit: bool,
+    ) -> Result<(), CheckpointError> {
+        if !commit && self.last_checkpoint().is_some_and(|c| position <= c) {
             return Ok(());
         }
         let written = self
@@ -406,9 +411,10 @@ impl PreparedCheckpointer {
         &self.position
     }
 
-    /// Commits the prepared position as the checkpoint (clearing `pendingCheckpoint`).
+    /// Commits the prepared position as the checkpoint (clearing `pendingCheckpoint`, even
+    /// when the checkpoint was there already).
     pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
-        self.checkpointer.write(self.position.clone()).await
+        self.checkpointer.write(self.position.clone(), true).await
     }
 }
 
