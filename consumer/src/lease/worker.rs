@@ -122,7 +122,35 @@ struct Observation {
     ended: bool,
 }
 
-/// A lease-coordinated consumer of one stream.
+/// A lease-coordinated consumer of one stream: takes its share of the shards' leases and runs
+/// a processor from `F` for each, until the token passed to [`Worker::run`] fires.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use common::config::ConsumerSettings;
+/// use consumer::lease::{FailurePolicy, LoggingProcessorFactory, OnFailure, Worker, WorkerConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn run() -> anyhow::Result<()> {
+/// let settings = ConsumerSettings::from_env()?;
+/// let sdk = common::aws::load().await?;
+/// let mut config = WorkerConfig::from_settings(&settings, consumer::lease::worker_id(&settings));
+/// // Give a record up after 3 retries, isolating it first; keep it on a failure stream.
+/// config.failure = FailurePolicy {
+///     retry_attempts: Some(3),
+///     bisect_on_error: true,
+///     on_failure: OnFailure::Stream("orders-failed".into()),
+///     ..FailurePolicy::default()
+/// };
+/// let kinesis = common::aws::kinesis(&sdk, &settings.shared.timeouts);
+/// let dynamodb = common::aws::dynamodb(&sdk, &settings.shared.timeouts);
+/// let stop = CancellationToken::new();
+/// Worker::new(config, kinesis, dynamodb, LoggingProcessorFactory)
+///     .run(stop)
+///     .await
+/// # }
+/// ```
 pub struct Worker<F: RecordProcessorFactory> {
     config: WorkerConfig,
     kinesis: aws_sdk_kinesis::Client,
