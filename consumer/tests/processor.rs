@@ -218,6 +218,16 @@ impl App {
         assert_eq!(out.failed_record_count(), Some(0));
     }
 
+    /// The sequence number of the record stored with this payload.
+    async fn sequence_number_of(&self, payload: &str) -> String {
+        testkit::read_stream(&self.kinesis, &self.stream)
+            .await
+            .into_iter()
+            .find(|(_, r)| r.data().as_ref() == payload.as_bytes())
+            .map(|(_, r)| r.sequence_number().to_string())
+            .expect("stored")
+    }
+
     async fn lease_item(&self) -> std::collections::HashMap<String, AttributeValue> {
         self.dynamo
             .get_item()
@@ -551,12 +561,7 @@ async fn failed_records_go_to_the_failure_stream_with_their_metadata() {
         processed(&seen),
         ["r0", "r1", "r2", "r3", "r5", "r6", "r7", "r8", "r9"]
     );
-    let stored = testkit::read_stream(&app.kinesis, &app.stream).await;
-    let r4 = stored
-        .iter()
-        .find(|(_, r)| r.data().as_ref() == b"r4")
-        .map(|(_, r)| r.sequence_number().to_string())
-        .unwrap();
+    let r4 = app.sequence_number_of("r4").await;
     let dead = testkit::read_stream(&app.kinesis, &failures).await;
     assert_eq!(dead.len(), 1, "exactly the failed record");
     let body: Value = serde_json::from_slice(dead[0].1.data().as_ref()).unwrap();
@@ -597,12 +602,7 @@ async fn stop_keeps_the_lease_and_processes_nothing_after_the_failing_record() {
     assert!(n_attr(&item, "leaseCounter").unwrap() > before, "renewed");
     assert!(s_attr(&item, "leaseOwner").is_some(), "still owned");
     assert_eq!(processed(&seen), ["r0", "r1", "r2", "r3"]);
-    let stored = testkit::read_stream(&app.kinesis, &app.stream).await;
-    let r3 = stored
-        .iter()
-        .find(|(_, r)| r.data().as_ref() == b"r3")
-        .map(|(_, r)| r.sequence_number().to_string())
-        .unwrap();
+    let r3 = app.sequence_number_of("r3").await;
     assert_eq!(
         s_attr(&item, "checkpoint"),
         Some(r3.as_str()),

@@ -175,11 +175,12 @@ impl Deliverer<'_> {
             o.metrics
                 .records_given_up(self.shard_id, action, records.len() as u64);
         }
-        match &self.policy.on_failure {
-            OnFailure::Stop => {
-                tracing::error!(
+        // The fields every give-up event carries.
+        macro_rules! given_up {
+            ($level:ident, $message:literal $(, $field:ident = $value:expr)*) => {
+                tracing::$level!(
                     shard_id = %self.shard_id,
-                    worker_id = %self.worker_id,
+                    $($field = %$value,)*
                     first_sequence_number = %first.sequence_number,
                     first_sub_sequence_number = first.sub_sequence_number,
                     last_sequence_number = %last.sequence_number,
@@ -188,27 +189,23 @@ impl Deliverer<'_> {
                     attempts,
                     error = %error,
                     reason = %reason,
-                    "shard stopped: records keep failing; the lease is kept and nothing after them is processed until this worker restarts"
+                    $message
+                )
+            };
+        }
+        match &self.policy.on_failure {
+            OnFailure::Stop => {
+                given_up!(
+                    error,
+                    "shard stopped: records keep failing; the lease is kept and nothing after them is processed until this worker restarts",
+                    worker_id = self.worker_id
                 );
                 return Delivery::Halted(format!(
                     "records from {}/{} {reason}: {error}",
                     first.sequence_number, first.sub_sequence_number
                 ));
             }
-            OnFailure::Skip => {
-                tracing::warn!(
-                    shard_id = %self.shard_id,
-                    first_sequence_number = %first.sequence_number,
-                    first_sub_sequence_number = first.sub_sequence_number,
-                    last_sequence_number = %last.sequence_number,
-                    last_sub_sequence_number = last.sub_sequence_number,
-                    records = records.len(),
-                    attempts,
-                    error = %error,
-                    reason = %reason,
-                    "records skipped after failing"
-                );
-            }
+            OnFailure::Skip => given_up!(warn, "records skipped after failing"),
             OnFailure::Stream(name) => {
                 if !self
                     .put_failed(name, records, error, attempts, reason, stop)
@@ -216,18 +213,10 @@ impl Deliverer<'_> {
                 {
                     return Delivery::Cancelled;
                 }
-                tracing::warn!(
-                    shard_id = %self.shard_id,
-                    failure_stream = %name,
-                    first_sequence_number = %first.sequence_number,
-                    first_sub_sequence_number = first.sub_sequence_number,
-                    last_sequence_number = %last.sequence_number,
-                    last_sub_sequence_number = last.sub_sequence_number,
-                    records = records.len(),
-                    attempts,
-                    error = %error,
-                    reason = %reason,
-                    "failed records put on the failure stream"
+                given_up!(
+                    warn,
+                    "failed records put on the failure stream",
+                    failure_stream = name
                 );
             }
         }
