@@ -25,7 +25,7 @@ use consumer::lease::{
 };
 
 /// One per shard lease: counts messages per partition key.
-struct Counter {
+pub struct Counter {
     shard_id: String,
     per_key: BTreeMap<String, u64>,
     since_checkpoint: u64,
@@ -105,8 +105,8 @@ impl RecordProcessor for Counter {
     }
 }
 
-struct Counters {
-    checkpoint_every: u64,
+pub struct Counters {
+    pub checkpoint_every: u64,
 }
 
 impl RecordProcessorFactory for Counters {

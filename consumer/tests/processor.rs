@@ -173,6 +173,10 @@ impl App {
     }
 
     fn start(&self, factory: Factory, failure: FailurePolicy) -> Running {
+        self.start_with(factory, failure)
+    }
+
+    fn start_with<F: RecordProcessorFactory>(&self, factory: F, failure: FailurePolicy) -> Running {
         let config = WorkerConfig {
             stream: self.stream.clone(),
             application_name: self.app.clone(),
@@ -668,53 +672,45 @@ async fn a_failure_stream_that_does_not_exist_stops_the_worker_at_start() {
     );
 }
 
+/// The example's processor, compiled into this suite so that it runs here as the example's
+/// `main` runs it.
+#[allow(dead_code)]
+#[path = "../examples/custom_processor.rs"]
+mod custom_processor;
+
 #[tokio::test]
 async fn the_custom_processor_example_reads_and_checkpoints() {
+    let (logs, _guard) = Logs::capture();
     let app = App::new("proc-example").await;
     let messages: Vec<String> = (0..5)
         .map(|_| String::from_utf8(common::message::DataMessage::new().to_json()).unwrap())
         .collect();
     let refs: Vec<&str> = messages.iter().map(String::as_str).collect();
     app.put_all(&app.stream, &refs).await;
-    let example = std::path::Path::new(env!("CARGO_BIN_EXE_consumer"))
-        .with_file_name("examples/custom_processor");
-    assert!(
-        example.is_file(),
-        "{} is built by cargo test",
-        example.display()
+    let running = app.start_with(
+        custom_processor::Counters {
+            checkpoint_every: 2,
+        },
+        FailurePolicy::default(),
     );
-    let mut env = testkit::service_env_with_dynamo(
-        &testkit::shared(Kind::KinesisMock).endpoint(),
-        &testkit::shared(testkit::lease_table_emulator()).endpoint(),
-        &app.stream,
-    );
-    for (k, v) in [
-        ("CONSUMER_APPLICATION_NAME", app.app.as_str()),
-        ("CONSUMER_FAILOVER_MS", "3000"),
-        ("EXAMPLE_CHECKPOINT_EVERY", "2"),
-    ] {
-        env.push((k.to_string(), v.to_string()));
-    }
-    let mut process = testkit::ServiceProcess::spawn(&example, &env);
     until(
         Duration::from_secs(60),
         "5 records and a checkpoint",
         || {
-            process.events("example record").len() == 5
-                && !process.events("example checkpoint").is_empty()
+            logs.events("example record").len() == 5
+                && !logs.events("example checkpoint").is_empty()
         },
     )
     .await;
-    process.signal("TERM");
-    process.expect_exit(Duration::from_secs(10), 0);
-    let stored = testkit::read_stream(&app.kinesis, &app.stream).await;
-    let last = stored.last().unwrap().1.sequence_number().to_string();
+    running.stop().await;
+    let last = app.sequence_number_of(&messages[4]).await;
     let item = app.lease_item().await;
-    assert_eq!(
-        s_attr(&item, "checkpoint"),
-        Some(last.as_str()),
-        "{}",
-        process.dump()
-    );
+    assert_eq!(s_attr(&item, "checkpoint"), Some(last.as_str()));
     assert!(!item.contains_key("pendingCheckpoint"));
+    let ids: HashSet<String> = logs
+        .events("example record")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5);
 }
