@@ -237,6 +237,31 @@ pub const CONSUMER_EFO_IDLE_MS: VarSpec = var(
     Some("35000"),
     "a whole number of milliseconds from 1000 to 300000",
 );
+pub const CONSUMER_RETRY_ATTEMPTS: VarSpec = var(
+    "CONSUMER_RETRY_ATTEMPTS",
+    Some("-1"),
+    "-1 (retry a failing batch until it succeeds) or a whole number of retries from 0 to 10000",
+);
+pub const CONSUMER_RETRY_BACKOFF_MAX_MS: VarSpec = var(
+    "CONSUMER_RETRY_BACKOFF_MAX_MS",
+    Some("5000"),
+    "a whole number of milliseconds from 200 to 3600000",
+);
+pub const CONSUMER_BISECT_ON_ERROR: VarSpec = var(
+    "CONSUMER_BISECT_ON_ERROR",
+    Some("false"),
+    "`true` or `false`",
+);
+pub const CONSUMER_MAX_RECORD_AGE_SECONDS: VarSpec = var(
+    "CONSUMER_MAX_RECORD_AGE_SECONDS",
+    Some("-1"),
+    "-1 (no limit) or a whole number of seconds from 1 to 31536000",
+);
+pub const CONSUMER_ON_FAILURE: VarSpec = var(
+    "CONSUMER_ON_FAILURE",
+    Some("stop"),
+    "`stop` (keep the lease, stop reading the shard), `skip` (log the records and checkpoint past them) or `stream:NAME` (put them on Kinesis stream NAME, then checkpoint past them)",
+);
 
 /// Variables both services read.
 pub const SHARED_VARS: &[VarSpec] = &[
@@ -289,6 +314,11 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
     CONSUMER_EFO_NAME,
     CONSUMER_EFO_RENEW_MS,
     CONSUMER_EFO_IDLE_MS,
+    CONSUMER_RETRY_ATTEMPTS,
+    CONSUMER_RETRY_BACKOFF_MAX_MS,
+    CONSUMER_BISECT_ON_ERROR,
+    CONSUMER_MAX_RECORD_AGE_SECONDS,
+    CONSUMER_ON_FAILURE,
 ];
 
 /// Variables read not by this module but by the AWS SDK's standard chain and by the log filter.
@@ -750,6 +780,103 @@ pub struct FanOutSettings {
     pub idle_timeout: Duration,
 }
 
+/// What happens to a batch of records whose processing keeps failing, in leased mode: modelled on
+/// the AWS Lambda Kinesis event source mapping (`MaximumRetryAttempts`,
+/// `BisectBatchOnFunctionError`, `MaximumRecordAgeInSeconds`, on-failure destination).
+///
+/// The default loses nothing: retry for ever (with backoff capped at 5 s), and `Stop` should
+/// a limit be set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Retries after the first attempt; `None`: until it succeeds.
+    pub retry_attempts: Option<u32>,
+    /// The longest wait between two attempts (the backoff doubles from 200 ms up to it).
+    pub retry_backoff_max: Duration,
+    /// Split a failing batch of several records in two halves and process each on its own,
+    /// down to the one record that fails (its retries are counted then).
+    pub bisect_on_error: bool,
+    /// A failing record older than this (by its approximate arrival time) is given up on at
+    /// once, without more retries; `None`: no limit.
+    pub max_record_age: Option<Duration>,
+    /// What happens to the records given up on.
+    pub on_failure: OnFailure,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self {
+            retry_attempts: None,
+            retry_backoff_max: Duration::from_secs(5),
+            bisect_on_error: false,
+            max_record_age: None,
+            on_failure: OnFailure::Stop,
+        }
+    }
+}
+
+/// What happens to records given up on (see [`FailurePolicy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop reading the shard and keep its lease (renewed, so nobody else takes it): nothing
+    /// is skipped; the worker logs an error, and its metrics and status page show the shard
+    /// stopped until the worker restarts.
+    Stop,
+    /// Log a warning naming the shard and the records' sequence numbers, and checkpoint past
+    /// them.
+    Skip,
+    /// Put each record, with its metadata, on this Kinesis stream, then checkpoint past them.
+    Stream(String),
+}
+
+impl FailurePolicy {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let retry_attempts = match raw.get(&CONSUMER_RETRY_ATTEMPTS) {
+            Some("-1") | None => None,
+            Some(_) => Some(raw.required_number(&CONSUMER_RETRY_ATTEMPTS, 0u32, 10_000)?),
+        };
+        let max_record_age = match raw.get(&CONSUMER_MAX_RECORD_AGE_SECONDS) {
+            Some("-1") | None => None,
+            Some(_) => Some(Duration::from_secs(raw.required_number(
+                &CONSUMER_MAX_RECORD_AGE_SECONDS,
+                1u64,
+                31_536_000,
+            )?)),
+        };
+        let on_failure = match raw.get(&CONSUMER_ON_FAILURE).unwrap_or("stop") {
+            word if word.eq_ignore_ascii_case("stop") => OnFailure::Stop,
+            word if word.eq_ignore_ascii_case("skip") => OnFailure::Skip,
+            word => match word.split_once(':') {
+                Some((kind, name))
+                    if kind.eq_ignore_ascii_case("stream") && valid_consumer_name(name) =>
+                {
+                    OnFailure::Stream(name.to_string())
+                }
+                _ => return Err(raw.invalid(&CONSUMER_ON_FAILURE, word)),
+            },
+        };
+        if on_failure != OnFailure::Stop && retry_attempts.is_none() && max_record_age.is_none() {
+            return Err(ConfigError::Missing {
+                var: CONSUMER_RETRY_ATTEMPTS.name,
+                because: format!(
+                    "CONSUMER_ON_FAILURE is {}, which retrying for ever (-1 here and in CONSUMER_MAX_RECORD_AGE_SECONDS) never reaches",
+                    raw.get(&CONSUMER_ON_FAILURE).unwrap_or_default()
+                ),
+                allowed: CONSUMER_RETRY_ATTEMPTS.allowed,
+            });
+        }
+        Ok(Self {
+            retry_attempts,
+            retry_backoff_max: raw.millis(&CONSUMER_RETRY_BACKOFF_MAX_MS, 200, 3_600_000)?,
+            bisect_on_error: raw.choice(
+                &CONSUMER_BISECT_ON_ERROR,
+                &[("true", true), ("false", false)],
+            )?,
+            max_record_age,
+            on_failure,
+        })
+    }
+}
+
 /// The consumer service's settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -766,6 +893,8 @@ pub struct ConsumerSettings {
     pub retrieval: Retrieval,
     /// Read whatever `retrieval` is, for the same reason.
     pub fan_out: FanOutSettings,
+    /// Leased mode: what happens to a batch whose processing keeps failing.
+    pub failure: FailurePolicy,
 }
 
 fn valid_table_name(s: &str) -> bool {
@@ -894,6 +1023,7 @@ impl ConsumerSettings {
                 renew_interval: raw.millis(&CONSUMER_EFO_RENEW_MS, 1000, 300_000)?,
                 idle_timeout: raw.millis(&CONSUMER_EFO_IDLE_MS, 1000, 300_000)?,
             },
+            failure: FailurePolicy::from_raw(raw)?,
         })
     }
 
@@ -1169,6 +1299,58 @@ mod tests {
     fn missing_config_file_is_an_error_naming_config_file() {
         let err = RawConfig::load([("CONFIG_FILE", "/nonexistent/x.toml")]).unwrap_err();
         assert_eq!(err.var(), "CONFIG_FILE");
+    }
+
+    #[test]
+    fn the_failure_policy_defaults_to_losing_nothing_and_reads_every_variable() {
+        let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(c.failure, FailurePolicy::default());
+        assert_eq!(c.failure.on_failure, OnFailure::Stop);
+        assert_eq!(c.failure.retry_attempts, None);
+        let c = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_RETRY_ATTEMPTS", "3"),
+            ("CONSUMER_RETRY_BACKOFF_MAX_MS", "1000"),
+            ("CONSUMER_BISECT_ON_ERROR", "true"),
+            ("CONSUMER_MAX_RECORD_AGE_SECONDS", "60"),
+            ("CONSUMER_ON_FAILURE", "stream:demo-failures"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.failure,
+            FailurePolicy {
+                retry_attempts: Some(3),
+                retry_backoff_max: Duration::from_secs(1),
+                bisect_on_error: true,
+                max_record_age: Some(Duration::from_secs(60)),
+                on_failure: OnFailure::Stream("demo-failures".into()),
+            }
+        );
+        let skip = ConsumerSettings::from_raw(&raw(&[
+            ("CONSUMER_MAX_RECORD_AGE_SECONDS", "5"),
+            ("CONSUMER_ON_FAILURE", "skip"),
+        ]))
+        .unwrap();
+        assert_eq!(skip.failure.on_failure, OnFailure::Skip);
+        for (var, value) in [
+            ("CONSUMER_RETRY_ATTEMPTS", "-2"),
+            ("CONSUMER_RETRY_ATTEMPTS", "many"),
+            ("CONSUMER_RETRY_BACKOFF_MAX_MS", "10"),
+            ("CONSUMER_BISECT_ON_ERROR", "yes"),
+            ("CONSUMER_MAX_RECORD_AGE_SECONDS", "0"),
+            ("CONSUMER_ON_FAILURE", "drop"),
+            ("CONSUMER_ON_FAILURE", "stream:"),
+            ("CONSUMER_ON_FAILURE", "stream:bad name"),
+        ] {
+            let err = ConsumerSettings::from_raw(&raw(&[(var, value)])).expect_err(value);
+            assert_eq!(err.var(), var, "{value}");
+        }
+        // Skipping while retrying for ever would never skip: said at start.
+        let err = ConsumerSettings::from_raw(&raw(&[("CONSUMER_ON_FAILURE", "skip")])).unwrap_err();
+        assert_eq!(err.var(), "CONSUMER_RETRY_ATTEMPTS");
+        assert!(
+            err.to_string().contains("CONSUMER_ON_FAILURE is skip"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,6 +106,32 @@ impl Aggregate {
     }
 }
 
+/// One member of an [`Aggregate`] taken apart by [`Aggregate::into_parts`]: indexes into the
+/// key tables, and its data, moved rather than copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub partition_key_index: usize,
+    pub explicit_hash_key_index: Option<usize>,
+    pub data: Vec<u8>,
+}
+
+impl Aggregate {
+    /// The partition key table, the explicit hash key table and the members, in order, without
+    /// copying any member's data. Indexes were checked by [`deaggregate`].
+    pub fn into_parts(self) -> (Vec<String>, Vec<String>, Vec<Member>) {
+        let members = self
+            .records
+            .into_iter()
+            .map(|r| Member {
+                partition_key_index: r.partition_key_index as usize,
+                explicit_hash_key_index: r.explicit_hash_key_index.map(|i| i as usize),
+                data: r.data,
+            })
+            .collect();
+        (self.partition_keys, self.explicit_hash_keys, members)
+    }
+}
+
 /// Whether Kinesis would accept this partition key: 1 to 256 characters.
 pub fn is_valid_partition_key(key: &str) -> bool {
     // Cheap bound first: a huge key is rejected without counting its characters.

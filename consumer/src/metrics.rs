@@ -17,6 +17,9 @@
 //! - `kinesis_consumer_get_records_seconds` (KinesisDataFetcher.getRecords.Time) and
 //!   `kinesis_consumer_process_records_seconds` (RecordProcessor.processRecords.Time).
 //! - `kinesis_consumer_workers`: workers seen alive in the lease table.
+//! - `kinesis_consumer_records_given_up_total{shard_id, action}`: user records the failure
+//!   policy gave up on (`action`: `stop`, `skip`, `stream`), and
+//!   `kinesis_consumer_shards_stopped`: shards stopped by `CONSUMER_ON_FAILURE=stop`.
 //! - `kinesis_consumer_info{mode, retrieval}`: always 1; how this process shares the shards
 //!   (`polling`, `leased`) and fetches records (`polling`, `fanout`).
 
@@ -63,6 +66,16 @@ pub struct ConsumerMetrics {
     pub process_records_seconds: Histogram,
     pub workers: Gauge,
     pub info: Family<Info, Gauge>,
+    pub records_given_up: Family<GivenUp, Counter>,
+    pub shards_stopped: Gauge,
+}
+
+/// The labels of `kinesis_consumer_records_given_up_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GivenUp {
+    pub shard_id: String,
+    /// `stop`, `skip` or `stream` (`CONSUMER_ON_FAILURE`).
+    pub action: String,
 }
 
 impl Default for ConsumerMetrics {
@@ -82,6 +95,8 @@ impl Default for ConsumerMetrics {
             process_records_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             workers: Gauge::default(),
             info: Family::default(),
+            records_given_up: Family::default(),
+            shards_stopped: Gauge::default(),
         }
     }
 }
@@ -150,6 +165,16 @@ impl ConsumerMetrics {
             m.workers.clone(),
         );
         r.register(
+            "records_given_up",
+            "User records the failure policy gave up on, by CONSUMER_ON_FAILURE action",
+            m.records_given_up.clone(),
+        );
+        r.register(
+            "shards_stopped",
+            "Shards this worker stopped reading because records kept failing (CONSUMER_ON_FAILURE=stop)",
+            m.shards_stopped.clone(),
+        );
+        r.register(
             "info",
             "Always 1: how this process shares the shards (mode) and fetches records (retrieval)",
             m.info.clone(),
@@ -165,6 +190,16 @@ impl ConsumerMetrics {
                 retrieval: retrieval.to_string(),
             })
             .set(1);
+    }
+
+    /// Counts user records the failure policy gave up on.
+    pub fn records_given_up(&self, shard_id: &str, action: &str, records: u64) {
+        self.records_given_up
+            .get_or_create(&GivenUp {
+                shard_id: shard_id.to_string(),
+                action: action.to_string(),
+            })
+            .inc_by(records);
     }
 
     /// Counts a batch of user records handed to the processor.

@@ -53,6 +53,16 @@ struct Seen {
     workers: Vec<String>,
     scanned_at: Option<DateTime<Utc>>,
     shards: BTreeMap<String, ShardSeen>,
+    /// Shards stopped by the failure policy, with why.
+    stopped: BTreeMap<String, StoppedShard>,
+}
+
+/// A shard this worker stopped reading because its records kept failing.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoppedShard {
+    pub shard_id: String,
+    pub since: String,
+    pub reason: String,
 }
 
 /// The process's observer: metrics, probe, status.
@@ -92,6 +102,8 @@ struct StatusDoc {
     scanned_at: Option<String>,
     workers: Vec<String>,
     leases: Vec<LeaseRow>,
+    /// Shards held but stopped by the failure policy (`CONSUMER_ON_FAILURE=stop`).
+    stopped_shards: Vec<StoppedShard>,
     recent_errors: Vec<common::telemetry::RecentEvent>,
 }
 
@@ -153,6 +165,30 @@ impl Observer {
         }
     }
 
+    /// The failure policy stopped `shard_id` (its lease is kept).
+    pub fn shard_stopped(&self, shard_id: &str, reason: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.stopped.insert(
+                shard_id.to_string(),
+                StoppedShard {
+                    shard_id: shard_id.to_string(),
+                    since: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                    reason: reason.to_string(),
+                },
+            );
+            self.metrics.shards_stopped.set(s.stopped.len() as i64);
+        }
+    }
+
+    /// A stopped shard's task ended (the worker stops, or the lease moved).
+    pub fn shard_released(&self, shard_id: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.stopped.remove(shard_id).is_some() {
+                self.metrics.shards_stopped.set(s.stopped.len() as i64);
+            }
+        }
+    }
+
     pub fn behind(&self, shard_id: &str, millis: i64) {
         self.metrics.behind(shard_id, millis);
         if let Ok(mut s) = self.state.lock() {
@@ -192,12 +228,13 @@ impl Observer {
 
     fn document(&self) -> StatusDoc {
         let readiness = self.probe.readiness();
-        let (mut leases, workers, scanned_at, shards) = match self.state.lock() {
+        let (mut leases, workers, scanned_at, shards, stopped) = match self.state.lock() {
             Ok(s) => (
                 s.leases.clone(),
                 s.workers.clone(),
                 s.scanned_at,
                 s.shards.clone(),
+                s.stopped.values().cloned().collect(),
             ),
             Err(_) => Default::default(),
         };
@@ -243,6 +280,7 @@ impl Observer {
             scanned_at: scanned_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             workers,
             leases,
+            stopped_shards: stopped,
             recent_errors: self.recent.recent(),
         }
     }

@@ -6,9 +6,137 @@
 //! record, as the format specifies. Unlike the Java KCL, a user record whose hash key falls
 //! outside the shard's range is still delivered, with a warning, never dropped.
 
+use std::sync::Arc;
+
 use aws_sdk_kinesis::types::Record;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use common::kpl;
 use common::message::DataMessage;
+
+use crate::lease::table::ExtendedSequenceNumber;
+
+/// One user record as a [`RecordProcessor`](crate::lease::RecordProcessor) receives it (the
+/// Java KCL's `KinesisClientRecord`): a record put by an ordinary `PutRecord(s)`, or one member
+/// of a KPL aggregated record, unpacked by the library.
+///
+/// Owned and cheap to clone: the data is [`Bytes`] moved out of the Kinesis record (never copied), and
+/// the strings that members of one aggregate share (sequence number, keys) are shared, not
+/// repeated, so a batch costs memory in proportion to the records' own size.
+///
+/// ```
+/// use consumer::record::KinesisClientRecord;
+///
+/// # fn show(record: &KinesisClientRecord) {
+/// // Where the record is, for a checkpoint or a log line.
+/// let position = record.position();
+/// println!(
+///     "{} bytes, key {}, at {}/{}{}",
+///     record.data.len(),
+///     record.partition_key,
+///     position.sequence_number,
+///     position.sub_sequence_number,
+///     if record.aggregated { " (from a KPL aggregate)" } else { "" },
+/// );
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisClientRecord {
+    /// The Kinesis record's sequence number (shared by every member of an aggregate).
+    pub sequence_number: Arc<str>,
+    /// The member's index in its KPL aggregate; 0 for an ordinary record.
+    pub sub_sequence_number: i64,
+    pub partition_key: Arc<str>,
+    /// Only members of KPL aggregates carry one.
+    pub explicit_hash_key: Option<Arc<str>>,
+    /// When Kinesis accepted the record (the whole aggregate, for a member).
+    pub approximate_arrival_timestamp: Option<DateTime<Utc>>,
+    pub data: Bytes,
+    /// Whether it came out of a KPL aggregated record.
+    pub aggregated: bool,
+}
+
+impl KinesisClientRecord {
+    /// `(sequence number, sub-sequence number)`: what a checkpoint records.
+    pub fn position(&self) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::new(&*self.sequence_number, self.sub_sequence_number)
+    }
+
+    /// The sub-sequence number as logs show it: `None` for an ordinary record.
+    pub fn logged_sub_sequence_number(&self) -> Option<i64> {
+        self.aggregated.then_some(self.sub_sequence_number)
+    }
+
+    /// A borrowed view, for [`log_user_record`].
+    pub fn as_user_record(&self) -> UserRecord<'_> {
+        UserRecord {
+            sequence_number: &self.sequence_number,
+            sub_sequence_number: self.aggregated.then_some(self.sub_sequence_number as u64),
+            partition_key: &self.partition_key,
+            explicit_hash_key: self.explicit_hash_key.as_deref(),
+            data: &self.data,
+        }
+    }
+}
+
+/// Unpacks Kinesis records into user records, in order: each KPL aggregate into its members
+/// (each with the record's sequence number and its own sub-sequence number), any other record
+/// as itself. A member whose hash key falls outside `hash_range` (the shard's, inclusive) is
+/// still delivered, with a warning naming the shard and the record (the Java KCL drops the
+/// whole aggregate).
+pub fn deaggregate(
+    shard_id: &str,
+    hash_range: Option<(u128, u128)>,
+    records: Vec<Record>,
+) -> Vec<KinesisClientRecord> {
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let arrival = record
+            .approximate_arrival_timestamp
+            .and_then(|t| DateTime::from_timestamp_millis(t.to_millis().ok()?));
+        let sequence_number: Arc<str> = record.sequence_number.into();
+        let data = record.data.into_inner();
+        let Some(aggregate) = kpl::deaggregate(&data) else {
+            out.push(KinesisClientRecord {
+                sequence_number,
+                sub_sequence_number: 0,
+                partition_key: record.partition_key.unwrap_or_default().into(),
+                explicit_hash_key: None,
+                approximate_arrival_timestamp: arrival,
+                data: Bytes::from(data),
+                aggregated: false,
+            });
+            continue;
+        };
+        drop(data);
+        let (partition_keys, explicit_hash_keys, members) = aggregate.into_parts();
+        let partition_keys: Vec<Arc<str>> = partition_keys.into_iter().map(Into::into).collect();
+        let explicit_hash_keys: Vec<Arc<str>> =
+            explicit_hash_keys.into_iter().map(Into::into).collect();
+        out.reserve(members.len());
+        for (i, member) in members.into_iter().enumerate() {
+            let user = KinesisClientRecord {
+                sequence_number: sequence_number.clone(),
+                sub_sequence_number: i as i64,
+                partition_key: partition_keys[member.partition_key_index].clone(),
+                explicit_hash_key: member
+                    .explicit_hash_key_index
+                    .map(|k| explicit_hash_keys[k].clone()),
+                approximate_arrival_timestamp: arrival,
+                data: Bytes::from(member.data),
+                aggregated: true,
+            };
+            warn_if_outside_range(shard_id, hash_range, &user.as_user_record());
+            out.push(user);
+        }
+    }
+    out
+}
+
+/// Parses a lease's `(startingHashKey, endingHashKey)`.
+pub fn parse_hash_range(range: Option<&(String, String)>) -> Option<(u128, u128)> {
+    range.and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)))
+}
 
 /// One user record, as the application sees it. It borrows from the Kinesis record (and its
 /// decoded aggregate): nothing is copied per user record.
@@ -90,9 +218,13 @@ pub fn log_record_in_range(
     hash_range: Option<(u128, u128)>,
     record: &Record,
 ) -> usize {
+    let observer = crate::observe::observer();
     user_records(record)
         .iter()
         .filter(|user| {
+            if let Some(o) = observer {
+                o.metrics.processed(shard_id, 1, user.data.len() as u64);
+            }
             warn_if_outside_range(shard_id, hash_range, user);
             log_user_record(shard_id, user)
         })
@@ -122,12 +254,10 @@ pub fn warn_if_outside_range(
 }
 
 /// Logs one user record as `record received`, or as a `malformed record skipped` warning naming
-/// the shard and sequence number when it is not a `DataMessage`. Returns whether it was valid.
+/// the shard and sequence number when it is not a `DataMessage` (counted in
+/// `kinesis_consumer_malformed_records_total`). Returns whether it was valid.
 pub fn log_user_record(shard_id: &str, user: &UserRecord<'_>) -> bool {
     let observer = crate::observe::observer();
-    if let Some(o) = observer {
-        o.metrics.processed(shard_id, 1, user.data.len() as u64);
-    }
     match DataMessage::from_json(user.data) {
         Ok(message) => {
             tracing::info!(

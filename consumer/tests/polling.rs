@@ -226,6 +226,7 @@ fn a_bad_setting_ends_the_consumer_with_one_line_naming_it() {
     for (var, value) in [
         ("CONSUMER_INITIAL_POSITION", "BEGINNING"),
         ("CONSUMER_RETRIEVAL", "push"),
+        ("CONSUMER_ON_FAILURE", "stream:bad name"),
     ] {
         let mut env = testkit::service_env("http://127.0.0.1:9", "s");
         env.push((var.into(), value.into()));

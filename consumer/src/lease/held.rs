@@ -22,7 +22,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::table::{Checkpoint, Lease, LeaseTable, WriteError};
+use super::table::{Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable, WriteError};
 
 /// Why a write on a held lease did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +251,14 @@ impl HeldLease {
             .await
     }
 
+    /// Writes a prepared checkpoint (`pendingCheckpoint`).
+    pub async fn prepare_checkpoint(
+        &self,
+        position: &ExtendedSequenceNumber,
+    ) -> Result<(), LeaseWriteError> {
+        self.write(&Op::Prepare(position)).await
+    }
+
     /// Records where a `LATEST` lease is first read.
     pub async fn pin_latest(&self, at: DateTime<Utc>) -> Result<(), LeaseWriteError> {
         self.write(&Op::PinLatest(at)).await
@@ -364,6 +372,11 @@ impl HeldLease {
                     .pin_latest_in_handoff(&state.lease, *at, &self.worker_id)
                     .await
             }
+            Op::Prepare(position) => {
+                self.table
+                    .prepare_checkpoint_in_handoff(&state.lease, position, &self.worker_id)
+                    .await
+            }
         };
         match result {
             Ok(lease) => {
@@ -390,6 +403,9 @@ impl HeldLease {
                 Op::ClearHandoff => self.table.clear_handoff(&state.lease).await,
                 Op::Checkpoint(cp, children) => {
                     self.table.checkpoint(&state.lease, cp, children).await
+                }
+                Op::Prepare(position) => {
+                    self.table.prepare_checkpoint(&state.lease, position).await
                 }
                 Op::PinLatest(at) => self.table.pin_latest(&state.lease, *at).await,
                 Op::Release => self.table.release(&state.lease).await,
@@ -443,6 +459,7 @@ enum Op<'a> {
     /// The new owner ends a handoff that timed out.
     ClearHandoff,
     Checkpoint(&'a Checkpoint, &'a [String]),
+    Prepare(&'a ExtendedSequenceNumber),
     PinLatest(DateTime<Utc>),
     Release,
 }

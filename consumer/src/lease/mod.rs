@@ -3,11 +3,15 @@
 //! in it, so a restarted or replacement worker resumes where the last one stopped.
 //!
 //! - [`table`]: the lease item format (KCL attribute names) and its conditional writes.
-//! - [`balance`]: which leases to take: expired ones first, then at most one stolen per cycle,
-//!   towards `ceil(leases / live workers)` each.
+//! - [`balance`]: which leases to take: expired ones first, then as many stolen as short in one
+//!   cycle from workers above target, towards `ceil(leases / live workers)` each.
+//! - [`cleanup`]: which leases to delete (of shards read to their end, of vanished shards).
 //! - [`sync`]: leases for new shards, and when a child shard may start (all parents at
 //!   `SHARD_END`).
-//! - [`processor`]: the library API, a [`RecordProcessor`] per shard and its [`Checkpointer`].
+//! - [`processor`]: the library API, a [`RecordProcessor`] per shard, which gets deaggregated
+//!   user records ([`KinesisClientRecord`]), and its [`Checkpointer`].
+//! - [`failure`]: the [`FailurePolicy`] for a batch whose processing keeps failing (retries,
+//!   bisection, maximum record age; then stop, skip or a failure stream).
 //! - `held`, `shard`, [`worker`]: renewing, taking and processing.
 //!
 //! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
@@ -18,11 +22,17 @@
 //! a timer, before anyone else may take it. Per partition key, records are processed in order, and a child shard's
 //! records after all of its parents' records.
 //!
+//! A lease taken from a live worker is handed over gracefully (the Java KCL 3.x's
+//! `checkpointOwner`): the old holder finishes its batch and checkpoints before the new one
+//! starts, within `CONSUMER_HANDOFF_TIMEOUT_MS`.
+//!
 //! Timings: a lease expires after `CONSUMER_FAILOVER_MS` (default 10 s) without its counter
-//! moving; leases are renewed, and the table scanned for leases to take, every third of that.
+//! moving; leases are renewed every third of that, the table scanned every half of it, and the
+//! `leaseOwner` index read every 500 ms.
 
 pub mod balance;
 pub mod cleanup;
+pub mod failure;
 mod held;
 pub mod processor;
 mod shard;
@@ -30,9 +40,11 @@ pub mod sync;
 pub mod table;
 pub mod worker;
 
+pub use failure::{FailurePolicy, OnFailure};
 pub use processor::{
-    CheckpointError, Checkpointer, InitializationInput, LoggingProcessorFactory,
-    ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
+    CheckpointError, Checkpointer, InitializationInput, KinesisClientRecord,
+    LoggingProcessorFactory, PreparedCheckpointer, ProcessRecordsInput, RecordProcessor,
+    RecordProcessorFactory,
 };
 pub use worker::{Worker, WorkerConfig};
 

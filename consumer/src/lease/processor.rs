@@ -4,14 +4,17 @@
 //!
 //! Life of one processor (one shard, one lease):
 //! 1. [`RecordProcessor::initialize`] with the checkpoint it resumes after.
-//! 2. [`RecordProcessor::process_records`] for every non-empty batch, in shard order. An `Err`
-//!    makes the worker offer the same batch again after a pause (at-least-once: nothing is
-//!    skipped), so make processing idempotent.
+//! 2. [`RecordProcessor::process_records`] for every non-empty batch of user records, in shard
+//!    order: KPL aggregates are unpacked, and what the checkpoint covers is skipped, by the
+//!    library. An `Err` applies the worker's failure policy ([`super::FailurePolicy`]); by
+//!    default the same batch is offered again after a pause, for ever (nothing is skipped), so
+//!    make processing idempotent.
 //! 3. Exactly one ending:
 //!    - [`RecordProcessor::shard_ended`]: every record was processed; after it returns `Ok` the
 //!      worker checkpoints the lease at `SHARD_END`, which lets the children start.
-//!    - [`RecordProcessor::shutdown_requested`]: the worker is stopping; checkpoint what was
-//!      processed, the lease is released right after.
+//!    - [`RecordProcessor::shutdown_requested`]: the worker is stopping, or another worker took
+//!      the lease with a graceful handoff; checkpoint what was processed, the lease is handed
+//!      over (or released) right after.
 //!    - [`RecordProcessor::lease_lost`]: another worker holds the shard now; checkpointing is no
 //!      longer possible, stop quickly.
 //!
@@ -21,43 +24,93 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use aws_sdk_kinesis::types::Record;
-
 use super::held::{HeldLease, LeaseWriteError};
 use super::table::{is_sequence_number, Checkpoint, ExtendedSequenceNumber};
+pub use crate::record::KinesisClientRecord;
 
 /// What [`RecordProcessor::initialize`] learns.
 #[derive(Debug, Clone)]
 pub struct InitializationInput {
     pub shard_id: String,
-    /// Where processing resumes: records up to and including a [`Checkpoint::At`] position were
-    /// processed before. The shard is read again *at* that sequence number (the Java KCL's
-    /// rule): the checkpointed record is dropped when it is an ordinary record or a KPL
-    /// aggregate with nothing after the checkpoint; otherwise the first batch starts with that
-    /// aggregate, whole, and the processor skips its user records up to and including the
-    /// checkpoint's sub-sequence number (even 0: the first user record was processed).
-    /// `LATEST` means: from the time the application first read this shard (pinned in the
-    /// lease, so a new holder starts there too).
+    /// Where processing resumes: every user record up to and including a [`Checkpoint::At`]
+    /// position was processed before, and is not delivered again (the library skips it, even
+    /// inside a KPL aggregate). `LATEST` means: from the time the application first read this
+    /// shard (pinned in the lease, so a new holder starts there too).
     pub checkpoint: Checkpoint,
+    /// A position a previous holder prepared with [`Checkpointer::prepare_checkpoint`] and did
+    /// not commit (the lease's `pendingCheckpoint`), for a processor that must finish what it
+    /// prepared. Processing still resumes from [`InitializationInput::checkpoint`].
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
     /// The shard's `(startingHashKey, endingHashKey)`, when the lease records it.
     pub hash_key_range: Option<(String, String)>,
 }
 
-/// One batch of records.
+/// One batch of user records, in shard order.
 pub struct ProcessRecordsInput<'a> {
-    pub records: &'a [Record],
+    /// Deaggregated: each member of a KPL aggregate is one record here.
+    pub records: &'a [KinesisClientRecord],
     pub millis_behind_latest: Option<i64>,
     pub checkpointer: &'a Checkpointer,
 }
 
-/// Handles the records of one shard. One instance per lease taken; see the module docs for the
-/// order of calls.
+/// Handles the user records of one shard. One instance per lease taken; see the module docs
+/// for the order of calls.
+///
+/// ```no_run
+/// use consumer::lease::{
+///     Checkpointer, InitializationInput, ProcessRecordsInput, RecordProcessor,
+///     RecordProcessorFactory,
+/// };
+///
+/// /// Counts the bytes of each shard and checkpoints after every batch.
+/// struct Counter {
+///     bytes: usize,
+/// }
+///
+/// impl RecordProcessor for Counter {
+///     async fn initialize(&mut self, input: InitializationInput) -> anyhow::Result<()> {
+///         println!("{} resumes after {}", input.shard_id, input.checkpoint);
+///         Ok(())
+///     }
+///
+///     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> anyhow::Result<()> {
+///         self.bytes += input.records.iter().map(|r| r.data.len()).sum::<usize>();
+///         // Everything delivered so far was processed: record it.
+///         input.checkpointer.checkpoint().await?;
+///         Ok(())
+///     }
+///
+///     async fn lease_lost(&mut self) {}
+///
+///     async fn shard_ended(&mut self, _: &Checkpointer) -> anyhow::Result<()> {
+///         Ok(())
+///     }
+///
+///     async fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> anyhow::Result<()> {
+///         // Nothing is delivered after a shutdown request: commit what was processed.
+///         checkpointer.checkpoint().await.or_else(|e| e.unless_nothing_delivered())?;
+///         Ok(())
+///     }
+/// }
+///
+/// struct Counters;
+///
+/// impl RecordProcessorFactory for Counters {
+///     type Processor = Counter;
+///     fn create(&self, _shard_id: &str) -> Counter {
+///         Counter { bytes: 0 }
+///     }
+/// }
+/// ```
 pub trait RecordProcessor: Send + 'static {
     fn initialize(
         &mut self,
         input: InitializationInput,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
+    /// Processes one batch. An `Err` applies the worker's [`FailurePolicy`]
+    /// (`crate::lease::FailurePolicy`): by default the same records are offered again after a
+    /// pause, for ever.
     fn process_records(
         &mut self,
         input: ProcessRecordsInput<'_>,
@@ -72,8 +125,8 @@ pub trait RecordProcessor: Send + 'static {
         checkpointer: &Checkpointer,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// The worker is stopping (SIGTERM): checkpoint what was processed; keep it short, the
-    /// process exits within 5 seconds.
+    /// The worker is stopping (SIGTERM) or handing the lease to another worker: checkpoint
+    /// what was processed; keep it short, the process exits within 5 seconds.
     fn shutdown_requested(
         &mut self,
         checkpointer: &Checkpointer,
@@ -92,7 +145,8 @@ pub enum CheckpointError {
     /// Another worker holds the shard now; stop processing it.
     #[error("lease of shard {0} lost: another worker holds it")]
     LeaseLost(String),
-    /// A position that was not delivered yet, or not a sequence number.
+    /// A position that was not delivered yet, before the last checkpoint (for a prepared
+    /// one), or not a sequence number; or nothing was delivered yet.
     #[error("cannot checkpoint shard {shard_id} at {position}: {reason}")]
     Invalid {
         shard_id: String,
@@ -104,14 +158,48 @@ pub enum CheckpointError {
     Failed { shard_id: String, message: String },
 }
 
+impl CheckpointError {
+    /// `Ok` for the error [`Checkpointer::checkpoint`] gives when no record was delivered yet
+    /// (there is nothing to record), the error itself otherwise.
+    pub fn unless_nothing_delivered(self) -> Result<(), CheckpointError> {
+        match self {
+            CheckpointError::Invalid { reason, .. } if reason == NOTHING_DELIVERED => Ok(()),
+            other => Err(other),
+        }
+    }
+}
+
+const NOTHING_DELIVERED: &str = "no record was delivered yet";
+
 #[derive(Debug, Default)]
 struct Progress {
-    /// Largest sequence number handed to the processor: a checkpoint may not go beyond it.
-    delivered: Option<String>,
+    /// Last user record handed to the processor: a checkpoint may not go beyond it.
+    delivered: Option<ExtendedSequenceNumber>,
     checkpointed: Option<ExtendedSequenceNumber>,
 }
 
 /// Records how far a shard was processed, in the lease. Cheap to clone.
+///
+/// A checkpoint says: every user record up to and including this position was processed, so
+/// whoever holds the lease next starts after it. It may not go beyond the last record
+/// delivered; one at or before the last checkpoint is accepted and not written.
+///
+/// ```no_run
+/// # async fn example(
+/// #     checkpointer: &consumer::lease::Checkpointer,
+/// #     records: &[consumer::lease::KinesisClientRecord],
+/// # ) -> anyhow::Result<()> {
+/// // After the last record delivered:
+/// checkpointer.checkpoint().await?;
+/// // After one record (say, the last one written to a database):
+/// checkpointer.checkpoint_record(&records[0]).await?;
+/// // Two phases: record the intent, do the work elsewhere, then commit.
+/// let prepared = checkpointer.prepare_checkpoint().await?;
+/// // ... flush to the sink ...
+/// prepared.checkpoint().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Checkpointer {
     lease: Arc<HeldLease>,
@@ -137,10 +225,10 @@ impl Checkpointer {
         self.lease.shard_id()
     }
 
-    /// Called by the worker before a batch is handed over.
-    pub(crate) fn delivered(&self, sequence_number: &str) {
+    /// Called by the worker before records are handed over: `last` is the last one.
+    pub(crate) fn delivered(&self, last: ExtendedSequenceNumber) {
         if let Ok(mut p) = self.progress.lock() {
-            p.delivered = Some(sequence_number.to_string());
+            p.delivered = Some(last);
         }
     }
 
@@ -152,88 +240,191 @@ impl Checkpointer {
             .and_then(|p| p.checkpointed.clone())
     }
 
-    /// Records that every record up to and including `(sequence_number, sub_sequence_number)`
-    /// was processed. A position at or before the last checkpoint is accepted and not written.
-    pub async fn checkpoint(
+    /// The last user record handed to the processor, if any.
+    pub fn last_delivered(&self) -> Option<ExtendedSequenceNumber> {
+        self.progress.lock().ok().and_then(|p| p.delivered.clone())
+    }
+
+    /// Records that every user record delivered so far was processed.
+    pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
+        let last = self.last_delivered_or_error()?;
+        self.write(last, false).await
+    }
+
+    /// Records that every user record up to and including `record` was processed.
+    pub async fn checkpoint_record(
+        &self,
+        record: &KinesisClientRecord,
+    ) -> Result<(), CheckpointError> {
+        self.checkpoint_at(&record.sequence_number, record.sub_sequence_number)
+            .await
+    }
+
+    /// Records that every user record up to and including `(sequence_number,
+    /// sub_sequence_number)` was processed (0 for a record that is not from an aggregate).
+    pub async fn checkpoint_at(
         &self,
         sequence_number: &str,
         sub_sequence_number: i64,
     ) -> Result<(), CheckpointError> {
-        let position = ExtendedSequenceNumber::new(sequence_number, sub_sequence_number);
-        let invalid = |reason| CheckpointError::Invalid {
+        let position = self.valid(sequence_number, sub_sequence_number)?;
+        self.write(position, false).await
+    }
+
+    /// The first phase of a two-phase checkpoint at the last record delivered: writes the
+    /// position to the lease's `pendingCheckpoint` (the Java KCL's `prepareCheckpoint`), which
+    /// the next holder learns from [`InitializationInput::pending_checkpoint`] should this one
+    /// stop before [`PreparedCheckpointer::checkpoint`]. Processing resumes from the last
+    /// committed checkpoint all the same.
+    pub async fn prepare_checkpoint(&self) -> Result<PreparedCheckpointer, CheckpointError> {
+        let last = self.last_delivered_or_error()?;
+        self.prepare(last).await
+    }
+
+    /// [`Checkpointer::prepare_checkpoint`] at a given position (not before the last
+    /// checkpoint, not after the last record delivered).
+    pub async fn prepare_checkpoint_at(
+        &self,
+        sequence_number: &str,
+        sub_sequence_number: i64,
+    ) -> Result<PreparedCheckpointer, CheckpointError> {
+        let position = self.valid(sequence_number, sub_sequence_number)?;
+        self.prepare(position).await
+    }
+
+    fn invalid(&self, position: &ExtendedSequenceNumber, reason: &'static str) -> CheckpointError {
+        CheckpointError::Invalid {
             shard_id: self.shard_id().to_string(),
-            position: format!("{sequence_number}/{sub_sequence_number}"),
+            position: format!(
+                "{}/{}",
+                position.sequence_number, position.sub_sequence_number
+            ),
             reason,
-        };
+        }
+    }
+
+    fn last_delivered_or_error(&self) -> Result<ExtendedSequenceNumber, CheckpointError> {
+        self.last_delivered()
+            .ok_or_else(|| CheckpointError::Invalid {
+                shard_id: self.shard_id().to_string(),
+                position: "the last record delivered".into(),
+                reason: NOTHING_DELIVERED,
+            })
+    }
+
+    /// A position a checkpoint may name: a sequence number, not beyond what was delivered.
+    fn valid(
+        &self,
+        sequence_number: &str,
+        sub_sequence_number: i64,
+    ) -> Result<ExtendedSequenceNumber, CheckpointError> {
+        let position = ExtendedSequenceNumber::new(sequence_number, sub_sequence_number);
         if !is_sequence_number(sequence_number) || sub_sequence_number < 0 {
-            return Err(invalid("not a sequence number"));
+            return Err(self.invalid(&position, "not a sequence number"));
         }
-        {
-            let progress = self.progress.lock().map_err(|_| invalid("poisoned"))?;
-            let beyond = progress
-                .delivered
-                .as_deref()
-                .is_none_or(|d| super::table::compare_sequence_numbers(sequence_number, d).is_gt());
-            if beyond {
-                return Err(invalid("beyond the last record delivered"));
-            }
-            if progress
-                .checkpointed
-                .as_ref()
-                .is_some_and(|c| position <= *c)
-            {
-                return Ok(());
-            }
+        let beyond = self
+            .last_delivered()
+            .is_none_or(|delivered| position > delivered);
+        if beyond {
+            return Err(self.invalid(&position, "beyond the last record delivered"));
         }
-        match self
+        Ok(position)
+    }
+
+    async fn prepare(
+        &self,
+        position: ExtendedSequenceNumber,
+    ) -> Result<PreparedCheckpointer, CheckpointError> {
+        if self.last_checkpoint().is_some_and(|c| position < c) {
+            return Err(self.invalid(&position, "before the last checkpoint"));
+        }
+        let written = self.lease.prepare_checkpoint(&position).await;
+        self.outcome(written)?;
+        tracing::info!(
+            shard_id = %self.shard_id(),
+            worker_id = %self.lease.worker_id(),
+            sequence_number = %position.sequence_number,
+            sub_sequence_number = position.sub_sequence_number,
+            "checkpoint prepared"
+        );
+        Ok(PreparedCheckpointer {
+            checkpointer: self.clone(),
+            position,
+        })
+    }
+
+    /// Writes `position` unless the last checkpoint covers it (and nothing prepared is to be
+    /// cleared: `commit`).
+    async fn write(
+        &self,
+        position: ExtendedSequenceNumber,
+        commit: bool,
+    ) -> Result<(), CheckpointError> {
+        if !commit && self.last_checkpoint().is_some_and(|c| position <= c) {
+            return Ok(());
+        }
+        let written = self
             .lease
             .checkpoint(&Checkpoint::At(position.clone()), &[])
-            .await
-        {
-            Ok(()) => {
-                if let Some(o) = crate::observe::observer() {
-                    o.metrics.checkpoints.inc();
-                }
-                tracing::info!(
-                    shard_id = %self.shard_id(),
-                    worker_id = %self.lease.worker_id(),
-                    sequence_number = %sequence_number,
-                    sub_sequence_number,
-                    "checkpoint"
-                );
-                if let Ok(mut p) = self.progress.lock() {
-                    p.checkpointed = Some(position);
-                }
-                Ok(())
-            }
-            Err(LeaseWriteError::LeaseLost(shard)) => {
-                if let Some(o) = crate::observe::observer() {
-                    o.metrics.checkpoint_failures.inc();
-                }
-                Err(CheckpointError::LeaseLost(shard))
-            }
-            Err(LeaseWriteError::Failed { message, .. }) => {
-                if let Some(o) = crate::observe::observer() {
-                    o.metrics.checkpoint_failures.inc();
-                }
-                Err(CheckpointError::Failed {
-                    shard_id: self.shard_id().to_string(),
-                    message,
-                })
-            }
+            .await;
+        self.outcome(written)?;
+        if let Some(o) = crate::observe::observer() {
+            o.metrics.checkpoints.inc();
         }
+        tracing::info!(
+            shard_id = %self.shard_id(),
+            worker_id = %self.lease.worker_id(),
+            sequence_number = %position.sequence_number,
+            sub_sequence_number = position.sub_sequence_number,
+            "checkpoint"
+        );
+        if let Ok(mut p) = self.progress.lock() {
+            p.checkpointed = Some(position);
+        }
+        Ok(())
+    }
+
+    fn outcome(&self, written: Result<(), LeaseWriteError>) -> Result<(), CheckpointError> {
+        let error = match written {
+            Ok(()) => return Ok(()),
+            Err(LeaseWriteError::LeaseLost(shard)) => CheckpointError::LeaseLost(shard),
+            Err(LeaseWriteError::Failed { message, .. }) => CheckpointError::Failed {
+                shard_id: self.shard_id().to_string(),
+                message,
+            },
+        };
+        if let Some(o) = crate::observe::observer() {
+            o.metrics.checkpoint_failures.inc();
+        }
+        Err(error)
     }
 }
 
-/// The service's processor: expands KPL aggregates, logs each user record (`record received`)
-/// and checkpoints after each batch at its last user record, so a crash repeats at most the
-/// batch in hand.
+/// The second phase of a two-phase checkpoint (see [`Checkpointer::prepare_checkpoint`]).
+pub struct PreparedCheckpointer {
+    checkpointer: Checkpointer,
+    position: ExtendedSequenceNumber,
+}
+
+impl PreparedCheckpointer {
+    /// The position prepared.
+    pub fn position(&self) -> &ExtendedSequenceNumber {
+        &self.position
+    }
+
+    /// Commits the prepared position as the checkpoint (clearing `pendingCheckpoint`, even
+    /// when the checkpoint was there already).
+    pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
+        self.checkpointer.write(self.position.clone(), true).await
+    }
+}
+
+/// The service's processor: logs each user record (`record received`, or a warning naming the
+/// shard and sequence number for one that is not a `DataMessage`) and checkpoints after each
+/// batch, so a crash repeats at most the batch in hand.
 #[derive(Debug)]
 pub struct LoggingProcessor {
     shard_id: String,
-    hash_range: Option<(u128, u128)>,
-    /// Resumed inside an aggregate: its user records up to here were already processed.
-    resume_after: Option<ExtendedSequenceNumber>,
 }
 
 /// Makes a [`LoggingProcessor`] per shard.
@@ -246,8 +437,6 @@ impl RecordProcessorFactory for LoggingProcessorFactory {
     fn create(&self, shard_id: &str) -> LoggingProcessor {
         LoggingProcessor {
             shard_id: shard_id.to_string(),
-            hash_range: None,
-            resume_after: None,
         }
     }
 }
@@ -255,46 +444,22 @@ impl RecordProcessorFactory for LoggingProcessorFactory {
 impl RecordProcessor for LoggingProcessor {
     async fn initialize(&mut self, input: InitializationInput) -> anyhow::Result<()> {
         tracing::info!(shard_id = %input.shard_id, checkpoint = %input.checkpoint, "processing shard");
-        self.hash_range = input
-            .hash_key_range
-            .and_then(|(start, end)| Some((start.parse().ok()?, end.parse().ok()?)));
-        if let Checkpoint::At(esn) = input.checkpoint {
-            self.resume_after = Some(esn);
-        }
         Ok(())
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> anyhow::Result<()> {
-        let mut last = None;
         for record in input.records {
-            let users = crate::record::user_records(record);
-            for user in users.iter() {
-                let position = ExtendedSequenceNumber::new(
-                    user.sequence_number,
-                    user.sub_sequence_number.unwrap_or(0) as i64,
-                );
-                if self.resume_after.as_ref().is_some_and(|r| position <= *r) {
-                    continue;
-                }
-                crate::record::warn_if_outside_range(&self.shard_id, self.hash_range, &user);
-                crate::record::log_user_record(&self.shard_id, &user);
-                last = Some(position);
-            }
+            crate::record::log_user_record(&self.shard_id, &record.as_user_record());
         }
-        self.resume_after = None;
-        let Some(last) = last else {
-            return Ok(());
-        };
-        match input
-            .checkpointer
-            .checkpoint(&last.sequence_number, last.sub_sequence_number)
-            .await
-        {
+        match input.checkpointer.checkpoint().await {
             // A later batch's checkpoint covers this one; meanwhile a crash repeats a bit more.
             Err(CheckpointError::Failed { message, .. }) => {
                 tracing::warn!(shard_id = %self.shard_id, error = %message, "checkpoint failed, the next batch will try again");
                 Ok(())
             }
+            // The records were logged; the shard task stops on its own (`lease lost` is logged
+            // where it was noticed), and the next holder repeats them.
+            Err(CheckpointError::LeaseLost(_)) => Ok(()),
             other => other.map_err(Into::into),
         }
     }

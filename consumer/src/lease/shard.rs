@@ -13,26 +13,22 @@
 //! from that time until the first real checkpoint, so a lease that moves before any record
 //! arrived loses nothing written after the application first read the shard.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::Record;
 use chrono::{DateTime, Utc};
 use common::backoff::Backoff;
 use common::config::InitialPosition;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::failure::{Deliverer, Delivery, FailurePolicy};
 use super::held::{HeldLease, LeaseWriteError};
-use super::processor::{Checkpointer, InitializationInput, ProcessRecordsInput, RecordProcessor};
+use super::processor::{Checkpointer, InitializationInput, KinesisClientRecord, RecordProcessor};
 use super::sync::{parents_done, pending_parents};
-use super::table::{
-    compare_sequence_numbers, Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable,
-};
+use super::table::{Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable};
 use crate::reader::{ReadError, StartPosition};
-use crate::record::UserRecords;
 use crate::retrieval::Retrieval;
 
 /// What every shard task of a worker shares.
@@ -48,6 +44,8 @@ pub(crate) struct ShardContext {
     pub parent_poll: Duration,
     /// Asks the coordinator for a shard sync (a shard ended: its children need leases).
     pub sync_now: Arc<Notify>,
+    /// What happens to a batch whose processing keeps failing.
+    pub failure: FailurePolicy,
 }
 
 /// How a shard task ended.
@@ -87,10 +85,9 @@ pub(crate) fn start_position(
     })
 }
 
-/// Drops what a checkpoint says was processed from the first records read after it: records
-/// before the checkpointed one, and the checkpointed record itself unless it is a KPL aggregate
-/// with user records after the checkpoint (then the processor gets it whole and skips the user
-/// records up to the checkpoint, as [`InitializationInput::checkpoint`] says).
+/// Drops what a checkpoint says was processed from the first user records read after it:
+/// everything at or before the checkpointed position, so a checkpoint inside a KPL aggregate
+/// (even at its first user record) resumes with the next user record.
 #[derive(Debug)]
 pub(crate) struct Resume {
     after: Option<ExtendedSequenceNumber>,
@@ -106,36 +103,23 @@ impl Resume {
         }
     }
 
-    /// Filters one batch; from the first record past the checkpoint on, passes everything.
-    pub(crate) fn filter(&mut self, records: Vec<Record>) -> Vec<Record> {
-        let Some(after) = self.after.take() else {
+    /// Filters one batch; from the first user record past the checkpoint on, passes everything.
+    pub(crate) fn filter(
+        &mut self,
+        mut records: Vec<KinesisClientRecord>,
+    ) -> Vec<KinesisClientRecord> {
+        let Some(after) = &self.after else {
             return records;
         };
-        let mut records = records.into_iter();
-        let mut kept = Vec::new();
-        let mut passed = false;
-        for record in records.by_ref() {
-            match compare_sequence_numbers(record.sequence_number(), &after.sequence_number) {
-                Ordering::Less => continue,
-                Ordering::Equal => {
-                    let users = crate::record::user_records(&record);
-                    let rest = matches!(users, UserRecords::Aggregated { .. })
-                        && after.sub_sequence_number.saturating_add(1) < users.len() as i64;
-                    drop(users);
-                    if rest {
-                        kept.push(record);
-                    }
-                }
-                Ordering::Greater => kept.push(record),
-            }
-            passed = true;
-            break;
+        let covered = records
+            .iter()
+            .take_while(|r| r.position() <= *after)
+            .count();
+        if covered < records.len() {
+            self.after = None;
         }
-        if !passed {
-            self.after = Some(after);
-        }
-        kept.extend(records);
-        kept
+        records.drain(..covered);
+        records
     }
 }
 
@@ -186,6 +170,7 @@ async fn process<P: RecordProcessor>(
         .initialize(InitializationInput {
             shard_id: shard_id.clone(),
             checkpoint: lease.checkpoint.clone(),
+            pending_checkpoint: lease.pending_checkpoint.clone(),
             hash_key_range: lease.hash_key_range.clone(),
         })
         .await
@@ -193,6 +178,15 @@ async fn process<P: RecordProcessor>(
         return ShardOutcome::Failed(format!("initialize: {err:#}"));
     }
     let mut resume = Resume::new(&lease.checkpoint);
+    let hash_range = crate::record::parse_hash_range(lease.hash_key_range.as_ref());
+    let deliverer = Deliverer {
+        policy: &ctx.failure,
+        kinesis: &ctx.kinesis,
+        stream: &ctx.stream,
+        application: ctx.table.name(),
+        worker_id: &ctx.worker_id,
+        shard_id: &shard_id,
+    };
     let mut reader = ctx
         .retrieval
         .open(ctx.kinesis.clone(), &ctx.stream, &shard_id, start);
@@ -204,32 +198,35 @@ async fn process<P: RecordProcessor>(
                 return ShardOutcome::StreamGone(err.to_string())
             }
         };
-        let records = resume.filter(batch.records);
-        if let Some(last) = records.last() {
-            checkpointer.delivered(last.sequence_number());
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-            loop {
-                let input = ProcessRecordsInput {
-                    records: &records,
-                    millis_behind_latest: batch.millis_behind_latest,
-                    checkpointer: &checkpointer,
-                };
-                let started = std::time::Instant::now();
-                let result = processor.process_records(input).await;
-                if let Some(o) = crate::observe::observer() {
-                    o.metrics
-                        .process_records_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                }
-                let Err(err) = result else {
-                    break;
-                };
-                let delay = backoff.next_delay();
-                tracing::error!(shard_id = %shard_id, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "processing a batch failed, offering it again");
-                tokio::select! {
-                    // Not processed: it is delivered again to whoever holds the lease next.
-                    _ = stop.cancelled() => return shutdown(processor, &checkpointer).await,
-                    _ = tokio::time::sleep(delay) => {}
+        let records = resume.filter(crate::record::deaggregate(
+            &shard_id,
+            hash_range,
+            batch.records,
+        ));
+        if !records.is_empty() {
+            match deliverer
+                .deliver(
+                    processor,
+                    &checkpointer,
+                    &records,
+                    batch.millis_behind_latest,
+                    stop,
+                )
+                .await
+            {
+                Delivery::Done => {}
+                Delivery::Cancelled => return shutdown(processor, &checkpointer).await,
+                Delivery::Halted(reason) => {
+                    // Keep the lease (the renewer goes on), read nothing more, until stopped.
+                    drop(reader);
+                    if let Some(o) = crate::observe::observer() {
+                        o.shard_stopped(&shard_id, &reason);
+                    }
+                    stop.cancelled().await;
+                    if let Some(o) = crate::observe::observer() {
+                        o.shard_released(&shard_id);
+                    }
+                    return shutdown(processor, &checkpointer).await;
                 }
             }
         }
@@ -399,8 +396,8 @@ mod tests {
         );
     }
 
-    fn record(seq: &str, data: Vec<u8>) -> Record {
-        Record::builder()
+    fn record(seq: &str, data: Vec<u8>) -> aws_sdk_kinesis::types::Record {
+        aws_sdk_kinesis::types::Record::builder()
             .sequence_number(seq)
             .partition_key("k")
             .data(Blob::new(data))
@@ -416,49 +413,63 @@ mod tests {
         agg.finish()
     }
 
-    fn seqs(records: &[Record]) -> Vec<&str> {
-        records.iter().map(|r| r.sequence_number()).collect()
+    fn users(records: Vec<aws_sdk_kinesis::types::Record>) -> Vec<KinesisClientRecord> {
+        crate::record::deaggregate("shardId-000000000000", None, records)
+    }
+
+    fn positions(records: &[KinesisClientRecord]) -> Vec<(String, i64)> {
+        records
+            .iter()
+            .map(|r| (r.sequence_number.to_string(), r.sub_sequence_number))
+            .collect()
+    }
+
+    fn p(seq: &str, sub: i64) -> (String, i64) {
+        (seq.to_string(), sub)
     }
 
     #[test]
-    fn the_checkpointed_record_is_dropped_unless_an_aggregate_has_user_records_after_it() {
+    fn what_the_checkpoint_covers_is_dropped_down_to_the_user_record() {
         let at = |seq: &str, sub| Checkpoint::At(ExtendedSequenceNumber::new(seq, sub));
         // An ordinary record at the checkpoint was processed.
         let mut resume = Resume::new(&at("10", 0));
-        let out = resume.filter(vec![
+        let out = resume.filter(users(vec![
             record("10", b"a".to_vec()),
             record("11", b"b".to_vec()),
-        ]);
-        assert_eq!(seqs(&out), vec!["11"]);
-        // The first user record of three: the aggregate is offered again.
+        ]));
+        assert_eq!(positions(&out), vec![p("11", 0)]);
+        // The first user record of three: the other two come.
         let mut resume = Resume::new(&at("10", 0));
-        let out = resume.filter(vec![
+        let out = resume.filter(users(vec![
             record("10", aggregate(3)),
             record("11", b"b".to_vec()),
-        ]);
-        assert_eq!(seqs(&out), vec!["10", "11"]);
+        ]));
+        assert_eq!(positions(&out), vec![p("10", 1), p("10", 2), p("11", 0)]);
+        assert!(out[0].aggregated && !out[2].aggregated);
         // Its last user record: nothing of it is left.
         let mut resume = Resume::new(&at("10", 2));
-        let out = resume.filter(vec![record("10", aggregate(3))]);
+        let out = resume.filter(users(vec![record("10", aggregate(3))]));
         assert!(out.is_empty());
-        // Once past the checkpoint, everything passes (the same number again, say).
-        let out = resume.filter(vec![record("12", aggregate(3))]);
-        assert_eq!(seqs(&out), vec!["12"]);
+        // Once past the checkpoint, everything passes.
+        let out = resume.filter(users(vec![record("12", aggregate(3))]));
+        assert_eq!(out.len(), 3);
         // An empty batch keeps the filter for the next one; earlier records are dropped.
         let mut resume = Resume::new(&at("10", 0));
         assert!(resume.filter(Vec::new()).is_empty());
-        let out = resume.filter(vec![
+        let out = resume.filter(users(vec![
             record("9", b"a".to_vec()),
             record("10", b"a".to_vec()),
-        ]);
+        ]));
         assert!(out.is_empty());
-        let out = resume.filter(vec![record("10", b"a".to_vec())]);
-        assert_eq!(seqs(&out), vec!["10"], "the filter is spent");
+        let out = resume.filter(users(vec![record("11", b"a".to_vec())]));
+        assert_eq!(positions(&out), vec![p("11", 0)]);
+        let out = resume.filter(users(vec![record("10", b"a".to_vec())]));
+        assert_eq!(positions(&out), vec![p("10", 0)], "the filter is spent");
         // No sequence-number checkpoint: nothing filtered.
         let mut resume = Resume::new(&Checkpoint::TrimHorizon);
         assert_eq!(
-            seqs(&resume.filter(vec![record("1", b"a".to_vec())])),
-            vec!["1"]
+            resume.filter(users(vec![record("1", b"a".to_vec())])).len(),
+            1
         );
     }
 }

@@ -941,6 +941,39 @@ impl LeaseTable {
         update.send(self).await
     }
 
+    /// The first phase of a two-phase checkpoint: `pendingCheckpoint` and its sub-sequence
+    /// number, as the Java KCL's `prepareCheckpoint` writes them.
+    pub async fn prepare_checkpoint(
+        &self,
+        lease: &Lease,
+        position: &ExtendedSequenceNumber,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.set(PENDING_CHECKPOINT, s(&position.sequence_number));
+        update.set(
+            PENDING_CHECKPOINT_SUB_SEQUENCE,
+            n(position.sub_sequence_number),
+        );
+        update.send(self).await
+    }
+
+    /// A prepared checkpoint by the old owner during a handoff (see
+    /// [`LeaseTable::checkpoint_in_handoff`]).
+    pub async fn prepare_checkpoint_in_handoff(
+        &self,
+        lease: &Lease,
+        position: &ExtendedSequenceNumber,
+        old_owner: &str,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::handoff(lease, old_owner);
+        update.set(PENDING_CHECKPOINT, s(&position.sequence_number));
+        update.set(
+            PENDING_CHECKPOINT_SUB_SEQUENCE,
+            n(position.sub_sequence_number),
+        );
+        update.send(self).await
+    }
+
     /// Records where a `LATEST` lease was first read (see [`Lease::latest_start`]).
     pub async fn pin_latest(&self, lease: &Lease, at: DateTime<Utc>) -> Result<Lease, WriteError> {
         let mut update = Update::new(lease);

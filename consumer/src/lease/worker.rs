@@ -1,12 +1,16 @@
 //! The worker: one per process. Three loops share the set of held leases:
 //!
 //! - the **renewer** bumps every held lease's counter each renewal interval (failover / 3);
-//! - the **coordinator** (this task) scans the table every renewal interval, and once more
-//!   just after the moment a lease seen would expire, notes which counters moved, and takes
-//!   leases as [`super::balance`] says; it syncs shards to leases at
-//!   start, every `CONSUMER_SHARD_SYNC_MS` and whenever one of its shards ends; it starts a shard
-//!   task for each lease taken and forgets the lease when the task ends;
-//! - one **shard task** per held lease ([`super::shard`]).
+//! - the **coordinator** (this task) scans the table every half failover time (every renewal
+//!   interval on a table without the `leaseOwner` index), and once more just after the moment
+//!   a lease seen would expire, notes which counters moved, and takes leases as
+//!   [`super::balance`] says, a live worker's with a graceful handoff; every [`OWNER_POLL`] it
+//!   reads which leases the owner index says are its own (handed over to it, or taken from it);
+//!   it syncs shards to leases at start, every `CONSUMER_SHARD_SYNC_MS` and whenever one of its
+//!   shards ends, and runs lease cleanup ([`super::cleanup`]); it starts a shard task for each
+//!   lease taken and forgets the lease when the task ends;
+//! - one **shard task** per held lease ([`super::shard`]), with its own stop token (a child of
+//!   the worker's), cancelled for a graceful handoff.
 //!
 //! Expiry is local, as in the KCL: a lease is expired when its counter has not changed for the
 //! failover time *as observed by this worker* (no clocks are compared across machines). A lease
@@ -19,8 +23,10 @@
 //! processing failed is not taken again by this worker for a while (backoff up to a minute).
 //!
 //! Stopping (the token passed to [`Worker::run`]): no more taking; each shard task finishes the
-//! batch in hand, checkpoints and ends; then every lease is released (owner removed, condition
-//! on counter and owner) so other workers take them at their next scan. Every wait and every
+//! batch in hand, checkpoints and ends; then every lease is handed to the least loaded live
+//! worker (found by one more scan), which finds it through the owner index within
+//! [`OWNER_POLL`], or, with none, released (owner removed, condition on counter and owner) so
+//! other workers take it at their next scan. Every wait and every
 //! AWS call is abandoned at the stop signal, and the rest is bounded by [`SHUTDOWN_BUDGET`], so
 //! the process exits within 5 seconds of SIGTERM even when DynamoDB or Kinesis hang.
 //!
@@ -43,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::balance::{self, LeaseView};
 use super::cleanup;
+use super::failure::{FailurePolicy, OnFailure};
 use super::held::HeldLease;
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
@@ -106,6 +113,8 @@ pub struct WorkerConfig {
     pub handoff_timeout: Duration,
     /// When leases of finished and vanished shards are deleted.
     pub cleanup: LeaseCleanupSettings,
+    /// What happens to a batch whose processing keeps failing.
+    pub failure: FailurePolicy,
 }
 
 impl WorkerConfig {
@@ -123,6 +132,7 @@ impl WorkerConfig {
             table_wait_timeout: settings.shared.stream_wait_timeout,
             handoff_timeout: settings.lease.handoff_timeout,
             cleanup: settings.lease.cleanup,
+            failure: settings.failure.clone(),
         }
     }
 }
@@ -139,7 +149,35 @@ struct Observation {
     ended: bool,
 }
 
-/// A lease-coordinated consumer of one stream.
+/// A lease-coordinated consumer of one stream: takes its share of the shards' leases and runs
+/// a processor from `F` for each, until the token passed to [`Worker::run`] fires.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use common::config::ConsumerSettings;
+/// use consumer::lease::{FailurePolicy, LoggingProcessorFactory, OnFailure, Worker, WorkerConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn run() -> anyhow::Result<()> {
+/// let settings = ConsumerSettings::from_env()?;
+/// let sdk = common::aws::load().await?;
+/// let mut config = WorkerConfig::from_settings(&settings, consumer::lease::worker_id(&settings));
+/// // Give a record up after 3 retries, isolating it first; keep it on a failure stream.
+/// config.failure = FailurePolicy {
+///     retry_attempts: Some(3),
+///     bisect_on_error: true,
+///     on_failure: OnFailure::Stream("orders-failed".into()),
+///     ..FailurePolicy::default()
+/// };
+/// let kinesis = common::aws::kinesis(&sdk, &settings.shared.timeouts);
+/// let dynamodb = common::aws::dynamodb(&sdk, &settings.shared.timeouts);
+/// let stop = CancellationToken::new();
+/// Worker::new(config, kinesis, dynamodb, LoggingProcessorFactory)
+///     .run(stop)
+///     .await
+/// # }
+/// ```
 pub struct Worker<F: RecordProcessorFactory> {
     config: WorkerConfig,
     kinesis: aws_sdk_kinesis::Client,
@@ -183,6 +221,13 @@ impl<F: RecordProcessorFactory> Worker<F> {
             _ = cancel.cancelled() => return Ok(()),
             checked = self.table.check_stream() => checked?,
         }
+        // A failure stream that does not exist would only be found at the first failure.
+        if let OnFailure::Stream(name) = &self.config.failure.on_failure {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                checked = check_failure_stream(&self.kinesis, name, &self.config.stream) => checked?,
+            }
+        }
         // Fan-out: the stream consumer every worker of the application shares.
         let retrieval = match Retrieval::prepare(
             &self.config.retrieval,
@@ -209,6 +254,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             retrieval,
             parent_poll: self.config.renew_interval,
             sync_now: Arc::new(Notify::new()),
+            failure: self.config.failure.clone(),
         });
         let mut coordinator = Coordinator {
             config: self.config.clone(),
@@ -305,6 +351,33 @@ impl<F: RecordProcessorFactory> Worker<F> {
         }
         tracing::info!(stream = %self.config.stream, worker_id = %self.config.worker_id, "consumer stopped");
         Ok(())
+    }
+}
+
+/// Checks at start that the failure stream exists and is not the stream read (which would
+/// feed failures back in). A check that cannot be made (throttling, say) is only logged.
+async fn check_failure_stream(
+    kinesis: &aws_sdk_kinesis::Client,
+    name: &str,
+    source: &str,
+) -> anyhow::Result<()> {
+    if name == source {
+        anyhow::bail!("CONSUMER_ON_FAILURE names stream {name:?}, the stream being read: failed records would be read again");
+    }
+    match kinesis
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if common::aws::classify(&err) == common::aws::ErrorKind::NotFound => {
+            anyhow::bail!("CONSUMER_ON_FAILURE names stream {name:?}, which does not exist")
+        }
+        Err(err) => {
+            tracing::warn!(failure_stream = %name, error = %common::kinesis::error_text(&err), "cannot check the failure stream; going on");
+            Ok(())
+        }
     }
 }
 
