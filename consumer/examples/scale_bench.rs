@@ -276,7 +276,6 @@ async fn main() {
         })
         .await;
         assert!(settle.is_some());
-        let signalled = Instant::now();
         first.signal("TERM");
         let all = wait_for(limit, async || {
             a.holds("second", &second, shards, shards).await
@@ -290,7 +289,6 @@ async fn main() {
         ms(all),
         first.events("lease handed over").len()
     );
-        let _ = signalled;
         let mut second = second;
         second.signal("TERM");
         second.wait_exit(Duration::from_secs(10));

@@ -534,6 +534,17 @@ async fn a_lease_table_written_by_the_java_kcl_is_taken_over_from_its_checkpoint
         .find(|e| e["shard_id"].as_str() == Some(a))
         .expect("lease of the dead worker acquired");
     assert_eq!(from_java["previous_owner"], "ip-10-1-2-3.ec2.internal:4f1e");
+    // A KCL 2.x table has no LeaseOwnerToLeaseKeyIndex: scans alone, and a release on stop.
+    assert_eq!(
+        worker
+            .events(
+                "the lease table has no LeaseOwnerToLeaseKeyIndex: leases are found by scans only"
+            )
+            .len(),
+        1,
+        "{}",
+        worker.dump()
+    );
     stop(&mut worker);
 
     let items = setup.items().await;
