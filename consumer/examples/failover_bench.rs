@@ -13,47 +13,15 @@
 //! interval, 20). Needs the emulators (`npm ci --prefix emulators`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::testkit::{self, field, Emulator, Kind, ServiceProcess};
 use serde_json::Value;
 
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/release/examples/failover_bench -> target/release
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
-
-fn build_binaries() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "consumer",
-            "-p",
-            "producer",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building the release binaries failed");
-}
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{knob, release_dir};
 
 struct Run {
     kind: &'static str,
@@ -278,7 +246,7 @@ async fn main() {
     let failover_ms = knob("BENCH_FAILOVER_MS", 10_000);
     let runs = knob("BENCH_RUNS", 3);
     let interval_ms = knob("BENCH_INTERVAL_MS", 20);
-    build_binaries();
+    bench::build_release(&["consumer", "producer"]);
     let kinesis_emu = Emulator::start(Kind::KinesisMock);
     let dynamo_emu = Emulator::start(Kind::Dynalite);
     println!(

@@ -20,37 +20,15 @@
 //! named at the end. Needs the emulators (`npm ci --prefix emulators`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::testkit::{self, Emulator, FaultProxy, Kind, ServiceProcess};
 
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
-
-fn build_binaries() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "consumer", "--manifest-path"])
-        .arg(manifest)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building the release binaries failed");
-}
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{knob, release_dir};
 
 /// One application (lease table) on the stream.
 struct App<'a> {
@@ -187,7 +165,7 @@ async fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     if std::env::var("BENCH_SKIP_BUILD").as_deref() != Ok("1") {
-        build_binaries();
+        bench::build_release(&["consumer"]);
     }
     let logs = std::env::temp_dir().join(testkit::unique_name("scale-bench-logs"));
     std::fs::create_dir_all(&logs).expect("log directory");

@@ -712,17 +712,9 @@ impl LeaseTable {
             .expression_attribute_values(":counter", n(lease.counter))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) => match classify(&err) {
-                ErrorKind::ConditionFailed => Ok(false),
-                kind => Err(self.error(
-                    "DeleteItem",
-                    kind,
-                    format!("deleting lease {}: {}", lease.key, error_text(&err)),
-                )),
-            },
-        }
+        self.conditional(result, "DeleteItem", || {
+            format!("deleting lease {}", lease.key)
+        })
     }
 
     /// Fails with [`OtherStreamError`] when a lease in the table was created for another stream
@@ -781,15 +773,31 @@ impl LeaseTable {
             .expression_attribute_names("#key", LEASE_KEY)
             .send()
             .await;
+        self.conditional(result, "PutItem", || {
+            format!("creating lease {}", lease.key)
+        })
+    }
+
+    /// A conditional write's answer: whether it was written (`false`: the condition failed).
+    fn conditional<T, E>(
+        &self,
+        result: Result<
+            T,
+            aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+        >,
+        operation: &'static str,
+        what: impl FnOnce() -> String,
+    ) -> Result<bool, TableError>
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
         match result {
             Ok(_) => Ok(true),
             Err(err) => match classify(&err) {
                 ErrorKind::ConditionFailed => Ok(false),
-                kind => Err(self.error(
-                    "PutItem",
-                    kind,
-                    format!("creating lease {}: {}", lease.key, error_text(&err)),
-                )),
+                kind => {
+                    Err(self.error(operation, kind, format!("{}: {}", what(), error_text(&err))))
+                }
             },
         }
     }
@@ -877,19 +885,7 @@ impl LeaseTable {
         old_owner: &str,
     ) -> Result<Lease, WriteError> {
         let mut update = Update::handoff(lease, old_owner);
-        update.set(CHECKPOINT, s(checkpoint.value()));
-        update.set(CHECKPOINT_SUB_SEQUENCE, n(checkpoint.sub_sequence_number()));
-        update.set(OWNER_SWITCHES, n(0));
-        if !child_shard_ids.is_empty() {
-            let mut children = child_shard_ids.to_vec();
-            children.sort();
-            children.dedup();
-            update.set(CHILD_SHARD_IDS, AttributeValue::Ss(children));
-        }
-        update.remove(PENDING_CHECKPOINT);
-        update.remove(PENDING_CHECKPOINT_SUB_SEQUENCE);
-        update.remove(PENDING_CHECKPOINT_STATE);
-        update.remove(LATEST_START);
+        update.set_checkpoint(checkpoint, child_shard_ids);
         update.send(self).await
     }
 
@@ -925,19 +921,7 @@ impl LeaseTable {
         child_shard_ids: &[String],
     ) -> Result<Lease, WriteError> {
         let mut update = Update::new(lease);
-        update.set(CHECKPOINT, s(checkpoint.value()));
-        update.set(CHECKPOINT_SUB_SEQUENCE, n(checkpoint.sub_sequence_number()));
-        update.set(OWNER_SWITCHES, n(0));
-        if !child_shard_ids.is_empty() {
-            let mut children = child_shard_ids.to_vec();
-            children.sort();
-            children.dedup();
-            update.set(CHILD_SHARD_IDS, AttributeValue::Ss(children));
-        }
-        update.remove(PENDING_CHECKPOINT);
-        update.remove(PENDING_CHECKPOINT_SUB_SEQUENCE);
-        update.remove(PENDING_CHECKPOINT_STATE);
-        update.remove(LATEST_START);
+        update.set_checkpoint(checkpoint, child_shard_ids);
         update.send(self).await
     }
 
@@ -1048,6 +1032,24 @@ impl<'a> Update<'a> {
         let placeholder = format!(":v{}", self.values.len());
         self.values.insert(placeholder.clone(), value);
         self.sets.push(format!("{name} = {placeholder}"));
+    }
+
+    /// What every checkpoint writes: the position, no owner switches since, the children (for
+    /// `SHARD_END`), and no prepared checkpoint or pinned `LATEST` any more.
+    fn set_checkpoint(&mut self, checkpoint: &Checkpoint, child_shard_ids: &[String]) {
+        self.set(CHECKPOINT, s(checkpoint.value()));
+        self.set(CHECKPOINT_SUB_SEQUENCE, n(checkpoint.sub_sequence_number()));
+        self.set(OWNER_SWITCHES, n(0));
+        if !child_shard_ids.is_empty() {
+            let mut children = child_shard_ids.to_vec();
+            children.sort();
+            children.dedup();
+            self.set(CHILD_SHARD_IDS, AttributeValue::Ss(children));
+        }
+        self.remove(PENDING_CHECKPOINT);
+        self.remove(PENDING_CHECKPOINT_SUB_SEQUENCE);
+        self.remove(PENDING_CHECKPOINT_STATE);
+        self.remove(LATEST_START);
     }
 
     fn remove(&mut self, attribute: &str) {
