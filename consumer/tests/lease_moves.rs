@@ -261,15 +261,7 @@ async fn a_split_parents_lease_is_deleted_once_its_children_are_read_and_not_cre
         .send()
         .await
         .expect("PutItem");
-    setup
-        .kinesis
-        .split_shard()
-        .stream_name(&setup.stream)
-        .shard_to_split(&parent)
-        .new_starting_hash_key((1u128 << 127).to_string())
-        .send()
-        .await
-        .expect("SplitShard");
+    testkit::split_in_half(&setup.kinesis, &setup.stream, &parent).await;
 
     let keys = || async {
         setup

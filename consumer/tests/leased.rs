@@ -334,15 +334,7 @@ async fn split_and_merge_while_records_flow_read_parents_before_children() {
     let mut producer = setup.producer(240, 40);
     let some = testkit::eventually(Duration::from_secs(60), || ids(&worker).len() >= 20).await;
     assert!(some, "{}", worker.dump());
-    setup
-        .kinesis
-        .split_shard()
-        .stream_name(&setup.stream)
-        .shard_to_split(&parent)
-        .new_starting_hash_key((1u128 << 127).to_string())
-        .send()
-        .await
-        .expect("SplitShard");
+    testkit::split_in_half(&setup.kinesis, &setup.stream, &parent).await;
     let parent_ended = testkit::eventually(Duration::from_secs(60), || {
         field(&worker.events("shard ended"), "shard_id").contains(&parent)
     })

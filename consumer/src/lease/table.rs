@@ -819,14 +819,8 @@ impl LeaseTable {
     /// Makes `worker_id` the owner (of an expired or unowned lease, or one being stolen).
     pub async fn take(&self, lease: &Lease, worker_id: &str) -> Result<Lease, WriteError> {
         let mut update = Update::new(lease);
-        update.set(LEASE_OWNER, s(worker_id));
+        update.set_owner(worker_id);
         update.remove(CHECKPOINT_OWNER);
-        if lease.owner.as_deref().is_some_and(|o| o != worker_id) {
-            update.set(
-                OWNER_SWITCHES,
-                n(lease.owner_switches_since_checkpoint.saturating_add(1)),
-            );
-        }
         update.send(self).await
     }
 
@@ -843,12 +837,8 @@ impl LeaseTable {
             return self.take(lease, worker_id).await;
         };
         let mut update = Update::new(lease);
-        update.set(LEASE_OWNER, s(worker_id));
+        update.set_owner(worker_id);
         update.set(CHECKPOINT_OWNER, s(old));
-        update.set(
-            OWNER_SWITCHES,
-            n(lease.owner_switches_since_checkpoint.saturating_add(1)),
-        );
         update.require_absent(CHECKPOINT_OWNER);
         update.send(self).await
     }
@@ -858,11 +848,7 @@ impl LeaseTable {
     pub async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, WriteError> {
         // A `checkpointOwner` stays: the recipient waits for that handoff as this worker did.
         let mut update = Update::new(lease);
-        update.set(LEASE_OWNER, s(to));
-        update.set(
-            OWNER_SWITCHES,
-            n(lease.owner_switches_since_checkpoint.saturating_add(1)),
-        );
+        update.set_owner(to);
         update.send(self).await
     }
 
@@ -1032,6 +1018,17 @@ impl<'a> Update<'a> {
         let placeholder = format!(":v{}", self.values.len());
         self.values.insert(placeholder.clone(), value);
         self.sets.push(format!("{name} = {placeholder}"));
+    }
+
+    /// Makes `to` the owner, counting an owner switch when the lease comes from another owner.
+    fn set_owner(&mut self, to: &str) {
+        self.set(LEASE_OWNER, s(to));
+        if self.lease.owner.as_deref().is_some_and(|o| o != to) {
+            self.set(
+                OWNER_SWITCHES,
+                n(self.lease.owner_switches_since_checkpoint.saturating_add(1)),
+            );
+        }
     }
 
     /// What every checkpoint writes: the position, no owner switches since, the children (for
