@@ -55,6 +55,8 @@ struct Factory {
     /// Payloads that make a batch fail.
     poison: Arc<HashSet<String>>,
     checkpointing: Checkpointing,
+    /// `checkpoint()` in `shutdown_requested`, as the trait's doc example does.
+    checkpoint_on_shutdown: bool,
 }
 
 struct Processor {
@@ -145,7 +147,16 @@ impl RecordProcessor for Processor {
         Ok(())
     }
 
-    async fn shutdown_requested(&mut self, _: &Checkpointer) -> anyhow::Result<()> {
+    async fn shutdown_requested(&mut self, cp: &Checkpointer) -> anyhow::Result<()> {
+        if self.factory.checkpoint_on_shutdown {
+            let written = cp
+                .checkpoint()
+                .await
+                .or_else(|e| e.unless_nothing_delivered());
+            let note = format!("shutdown {written:?}");
+            self.factory.seen.lock().unwrap().notes.push(note);
+            written?;
+        }
         Ok(())
     }
 }
@@ -177,6 +188,16 @@ impl App {
     }
 
     fn start_with<F: RecordProcessorFactory>(&self, factory: F, failure: FailurePolicy) -> Running {
+        self.start_through(self.kinesis.clone(), factory, failure)
+    }
+
+    /// Starts a worker whose Kinesis calls go through `kinesis` (a fault proxy's, say).
+    fn start_through<F: RecordProcessorFactory>(
+        &self,
+        kinesis: aws_sdk_kinesis::Client,
+        factory: F,
+        failure: FailurePolicy,
+    ) -> Running {
         let config = WorkerConfig {
             stream: self.stream.clone(),
             application_name: self.app.clone(),
@@ -200,7 +221,7 @@ impl App {
             },
         };
         let cancel = CancellationToken::new();
-        let worker = Worker::new(config, self.kinesis.clone(), self.dynamo.clone(), factory);
+        let worker = Worker::new(config, kinesis, self.dynamo.clone(), factory);
         let task = tokio::spawn(worker.run(cancel.clone()));
         Running { cancel, task }
     }
@@ -275,6 +296,7 @@ fn factory(poison: &[&str], checkpointing: Checkpointing) -> (Factory, Arc<Mutex
             seen: seen.clone(),
             poison: Arc::new(poison.iter().map(|p| p.to_string()).collect()),
             checkpointing,
+            checkpoint_on_shutdown: false,
         },
         seen,
     )
@@ -622,6 +644,81 @@ async fn stop_keeps_the_lease_and_processes_nothing_after_the_failing_record() {
     assert_eq!(stopped[0]["shard_id"], SHARD);
     assert_eq!(stopped[0]["attempts"], 2);
     running.stop().await;
+}
+
+/// Issue 19, defect 2: records whose processing failed are not "delivered" for a checkpoint.
+/// A stop while a failing batch waits for its retry, or after `stop` halted the shard, runs
+/// `shutdown_requested`; a processor that checkpoints there (as the trait's doc example does)
+/// must not record the failed records as processed, so the next holder gets them.
+#[tokio::test]
+async fn a_checkpoint_at_shutdown_does_not_pass_records_whose_processing_failed() {
+    // (failure policy, whether the shard halts, what the first holder processed, what the
+    // next holder must get)
+    let cases = [
+        // The default: retried for ever; stopped while waiting for the next attempt.
+        (
+            policy(None, false, None, OnFailure::Stop),
+            false,
+            vec!["a"],
+            vec!["b", "bad", "c"],
+        ),
+        // Bisected, given up on alone, the shard halted (`stop`), then the worker stopped.
+        (
+            policy(Some(0), true, None, OnFailure::Stop),
+            true,
+            vec!["a", "b"],
+            vec!["bad", "c"],
+        ),
+    ];
+    for (failure, halts, first, next) in cases {
+        let app = App::new("proc-shutdown-cp").await;
+        app.put_all(&app.stream, &["a"]).await;
+        let (mut f, seen) = factory(&["bad"], Checkpointing::EachBatch);
+        f.checkpoint_on_shutdown = true;
+        let running = app.start(f, failure);
+        until(Duration::from_secs(30), "a processed", || {
+            processed(&seen) == ["a"]
+        })
+        .await;
+        app.put_all(&app.stream, &["b", "bad", "c"]).await;
+        until(Duration::from_secs(30), "the bad record failed", || {
+            let failed = {
+                let calls = &seen.lock().unwrap().failed_calls;
+                if halts {
+                    calls.iter().any(|call| call == &["bad"])
+                } else {
+                    !calls.is_empty()
+                }
+            };
+            failed && processed(&seen) == first
+        })
+        .await;
+        running.stop().await;
+        let notes = seen.lock().unwrap().notes.clone();
+        assert!(
+            notes.last().is_some_and(|n| n == "shutdown Ok(())"),
+            "the processor checkpointed at shutdown: {notes:?}"
+        );
+        let last_processed = app.sequence_number_of(first[first.len() - 1]).await;
+        assert_eq!(
+            s_attr(&app.lease_item().await, "checkpoint"),
+            Some(last_processed.as_str()),
+            "the checkpoint stays at the last record processed ({:?}), before {next:?}",
+            first[first.len() - 1]
+        );
+
+        // The next holder gets the records that failed, and what came after them.
+        let (f, seen) = factory(&[], Checkpointing::EachBatch);
+        let running = app.start(f, FailurePolicy::default());
+        until(
+            Duration::from_secs(30),
+            "c processed by the next holder",
+            || processed(&seen).contains(&"c".to_string()),
+        )
+        .await;
+        running.stop().await;
+        assert_eq!(processed(&seen), next);
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,11 @@
 //!
 //! Records are always processed in order: a half is offered only after everything before it
 //! was processed or given up on, so a checkpoint past records given up on never skips one that
-//! was not handled.
+//! was not handled. A slice counts as delivered (what [`Checkpointer::checkpoint`] may record)
+//! while `process_records` has it, and stays so only when that returned `Ok` or the records
+//! were given up on: after an `Err` the checkpointer forgets it again, so a checkpoint taken
+//! later, in `shutdown_requested` during the retry backoff or after `stop` halted the shard,
+//! stops before the records that failed.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -72,6 +76,7 @@ impl Deliverer<'_> {
             while !range.is_empty() {
                 let slice = &records[range.clone()];
                 let Some(last) = slice.last() else { break };
+                let before = checkpointer.last_delivered();
                 checkpointer.delivered(last.position());
                 let started = std::time::Instant::now();
                 let result = processor
@@ -95,7 +100,11 @@ impl Deliverer<'_> {
                         }
                         break;
                     }
-                    Err(err) => format!("{err:#}"),
+                    Err(err) => {
+                        // Not processed: no checkpoint may pass it until it is.
+                        checkpointer.rewind_delivered(before);
+                        format!("{err:#}")
+                    }
                 };
                 attempts += 1;
                 if self.policy.bisect_on_error && slice.len() > 1 {
@@ -221,6 +230,7 @@ impl Deliverer<'_> {
             }
         }
         // Everything before them was processed: the checkpoint may pass them.
+        checkpointer.delivered(last.position());
         match checkpointer.checkpoint_record(last).await {
             Ok(()) => {}
             Err(CheckpointError::Failed { message, .. }) => {
