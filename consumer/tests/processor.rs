@@ -13,7 +13,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine as _;
 use common::config::InitialPosition;
-use common::testkit::{self, Kind};
+use common::testkit::{self, FaultProxy, Kind, Rule};
 use consumer::lease::table::{Checkpoint, ExtendedSequenceNumber};
 use consumer::lease::{
     Checkpointer, FailurePolicy, InitializationInput, KinesisClientRecord, OnFailure,
@@ -614,6 +614,70 @@ async fn failed_records_go_to_the_failure_stream_with_their_metadata() {
         .unwrap();
     assert_eq!(data, b"r4");
     assert_eq!(dead[0].1.partition_key(), Some("key"));
+}
+
+/// Issue 19, defect 6: a failed record counts as stored on the failure stream only when the
+/// `PutRecords` answer says so (a sequence number, no error code). A short answer, or an entry
+/// with neither, puts it again: the checkpoint never passes a record that is nowhere.
+#[tokio::test]
+async fn a_failed_record_the_failure_stream_did_not_confirm_is_put_again() {
+    for (rule, what) in [
+        (Rule::unanswered_entries(), "short answer"),
+        (Rule::blank_entries(), "blank entry"),
+    ] {
+        let app = App::new("proc-dlq-unconfirmed").await;
+        let failures = testkit::unique_name("proc-dlq-unconfirmed-failures");
+        testkit::create_stream(&app.kinesis, &failures, 1).await;
+        app.put_all(&app.stream, &["r0", "bad", "r2"]).await;
+        // Only the worker's Kinesis calls go through the proxy, and its only PutRecords calls
+        // are the failure stream's: the first one is answered without confirming the record
+        // (which the proxy kept from the emulator).
+        let proxy = FaultProxy::start(&testkit::shared(Kind::KinesisMock).endpoint());
+        proxy.set(vec![rule.times(1)]);
+        let config = aws_sdk_kinesis::config::Builder::from(
+            &testkit::shared(Kind::KinesisMock).sdk_config(),
+        )
+        .endpoint_url(proxy.endpoint())
+        .build();
+        let (f, seen) = factory(&["bad"], Checkpointing::EachBatch);
+        let running = app.start_through(
+            aws_sdk_kinesis::Client::from_conf(config),
+            f,
+            policy(Some(0), true, None, OnFailure::Stream(failures.clone())),
+        );
+        until(Duration::from_secs(60), "r2 processed", || {
+            processed(&seen).contains(&"r2".to_string())
+        })
+        .await;
+        running.stop().await;
+        assert_eq!(
+            proxy.faults("PutRecords"),
+            1,
+            "{what}: the answer was rewritten"
+        );
+        let bad = app.sequence_number_of("bad").await;
+        let dead = testkit::read_stream(&app.kinesis, &failures).await;
+        let stored: Vec<String> = dead
+            .iter()
+            .map(|(_, r)| {
+                let body: Value = serde_json::from_slice(r.data().as_ref()).unwrap();
+                body["sequence_number"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [bad],
+            "{what}: the failed record is on the failure stream"
+        );
+        let r2 = app.sequence_number_of("r2").await;
+        assert_eq!(
+            s_attr(&app.lease_item().await, "checkpoint"),
+            Some(r2.as_str())
+        );
+    }
 }
 
 #[tokio::test]

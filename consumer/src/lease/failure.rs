@@ -21,7 +21,7 @@ use chrono::Utc;
 use common::aws::classify;
 use common::backoff::Backoff;
 pub use common::config::{FailurePolicy, OnFailure};
-use common::kinesis::error_text;
+use common::kinesis::{error_text, is_retryable_code, put_entries, PutEntry};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -243,7 +243,8 @@ impl Deliverer<'_> {
     }
 
     /// Puts `records` with their metadata on the failure stream `name`, retrying until Kinesis
-    /// acknowledged each; `false` when stopped first.
+    /// acknowledged each (an answer entry with a sequence number and no error code: a short
+    /// answer or a blank entry is no acknowledgement); `false` when stopped first.
     async fn put_failed(
         &self,
         name: &str,
@@ -310,29 +311,40 @@ impl Deliverer<'_> {
             };
             let delay = match result {
                 Ok(out) => {
-                    let rejected: Vec<PutRecordsRequestEntry> = out
-                        .records()
-                        .iter()
-                        .zip(&entries[..count])
-                        .filter(|(answer, _)| answer.error_code().is_some())
-                        .map(|(_, entry)| entry.clone())
-                        .collect();
-                    let rest = entries.split_off(count);
-                    if rejected.is_empty() {
-                        failures.recovered(self.shard_id);
-                        entries = rest;
-                        continue;
+                    let mut unstored = Vec::new();
+                    let mut first_error = None;
+                    let mut persistent = false;
+                    let answers = put_entries(out.records(), count);
+                    for (entry, answer) in entries.drain(..count).zip(answers) {
+                        let error = match answer {
+                            PutEntry::Stored { .. } => continue,
+                            PutEntry::Failed { code, message } => {
+                                persistent |= !is_retryable_code(code);
+                                format!("{code}: {message}")
+                            }
+                            PutEntry::Unconfirmed(why) => why.to_string(),
+                        };
+                        first_error.get_or_insert(error);
+                        unstored.push(entry);
                     }
+                    let Some(first_error) = first_error else {
+                        failures.recovered(self.shard_id);
+                        continue;
+                    };
                     let message = format!(
-                        "PutRecords to failure stream {name}: {} of {count} records rejected ({})",
-                        rejected.len(),
-                        out.records()
-                            .iter()
-                            .find_map(|r| r.error_message())
-                            .unwrap_or("no message")
+                        "PutRecords to failure stream {name}: {} of {count} records not stored ({first_error})",
+                        unstored.len(),
                     );
-                    entries = rejected.into_iter().chain(rest).collect();
-                    failures.failed(self.shard_id, Failure::Transient(message))
+                    unstored.append(&mut entries);
+                    entries = unstored;
+                    failures.failed(
+                        self.shard_id,
+                        if persistent {
+                            Failure::Persistent(message)
+                        } else {
+                            Failure::Transient(message)
+                        },
+                    )
                 }
                 Err(err) => {
                     let kind = classify(&err);
