@@ -34,6 +34,7 @@ pub mod balance;
 pub mod cleanup;
 pub mod failure;
 mod held;
+pub mod machine;
 pub mod processor;
 mod shard;
 pub mod sync;
