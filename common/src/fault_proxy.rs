@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy for tests: it sits between a service under test and a real
 //! emulator and, switched at run time, provokes the failures the emulators never produce —
 //! dropped connections, calls that hang, streaming answers that stop delivering, throttling and
-//! other error answers, and `PutRecords` calls that fail some of their entries individually.
+//! other error answers, `PutRecords` calls that fail some of their entries individually, and
+//! `PutRecords` answers that leave entries unconfirmed (blank, or missing from a short answer).
 //!
 //! It runs on its own thread with its own runtime, so it keeps serving while a test thread
 //! blocks (waiting for a child process, say). It speaks HTTP/1.1, which is what the AWS SDK
@@ -12,7 +13,9 @@
 //! A partial `PutRecords` failure is made the way Kinesis makes one: the chosen entries are
 //! not forwarded at all (so nothing reported failed is stored), the surviving ones are sent on
 //! as one `PutRecords`, and the answer is merged back in the original order with the chosen
-//! entries carrying an `ErrorCode`.
+//! entries carrying an `ErrorCode`. Unconfirmed entries are made the same way, not stored, but
+//! answered with an empty entry (neither `ErrorCode` nor `SequenceNumber`) or left out of the
+//! answer, and not counted in `FailedRecordCount`: an answer that lies by omission.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,8 +53,20 @@ enum Action {
     /// Answer with this status; with an AWS error code the body is the JSON error the AWS
     /// JSON protocols use, without one it is a plain page, as from a load balancer.
     Error { status: u16, code: Option<String> },
-    /// `PutRecords` only: fail each entry with probability `fraction` and this error code.
-    FailEntries { code: String, fraction: f64 },
+    /// `PutRecords` only: keep each entry from the emulator with probability `fraction`, and
+    /// answer it as `answer` says.
+    Entries { answer: EntryAnswer, fraction: f64 },
+}
+
+/// How an entry kept from the emulator is answered.
+#[derive(Debug, Clone, PartialEq)]
+enum EntryAnswer {
+    /// Failed with this error code (a partial failure, as Kinesis reports one).
+    Error(String),
+    /// An entry with neither an error code nor a sequence number.
+    Blank,
+    /// No entry at all: the answer is shorter than the request.
+    Missing,
 }
 
 /// One fault: what to do, to which operations, how often. Build with the constructors, then
@@ -109,8 +124,26 @@ impl Rule {
     /// Fails entries of `PutRecords` calls individually with `code` (each with the rule's
     /// fraction as probability); only the other entries reach the emulator.
     pub fn fail_entries(code: &str) -> Self {
-        Self::new(Action::FailEntries {
-            code: code.to_string(),
+        Self::entries(EntryAnswer::Error(code.to_string()))
+    }
+
+    /// Keeps entries of `PutRecords` calls from the emulator (each with the rule's fraction as
+    /// probability) and answers each with an empty entry, neither error code nor sequence
+    /// number, in a call that reports no failure.
+    pub fn blank_entries() -> Self {
+        Self::entries(EntryAnswer::Blank)
+    }
+
+    /// Keeps entries of `PutRecords` calls from the emulator (each with the rule's fraction as
+    /// probability) and leaves them out of the answer, which is then shorter than the request
+    /// and reports no failure.
+    pub fn unanswered_entries() -> Self {
+        Self::entries(EntryAnswer::Missing)
+    }
+
+    fn entries(answer: EntryAnswer) -> Self {
+        Self::new(Action::Entries {
+            answer,
             fraction: 1.0,
         })
         .only(&["PutRecords"])
@@ -122,12 +155,12 @@ impl Rule {
         self
     }
 
-    /// Applies to this fraction of matching requests (of entries, for `fail_entries`).
+    /// Applies to this fraction of matching requests (of entries, for the entry rules).
     pub fn fraction(mut self, fraction: f64) -> Self {
         let fraction = fraction.clamp(0.0, 1.0);
         match &mut self.action {
             // Drawn per entry, so every PutRecords call is a candidate.
-            Action::FailEntries { fraction: f, .. } => *f = fraction,
+            Action::Entries { fraction: f, .. } => *f = fraction,
             _ => self.fraction = fraction,
         }
         self
@@ -351,8 +384,8 @@ async fn handle(shared: Shared, req: Request<Incoming>) -> Result<Response<Proxy
             Ok(Response::from_parts(head, Stalled(upstream).boxed()))
         }
         Some(Action::Error { status, code }) => Ok(error_response(status, code.as_deref())),
-        Some(Action::FailEntries { code, fraction }) => {
-            fail_entries(&shared, req, &code, fraction).await
+        Some(Action::Entries { answer, fraction }) => {
+            fail_entries(&shared, req, &answer, fraction).await
         }
     }
 }
@@ -442,7 +475,7 @@ async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Pro
 async fn fail_entries(
     shared: &Shared,
     req: Request<Incoming>,
-    code: &str,
+    answer: &EntryAnswer,
     fraction: f64,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (mut parts, body) = req.into_parts();
@@ -463,7 +496,10 @@ async fn fail_entries(
         .map(|(e, _)| e.clone())
         .collect();
     let mut answers = Vec::new();
-    let mut failed_count = failed.iter().filter(|f| **f).count() as u64;
+    let mut failed_count = match answer {
+        EntryAnswer::Error(_) => failed.iter().filter(|f| **f).count() as u64,
+        EntryAnswer::Blank | EntryAnswer::Missing => 0,
+    };
     let mut encryption = Value::Null;
     if !survivors.is_empty() {
         call["Records"] = Value::Array(survivors);
@@ -485,12 +521,13 @@ async fn fail_entries(
     let mut upstream = answers.into_iter();
     let records: Vec<Value> = failed
         .iter()
-        .map(|f| {
-            if *f {
-                json!({"ErrorCode": code, "ErrorMessage": format!("{code} injected by the fault proxy")})
-            } else {
-                upstream.next().unwrap_or(Value::Null)
-            }
+        .filter_map(|f| match (f, answer) {
+            (false, _) => Some(upstream.next().unwrap_or(Value::Null)),
+            (true, EntryAnswer::Error(code)) => Some(
+                json!({"ErrorCode": code, "ErrorMessage": format!("{code} injected by the fault proxy")}),
+            ),
+            (true, EntryAnswer::Blank) => Some(json!({})),
+            (true, EntryAnswer::Missing) => None,
         })
         .collect();
     let mut merged = json!({"FailedRecordCount": failed_count, "Records": records});

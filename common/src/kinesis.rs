@@ -1,11 +1,12 @@
 //! Kinesis helpers both services need: waiting for a stream at startup, listing its shards,
-//! and telling transient errors from permanent ones.
+//! telling transient errors from permanent ones, and reading a `PutRecords` answer entry by
+//! entry.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::types::{Shard, StreamStatus};
+use aws_sdk_kinesis::types::{PutRecordsResultEntry, Shard, StreamStatus};
 use aws_sdk_kinesis::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -139,6 +140,59 @@ pub fn is_retryable<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) ->
     crate::aws::classify(err).is_retryable()
 }
 
+/// What a `PutRecords` answer says about one record sent, by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutEntry<'a> {
+    /// Stored: the entry names a shard and a sequence number, and no error code.
+    Stored {
+        shard_id: &'a str,
+        sequence_number: &'a str,
+    },
+    /// Refused with this error code (see [`is_retryable_code`]).
+    Failed { code: &'a str, message: &'a str },
+    /// The answer does not say: it has another number of entries than records were sent (so
+    /// no entry can be matched to a record), or this entry has neither an error code nor a
+    /// shard id and sequence number. Kinesis may or may not have stored the record; putting it
+    /// again is the only course that loses nothing.
+    Unconfirmed(&'static str),
+}
+
+/// Checks every entry of a `PutRecords` answer (`records`) against the `sent` records of the
+/// request: one [`PutEntry`] per record sent, in the request's order. Only [`PutEntry::Stored`]
+/// may count as stored.
+pub fn put_entries(records: &[PutRecordsResultEntry], sent: usize) -> Vec<PutEntry<'_>> {
+    if records.len() != sent {
+        return vec![
+            PutEntry::Unconfirmed(
+                "PutRecords answered another number of entries than records were sent"
+            );
+            sent
+        ];
+    }
+    records
+        .iter()
+        .map(|entry| {
+            match (
+                entry.error_code(),
+                entry.shard_id(),
+                entry.sequence_number(),
+            ) {
+                (Some(code), _, _) => PutEntry::Failed {
+                    code,
+                    message: entry.error_message().unwrap_or("no message"),
+                },
+                (None, Some(shard_id), Some(sequence_number)) => PutEntry::Stored {
+                    shard_id,
+                    sequence_number,
+                },
+                (None, _, _) => PutEntry::Unconfirmed(
+                    "PutRecords answer entry has neither an error code nor a sequence number",
+                ),
+            }
+        })
+        .collect()
+}
+
 /// One line describing an SDK error: its code and message, or the transport problem.
 pub fn error_text<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     err: &SdkError<E, R>,
@@ -173,5 +227,54 @@ mod tests {
         assert!(!is_retryable_code("ValidationException"));
         assert!(!is_retryable_code("ResourceNotFoundException"));
         assert!(!is_retryable_code("AccessDeniedException"));
+    }
+
+    #[test]
+    fn only_an_answer_entry_with_a_sequence_number_and_no_error_counts_as_stored() {
+        let stored = |seq: &str| {
+            PutRecordsResultEntry::builder()
+                .shard_id("shardId-000000000000")
+                .sequence_number(seq)
+                .build()
+        };
+        let failed = PutRecordsResultEntry::builder()
+            .error_code("ProvisionedThroughputExceededException")
+            .error_message("slow down")
+            .build();
+        let blank = PutRecordsResultEntry::builder().build();
+        let no_shard = PutRecordsResultEntry::builder()
+            .sequence_number("3")
+            .build();
+        let answer = [stored("1"), failed, blank, no_shard];
+        let checked = put_entries(&answer, 4);
+        assert_eq!(
+            checked[0],
+            PutEntry::Stored {
+                shard_id: "shardId-000000000000",
+                sequence_number: "1"
+            }
+        );
+        assert_eq!(
+            checked[1],
+            PutEntry::Failed {
+                code: "ProvisionedThroughputExceededException",
+                message: "slow down"
+            }
+        );
+        assert!(matches!(checked[2], PutEntry::Unconfirmed(_)));
+        assert!(matches!(checked[3], PutEntry::Unconfirmed(_)));
+
+        // A short (or long) answer cannot be matched to the records: none counts as stored.
+        for answer in [
+            vec![stored("1")],
+            vec![stored("1"), stored("2"), stored("3")],
+        ] {
+            let checked = put_entries(&answer, 2);
+            assert_eq!(checked.len(), 2);
+            assert!(checked
+                .iter()
+                .all(|e| matches!(e, PutEntry::Unconfirmed(_))));
+        }
+        assert!(put_entries(&[], 0).is_empty());
     }
 }

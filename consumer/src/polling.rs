@@ -9,16 +9,24 @@
 //! from `TRIM_HORIZON`, so nothing written to them is missed.
 //!
 //! A reader retries every failure itself ([`crate::reader`]); the stream being deleted is the
-//! one error that ends polling mode ([`PollingError`], exit 1).
+//! one error that ends polling mode ([`PollingError`], exit 1). A reader task that panics (a
+//! bug) is logged as an error naming its shard and started again after the last batch it
+//! logged in full, with backoff (1 s doubling to 60 s, from 1 s again once it got further), so
+//! the shard is neither skipped nor left half read with its children waiting for ever.
 //!
 //! Delivery: each record is handled once per run (no checkpoints: a restart reads again from
-//! the initial position).
+//! the initial position), except that the batch a reader was handling when it panicked is
+//! handled again, from its first record.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use aws_sdk_kinesis::types::Shard;
 use aws_sdk_kinesis::Client;
+use chrono::{DateTime, Utc};
+use common::backoff::Backoff;
 use common::config::{ConsumerSettings, InitialPosition};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -144,6 +152,131 @@ fn initial(position: InitialPosition) -> StartPosition {
     }
 }
 
+/// Where a reader that panicked starts again: after the last record of the last batch it
+/// logged in full (the batch it was handling is read again), or, having logged none, where it
+/// started, a `LATEST` start becoming the time it started so that nothing written since is
+/// skipped.
+fn restart_position(
+    start: &StartPosition,
+    handled: Option<&str>,
+    started_at: DateTime<Utc>,
+) -> StartPosition {
+    match (handled, start) {
+        (Some(sequence_number), _) => StartPosition::AfterSequence(sequence_number.to_string()),
+        (None, StartPosition::Latest) => StartPosition::AtTimestamp(started_at),
+        (None, start) => start.clone(),
+    }
+}
+
+/// A shard being read, with what its reader needs to be started again.
+struct Reading {
+    shard_id: String,
+    hash_range: Option<(u128, u128)>,
+    /// Where the current reader started.
+    start: StartPosition,
+    /// When the shard's first reader started (see [`restart_position`]).
+    started_at: DateTime<Utc>,
+    /// The last sequence number of the last batch logged in full, as of the last restart.
+    handled: Option<String>,
+    /// Waits before restarts; reset when a reader got further than the one before.
+    restarts: Backoff,
+}
+
+/// The reader tasks of polling mode, one per shard being read.
+struct Readers {
+    tasks: JoinSet<(String, Result<Vec<String>, ReadError>)>,
+    /// Each task's shard, with the progress its reader reports.
+    reading: HashMap<tokio::task::Id, (Reading, watch::Receiver<Option<String>>)>,
+    retrieval: Retrieval,
+    client: Client,
+    stream: String,
+    /// Stops every reader: `cancel`, or the stream being gone.
+    stop: CancellationToken,
+}
+
+impl Readers {
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn start(&mut self, shard_id: &str, start: StartPosition, hash_range: Option<(u128, u128)>) {
+        let reading = Reading {
+            shard_id: shard_id.to_string(),
+            hash_range,
+            start,
+            started_at: Utc::now(),
+            handled: None,
+            restarts: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        };
+        self.spawn(reading, Duration::ZERO);
+    }
+
+    fn spawn(&mut self, reading: Reading, delay: Duration) {
+        let reader = self.retrieval.open(
+            self.client.clone(),
+            &self.stream,
+            &reading.shard_id,
+            reading.start.clone(),
+        );
+        let (handled_tx, handled_rx) = watch::channel(reading.handled.clone());
+        let task = read_shard(
+            reader,
+            reading.hash_range,
+            self.stop.clone(),
+            handled_tx,
+            delay,
+        );
+        let id = self.tasks.spawn(task).id();
+        self.reading.insert(id, (reading, handled_rx));
+    }
+
+    /// The next reader to end, with its shard; a reader that panicked is started again
+    /// instead. Cancel-safe: a restart happens between two awaits.
+    async fn join_next(&mut self) -> Option<(String, Result<Vec<String>, ReadError>)> {
+        loop {
+            let (id, joined) = match self.tasks.join_next_with_id().await? {
+                Ok((id, done)) => (id, Ok(done)),
+                Err(err) => (err.id(), Err(err)),
+            };
+            let Some((mut reading, handled)) = self.reading.remove(&id) else {
+                continue;
+            };
+            let panic = match joined {
+                Ok(done) => return Some(done),
+                Err(err) if err.is_panic() => err,
+                // Never aborted: only a runtime shutting down cancels a reader.
+                Err(_) => continue,
+            };
+            let handled = handled.borrow().clone();
+            if handled != reading.handled {
+                reading.restarts.reset();
+                reading.handled = handled;
+            }
+            reading.start = restart_position(
+                &reading.start,
+                reading.handled.as_deref(),
+                reading.started_at,
+            );
+            let delay = reading.restarts.next_delay();
+            tracing::error!(
+                shard_id = %reading.shard_id,
+                error = %panic,
+                start = ?reading.start,
+                retry_in_ms = delay.as_millis() as u64,
+                "shard reader panicked, reading the shard again"
+            );
+            self.spawn(reading, delay);
+        }
+    }
+
+    /// Stops every reader and waits for them. Readers stop at their next wait or call; none
+    /// is in the middle of logging a batch.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
 /// Why polling mode ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PollingError {
@@ -213,9 +346,14 @@ pub async fn run(
     let first: HashSet<String> = graph.add(read).into_iter().collect();
     tracing::info!(stream = %stream, shards = first.len(), mode = "polling", retrieval = retrieval.name(), "consumer started");
 
-    // Readers stop with `cancel`, or with `stop_readers` when the stream is gone.
-    let stop_readers = cancel.child_token();
-    let mut readers: JoinSet<(String, Result<Vec<String>, ReadError>)> = JoinSet::new();
+    let mut readers = Readers {
+        tasks: JoinSet::new(),
+        reading: HashMap::new(),
+        retrieval: retrieval.clone(),
+        client: client.clone(),
+        stream: stream.clone(),
+        stop: cancel.child_token(),
+    };
     let mut sync = tokio::time::interval(settings.shard_sync_interval);
     sync.tick().await;
     let mut failure = None;
@@ -227,12 +365,7 @@ pub async fn run(
                 StartPosition::TrimHorizon
             };
             tracing::info!(shard_id = %shard_id, start = ?start, "reading shard");
-            let reader = retrieval.open(client.clone(), &stream, &shard_id, start);
-            readers.spawn(read_shard(
-                reader,
-                ranges.get(&shard_id).copied(),
-                stop_readers.clone(),
-            ));
+            readers.start(&shard_id, start, ranges.get(&shard_id).copied());
         }
         // A listing: at every sync tick, and when a shard ended (to learn its children's
         // parents now rather than at the next sync).
@@ -240,18 +373,14 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = sync.tick() => true,
             Some(done) = readers.join_next(), if !readers.is_empty() => match done {
-                Ok((shard_id, Ok(children))) => {
+                (shard_id, Ok(children)) => {
                     tracing::info!(shard_id = %shard_id, child_shards = ?children, "shard ended");
                     graph.mark_ended(&shard_id);
                     !children.is_empty()
                 }
-                Ok((_, Err(ReadError::Cancelled))) => false,
-                Ok((_, Err(err))) => {
+                (_, Err(ReadError::Cancelled)) => false,
+                (_, Err(err)) => {
                     failure = Some(PollingError::from(err));
-                    false
-                }
-                Err(join) => {
-                    tracing::error!(error = %join, "shard reader panicked");
                     false
                 }
             },
@@ -279,9 +408,7 @@ pub async fn run(
             }
         }
     }
-    // Readers stop at their next wait or call; none is in the middle of logging a batch.
-    stop_readers.cancel();
-    while readers.join_next().await.is_some() {}
+    readers.stop().await;
     match failure {
         Some(err) => Err(err),
         None => {
@@ -291,23 +418,38 @@ pub async fn run(
     }
 }
 
+/// Reads one shard to its end, after `delay`, reporting the last sequence number of each
+/// batch once it is logged in full to `handled`.
 async fn read_shard(
     mut reader: ShardSource,
     hash_range: Option<(u128, u128)>,
     cancel: CancellationToken,
+    handled: watch::Sender<Option<String>>,
+    delay: Duration,
 ) -> (String, Result<Vec<String>, ReadError>) {
     let shard_id = reader.shard_id().to_string();
+    if !delay.is_zero() {
+        tokio::select! {
+            _ = cancel.cancelled() => return (shard_id, Err(ReadError::Cancelled)),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
     loop {
         match reader.next_batch(&cancel).await {
             Ok(batch) => {
                 let started = std::time::Instant::now();
                 for record in &batch.records {
+                    #[cfg(test)]
+                    tests::panic_hook(record);
                     crate::record::log_record_in_range(&shard_id, hash_range, record);
                 }
                 if let Some(o) = crate::observe::observer() {
                     o.metrics
                         .process_records_seconds
                         .observe(started.elapsed().as_secs_f64());
+                }
+                if let Some(last) = batch.records.last() {
+                    handled.send_replace(Some(last.sequence_number().to_string()));
                 }
                 if let Some(children) = batch.ended {
                     return (shard_id, Ok(children));
@@ -321,12 +463,197 @@ async fn read_shard(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use aws_sdk_kinesis::types::Record;
+    use common::message::DataMessage;
+    use common::testkit::{self, Kind};
+
+    /// Payloads that make their reader panic the first time it handles them, as a bug in
+    /// record handling would. Nothing real makes a reader panic on demand (record handling
+    /// takes any bytes; the SDK answers errors, not panics), so the test needs this hook; it
+    /// exists only in this module's test build.
+    static PANIC_ONCE_ON: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    pub(super) fn panic_hook(record: &Record) {
+        let mut payloads = PANIC_ONCE_ON.lock().unwrap_or_else(PoisonError::into_inner);
+        let data = record.data().as_ref();
+        if let Some(i) = payloads.iter().position(|p| p.as_slice() == data) {
+            payloads.remove(i);
+            drop(payloads);
+            panic!("test hook: panic on record {}", record.sequence_number());
+        }
+    }
+
+    /// Log lines (JSON) written on this thread: the test runs on a current-thread runtime,
+    /// so the readers' tasks log here too.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn events(&self, message: &str) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().unwrap().clone();
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"] == message)
+                .collect()
+        }
+
+        fn received(&self) -> Vec<(String, String)> {
+            self.events("record received")
+                .iter()
+                .map(|e| {
+                    (
+                        e["id"].as_str().unwrap_or_default().to_string(),
+                        e["shard_id"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// Issue 19, defect 5: a reader that panics is started again from where it was, so its
+    /// shard is read to its end and its children start.
+    #[tokio::test]
+    async fn a_panicked_reader_is_restarted_and_the_children_of_its_shard_are_read() {
+        // tracing caches whether a log line is wanted per call site, and with a single
+        // scoped subscriber it asks only the thread that first reaches the call site: another
+        // test reaching `record received` first, on a thread without a subscriber, would turn
+        // it off for this test too. With two subscribers alive it asks both.
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let emu = testkit::shared(Kind::KinesisMock);
+        let kinesis = emu.kinesis();
+        let stream = testkit::unique_name("poll-panic");
+        let parent = testkit::create_single_shard_stream(&kinesis, &stream).await;
+        let env = testkit::env_with(
+            &emu.endpoint(),
+            &stream,
+            &[
+                ("CONSUMER_MODE", "polling"),
+                ("CONSUMER_INITIAL_POSITION", "TRIM_HORIZON"),
+                ("CONSUMER_POLL_INTERVAL_MS", "200"),
+                ("CONSUMER_SHARD_SYNC_MS", "1000"),
+            ],
+        );
+        let raw = common::config::RawConfig::load(env).expect("settings");
+        let settings = ConsumerSettings::from_raw(&raw).expect("settings");
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn({
+            let (kinesis, cancel) = (kinesis.clone(), cancel.clone());
+            async move { run(&settings, kinesis, cancel).await }
+        });
+
+        let messages: Vec<DataMessage> = (0..6).map(|_| DataMessage::new()).collect();
+        let poison = messages[1].to_json();
+        PANIC_ONCE_ON.lock().unwrap().push(poison.clone());
+        for (i, m) in messages[..3].iter().enumerate() {
+            testkit::put_record(&kinesis, &stream, &format!("k{i}"), m.to_json()).await;
+        }
+        assert!(
+            testkit::eventually(Duration::from_secs(30), || {
+                PANIC_ONCE_ON.lock().unwrap().is_empty()
+            })
+            .await,
+            "the reader reached the record that makes it panic"
+        );
+        testkit::split_in_half(&kinesis, &stream, &parent).await;
+        let never = CancellationToken::new();
+        common::kinesis::wait_for_stream(&kinesis, &stream, Duration::from_secs(30), &never)
+            .await
+            .expect("split");
+        for (i, m) in messages[3..].iter().enumerate() {
+            testkit::put_record(&kinesis, &stream, &format!("after-split-{i}"), m.to_json()).await;
+        }
+
+        let ids: HashSet<String> = messages.iter().map(|m| m.id.to_string()).collect();
+        let all_read = testkit::eventually(Duration::from_secs(60), || {
+            let read: HashSet<String> = logs.received().into_iter().map(|(id, _)| id).collect();
+            read == ids
+        })
+        .await;
+        let received = logs.received();
+        assert!(
+            all_read,
+            "every record read, the children's too: {received:?}"
+        );
+        let panicked = logs.events("shard reader panicked, reading the shard again");
+        assert_eq!(panicked.len(), 1, "{panicked:?}");
+        assert_eq!(panicked[0]["shard_id"], parent.as_str());
+        // The children were read (after their parent ended).
+        let children: HashSet<&str> = received
+            .iter()
+            .filter(|(id, _)| messages[3..].iter().any(|m| m.id.to_string() == *id))
+            .map(|(_, shard)| shard.as_str())
+            .collect();
+        assert!(!children.contains(parent.as_str()), "{received:?}");
+        // Only records of the batch in hand when the reader panicked (before the one it
+        // panicked on) can be read twice.
+        for m in &messages[1..] {
+            let id = m.id.to_string();
+            let times = received.iter().filter(|(r, _)| *r == id).count();
+            assert_eq!(times, 1, "{id} read once: {received:?}");
+        }
+        cancel.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stops within 10 s")
+            .expect("no panic");
+        assert!(ended.is_ok(), "{ended:?}");
+    }
 
     fn s(id: &str, parents: &[&str]) -> (String, Vec<String>) {
         (
             id.to_string(),
             parents.iter().map(|p| p.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn a_panicked_reader_restarts_after_the_last_batch_it_logged_in_full() {
+        let at = chrono::Utc::now();
+        let after = |s: &str| StartPosition::AfterSequence(s.to_string());
+        for start in [
+            StartPosition::TrimHorizon,
+            StartPosition::Latest,
+            StartPosition::AtSequence("1".into()),
+        ] {
+            assert_eq!(restart_position(&start, Some("42"), at), after("42"));
+        }
+        // Nothing logged yet: where it started; LATEST as of the time it started.
+        assert_eq!(
+            restart_position(&StartPosition::Latest, None, at),
+            StartPosition::AtTimestamp(at)
+        );
+        for start in [
+            StartPosition::TrimHorizon,
+            StartPosition::AtTimestamp(at),
+            StartPosition::AtSequence("7".into()),
+            after("7"),
+        ] {
+            assert_eq!(restart_position(&start, None, at), start);
+        }
     }
 
     #[test]

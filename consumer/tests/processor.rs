@@ -13,7 +13,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine as _;
 use common::config::InitialPosition;
-use common::testkit::{self, Kind};
+use common::testkit::{self, FaultProxy, Kind, Rule};
 use consumer::lease::table::{Checkpoint, ExtendedSequenceNumber};
 use consumer::lease::{
     Checkpointer, FailurePolicy, InitializationInput, KinesisClientRecord, OnFailure,
@@ -55,6 +55,8 @@ struct Factory {
     /// Payloads that make a batch fail.
     poison: Arc<HashSet<String>>,
     checkpointing: Checkpointing,
+    /// `checkpoint()` in `shutdown_requested`, as the trait's doc example does.
+    checkpoint_on_shutdown: bool,
 }
 
 struct Processor {
@@ -145,7 +147,16 @@ impl RecordProcessor for Processor {
         Ok(())
     }
 
-    async fn shutdown_requested(&mut self, _: &Checkpointer) -> anyhow::Result<()> {
+    async fn shutdown_requested(&mut self, cp: &Checkpointer) -> anyhow::Result<()> {
+        if self.factory.checkpoint_on_shutdown {
+            let written = cp
+                .checkpoint()
+                .await
+                .or_else(|e| e.unless_nothing_delivered());
+            let note = format!("shutdown {written:?}");
+            self.factory.seen.lock().unwrap().notes.push(note);
+            written?;
+        }
         Ok(())
     }
 }
@@ -177,6 +188,16 @@ impl App {
     }
 
     fn start_with<F: RecordProcessorFactory>(&self, factory: F, failure: FailurePolicy) -> Running {
+        self.start_through(self.kinesis.clone(), factory, failure)
+    }
+
+    /// Starts a worker whose Kinesis calls go through `kinesis` (a fault proxy's, say).
+    fn start_through<F: RecordProcessorFactory>(
+        &self,
+        kinesis: aws_sdk_kinesis::Client,
+        factory: F,
+        failure: FailurePolicy,
+    ) -> Running {
         let config = WorkerConfig {
             stream: self.stream.clone(),
             application_name: self.app.clone(),
@@ -200,7 +221,7 @@ impl App {
             },
         };
         let cancel = CancellationToken::new();
-        let worker = Worker::new(config, self.kinesis.clone(), self.dynamo.clone(), factory);
+        let worker = Worker::new(config, kinesis, self.dynamo.clone(), factory);
         let task = tokio::spawn(worker.run(cancel.clone()));
         Running { cancel, task }
     }
@@ -275,6 +296,7 @@ fn factory(poison: &[&str], checkpointing: Checkpointing) -> (Factory, Arc<Mutex
             seen: seen.clone(),
             poison: Arc::new(poison.iter().map(|p| p.to_string()).collect()),
             checkpointing,
+            checkpoint_on_shutdown: false,
         },
         seen,
     )
@@ -594,6 +616,70 @@ async fn failed_records_go_to_the_failure_stream_with_their_metadata() {
     assert_eq!(dead[0].1.partition_key(), Some("key"));
 }
 
+/// Issue 19, defect 6: a failed record counts as stored on the failure stream only when the
+/// `PutRecords` answer says so (a sequence number, no error code). A short answer, or an entry
+/// with neither, puts it again: the checkpoint never passes a record that is nowhere.
+#[tokio::test]
+async fn a_failed_record_the_failure_stream_did_not_confirm_is_put_again() {
+    for (rule, what) in [
+        (Rule::unanswered_entries(), "short answer"),
+        (Rule::blank_entries(), "blank entry"),
+    ] {
+        let app = App::new("proc-dlq-unconfirmed").await;
+        let failures = testkit::unique_name("proc-dlq-unconfirmed-failures");
+        testkit::create_stream(&app.kinesis, &failures, 1).await;
+        app.put_all(&app.stream, &["r0", "bad", "r2"]).await;
+        // Only the worker's Kinesis calls go through the proxy, and its only PutRecords calls
+        // are the failure stream's: the first one is answered without confirming the record
+        // (which the proxy kept from the emulator).
+        let proxy = FaultProxy::start(&testkit::shared(Kind::KinesisMock).endpoint());
+        proxy.set(vec![rule.times(1)]);
+        let config = aws_sdk_kinesis::config::Builder::from(
+            &testkit::shared(Kind::KinesisMock).sdk_config(),
+        )
+        .endpoint_url(proxy.endpoint())
+        .build();
+        let (f, seen) = factory(&["bad"], Checkpointing::EachBatch);
+        let running = app.start_through(
+            aws_sdk_kinesis::Client::from_conf(config),
+            f,
+            policy(Some(0), true, None, OnFailure::Stream(failures.clone())),
+        );
+        until(Duration::from_secs(60), "r2 processed", || {
+            processed(&seen).contains(&"r2".to_string())
+        })
+        .await;
+        running.stop().await;
+        assert_eq!(
+            proxy.faults("PutRecords"),
+            1,
+            "{what}: the answer was rewritten"
+        );
+        let bad = app.sequence_number_of("bad").await;
+        let dead = testkit::read_stream(&app.kinesis, &failures).await;
+        let stored: Vec<String> = dead
+            .iter()
+            .map(|(_, r)| {
+                let body: Value = serde_json::from_slice(r.data().as_ref()).unwrap();
+                body["sequence_number"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            [bad],
+            "{what}: the failed record is on the failure stream"
+        );
+        let r2 = app.sequence_number_of("r2").await;
+        assert_eq!(
+            s_attr(&app.lease_item().await, "checkpoint"),
+            Some(r2.as_str())
+        );
+    }
+}
+
 #[tokio::test]
 async fn stop_keeps_the_lease_and_processes_nothing_after_the_failing_record() {
     let (logs, _guard) = Logs::capture();
@@ -622,6 +708,81 @@ async fn stop_keeps_the_lease_and_processes_nothing_after_the_failing_record() {
     assert_eq!(stopped[0]["shard_id"], SHARD);
     assert_eq!(stopped[0]["attempts"], 2);
     running.stop().await;
+}
+
+/// Issue 19, defect 2: records whose processing failed are not "delivered" for a checkpoint.
+/// A stop while a failing batch waits for its retry, or after `stop` halted the shard, runs
+/// `shutdown_requested`; a processor that checkpoints there (as the trait's doc example does)
+/// must not record the failed records as processed, so the next holder gets them.
+#[tokio::test]
+async fn a_checkpoint_at_shutdown_does_not_pass_records_whose_processing_failed() {
+    // (failure policy, whether the shard halts, what the first holder processed, what the
+    // next holder must get)
+    let cases = [
+        // The default: retried for ever; stopped while waiting for the next attempt.
+        (
+            policy(None, false, None, OnFailure::Stop),
+            false,
+            vec!["a"],
+            vec!["b", "bad", "c"],
+        ),
+        // Bisected, given up on alone, the shard halted (`stop`), then the worker stopped.
+        (
+            policy(Some(0), true, None, OnFailure::Stop),
+            true,
+            vec!["a", "b"],
+            vec!["bad", "c"],
+        ),
+    ];
+    for (failure, halts, first, next) in cases {
+        let app = App::new("proc-shutdown-cp").await;
+        app.put_all(&app.stream, &["a"]).await;
+        let (mut f, seen) = factory(&["bad"], Checkpointing::EachBatch);
+        f.checkpoint_on_shutdown = true;
+        let running = app.start(f, failure);
+        until(Duration::from_secs(30), "a processed", || {
+            processed(&seen) == ["a"]
+        })
+        .await;
+        app.put_all(&app.stream, &["b", "bad", "c"]).await;
+        until(Duration::from_secs(30), "the bad record failed", || {
+            let failed = {
+                let calls = &seen.lock().unwrap().failed_calls;
+                if halts {
+                    calls.iter().any(|call| call == &["bad"])
+                } else {
+                    !calls.is_empty()
+                }
+            };
+            failed && processed(&seen) == first
+        })
+        .await;
+        running.stop().await;
+        let notes = seen.lock().unwrap().notes.clone();
+        assert!(
+            notes.last().is_some_and(|n| n == "shutdown Ok(())"),
+            "the processor checkpointed at shutdown: {notes:?}"
+        );
+        let last_processed = app.sequence_number_of(first[first.len() - 1]).await;
+        assert_eq!(
+            s_attr(&app.lease_item().await, "checkpoint"),
+            Some(last_processed.as_str()),
+            "the checkpoint stays at the last record processed ({:?}), before {next:?}",
+            first[first.len() - 1]
+        );
+
+        // The next holder gets the records that failed, and what came after them.
+        let (f, seen) = factory(&[], Checkpointing::EachBatch);
+        let running = app.start(f, FailurePolicy::default());
+        until(
+            Duration::from_secs(30),
+            "c processed by the next holder",
+            || processed(&seen).contains(&"c".to_string()),
+        )
+        .await;
+        running.stop().await;
+        assert_eq!(processed(&seen), next);
+    }
 }
 
 #[tokio::test]

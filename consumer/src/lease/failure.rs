@@ -5,7 +5,11 @@
 //!
 //! Records are always processed in order: a half is offered only after everything before it
 //! was processed or given up on, so a checkpoint past records given up on never skips one that
-//! was not handled.
+//! was not handled. A slice counts as delivered (what [`Checkpointer::checkpoint`] may record)
+//! while `process_records` has it, and stays so only when that returned `Ok` or the records
+//! were given up on: after an `Err` the checkpointer forgets it again, so a checkpoint taken
+//! later, in `shutdown_requested` during the retry backoff or after `stop` halted the shard,
+//! stops before the records that failed.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use chrono::Utc;
 use common::aws::classify;
 use common::backoff::Backoff;
 pub use common::config::{FailurePolicy, OnFailure};
-use common::kinesis::error_text;
+use common::kinesis::{error_text, is_retryable_code, put_entries, PutEntry};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +76,7 @@ impl Deliverer<'_> {
             while !range.is_empty() {
                 let slice = &records[range.clone()];
                 let Some(last) = slice.last() else { break };
+                let before = checkpointer.last_delivered();
                 checkpointer.delivered(last.position());
                 let started = std::time::Instant::now();
                 let result = processor
@@ -95,7 +100,11 @@ impl Deliverer<'_> {
                         }
                         break;
                     }
-                    Err(err) => format!("{err:#}"),
+                    Err(err) => {
+                        // Not processed: no checkpoint may pass it until it is.
+                        checkpointer.rewind_delivered(before);
+                        format!("{err:#}")
+                    }
                 };
                 attempts += 1;
                 if self.policy.bisect_on_error && slice.len() > 1 {
@@ -221,6 +230,7 @@ impl Deliverer<'_> {
             }
         }
         // Everything before them was processed: the checkpoint may pass them.
+        checkpointer.delivered(last.position());
         match checkpointer.checkpoint_record(last).await {
             Ok(()) => {}
             Err(CheckpointError::Failed { message, .. }) => {
@@ -233,7 +243,8 @@ impl Deliverer<'_> {
     }
 
     /// Puts `records` with their metadata on the failure stream `name`, retrying until Kinesis
-    /// acknowledged each; `false` when stopped first.
+    /// acknowledged each (an answer entry with a sequence number and no error code: a short
+    /// answer or a blank entry is no acknowledgement); `false` when stopped first.
     async fn put_failed(
         &self,
         name: &str,
@@ -300,29 +311,40 @@ impl Deliverer<'_> {
             };
             let delay = match result {
                 Ok(out) => {
-                    let rejected: Vec<PutRecordsRequestEntry> = out
-                        .records()
-                        .iter()
-                        .zip(&entries[..count])
-                        .filter(|(answer, _)| answer.error_code().is_some())
-                        .map(|(_, entry)| entry.clone())
-                        .collect();
-                    let rest = entries.split_off(count);
-                    if rejected.is_empty() {
-                        failures.recovered(self.shard_id);
-                        entries = rest;
-                        continue;
+                    let mut unstored = Vec::new();
+                    let mut first_error = None;
+                    let mut persistent = false;
+                    let answers = put_entries(out.records(), count);
+                    for (entry, answer) in entries.drain(..count).zip(answers) {
+                        let error = match answer {
+                            PutEntry::Stored { .. } => continue,
+                            PutEntry::Failed { code, message } => {
+                                persistent |= !is_retryable_code(code);
+                                format!("{code}: {message}")
+                            }
+                            PutEntry::Unconfirmed(why) => why.to_string(),
+                        };
+                        first_error.get_or_insert(error);
+                        unstored.push(entry);
                     }
+                    let Some(first_error) = first_error else {
+                        failures.recovered(self.shard_id);
+                        continue;
+                    };
                     let message = format!(
-                        "PutRecords to failure stream {name}: {} of {count} records rejected ({})",
-                        rejected.len(),
-                        out.records()
-                            .iter()
-                            .find_map(|r| r.error_message())
-                            .unwrap_or("no message")
+                        "PutRecords to failure stream {name}: {} of {count} records not stored ({first_error})",
+                        unstored.len(),
                     );
-                    entries = rejected.into_iter().chain(rest).collect();
-                    failures.failed(self.shard_id, Failure::Transient(message))
+                    unstored.append(&mut entries);
+                    entries = unstored;
+                    failures.failed(
+                        self.shard_id,
+                        if persistent {
+                            Failure::Persistent(message)
+                        } else {
+                            Failure::Transient(message)
+                        },
+                    )
                 }
                 Err(err) => {
                     let kind = classify(&err);

@@ -173,7 +173,8 @@ const NOTHING_DELIVERED: &str = "no record was delivered yet";
 
 #[derive(Debug, Default)]
 struct Progress {
-    /// Last user record handed to the processor: a checkpoint may not go beyond it.
+    /// Last user record handed to the processor, and not in a batch whose processing failed
+    /// since: a checkpoint may not go beyond it.
     delivered: Option<ExtendedSequenceNumber>,
     checkpointed: Option<ExtendedSequenceNumber>,
 }
@@ -232,6 +233,14 @@ impl Checkpointer {
         }
     }
 
+    /// Called by the worker when processing the records handed over last failed: what was
+    /// delivered before them (`None`: nothing) is again the most a checkpoint may record.
+    pub(crate) fn rewind_delivered(&self, to: Option<ExtendedSequenceNumber>) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.delivered = to;
+        }
+    }
+
     /// The last position written by this checkpointer (or resumed from).
     pub fn last_checkpoint(&self) -> Option<ExtendedSequenceNumber> {
         self.progress
@@ -240,7 +249,8 @@ impl Checkpointer {
             .and_then(|p| p.checkpointed.clone())
     }
 
-    /// The last user record handed to the processor, if any.
+    /// The last user record handed to the processor, if any, leaving out those of a batch
+    /// whose `process_records` returned `Err` (until they are offered again).
     pub fn last_delivered(&self) -> Option<ExtendedSequenceNumber> {
         self.progress.lock().ok().and_then(|p| p.delivered.clone())
     }
