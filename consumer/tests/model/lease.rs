@@ -65,6 +65,13 @@ pub struct LeaseModel {
 
 const FAILOVER: u8 = 3;
 
+/// How long after the last fault every shard must be held again: a lease left by a crashed
+/// worker expires at its holder after the failover time, is seen unchanged by the others for
+/// another failover time (a worker never takes a lease it holds in name only before that:
+/// it might be a second process with its id), and is taken at the next scan; a handoff ends
+/// after the failover time and a margin.
+pub const SETTLE: u8 = 2 * FAILOVER + 3;
+
 fn t(tick: u8) -> Duration {
     Duration::from_secs(tick as u64)
 }
@@ -127,7 +134,7 @@ pub struct Seen {
 pub struct Proc {
     alive: bool,
     stopping: bool,
-    slots: Vec<Option<Slot>>,
+    pub slots: Vec<Option<Slot>>,
     seen: Vec<Option<Seen>>,
     scanned_at: Option<u8>,
 }
@@ -642,22 +649,30 @@ impl Model for LeaseModel {
                 |_, w: &World| w.violation.is_none(),
             ),
             Property::always(
-                "checkpointOwner never names the owner of a lease being read",
+                "a holder reading a lease never takes itself for its checkpointOwner",
                 |m: &LeaseModel, w: &World| {
-                    (0..m.shards.len()).all(|s| {
-                        let own = &w.table[s].own;
-                        own.owner.is_none()
-                            || own.checkpoint_owner != own.owner
-                            || LeaseModel::holder_processing(w, s) == 0
+                    // The item may name a reader as both owner and checkpointOwner for a
+                    // moment (a stealer that stops hands the lease back to the worker still
+                    // reading it, which learns at its next write); the reader must never take
+                    // that item as its own (it would keep `checkpointOwner` on it for good).
+                    w.procs.iter().enumerate().all(|(i, p)| {
+                        let me = Some(&m.processes[i]);
+                        p.slots.iter().flatten().all(|x| {
+                            let seen = x.m.seen();
+                            !(x.m.state() == State::Reading
+                                && seen.owner.as_ref() == me
+                                && seen.checkpoint_owner.as_ref() == me)
+                        })
                     })
                 },
             ),
             Property::always(
                 "every shard is held again once faults stop",
                 |m: &LeaseModel, w: &World| {
-                    // Checked at the end of time, with every timer fired: a shard that can be
-                    // worked on (not ended, parents ended) has a live holder.
-                    if w.now < m.horizon || m.urgent(w) {
+                    // Checked at the end of time, with every timer fired, when the last fault
+                    // is at least `SETTLE` ticks back: a shard that can be worked on (not
+                    // ended, parents ended) has a live holder.
+                    if w.now < m.horizon || m.horizon < m.quiet_from + SETTLE || m.urgent(w) {
                         return true;
                     }
                     (0..m.shards.len()).all(|s| {
