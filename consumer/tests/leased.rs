@@ -979,3 +979,108 @@ async fn a_create_table_that_times_out_is_tried_again() {
     );
     wait_ok(&mut producer, Duration::from_secs(30));
 }
+
+/// The first `record received` of `process`, and its last, as logged (RFC 3339, UTC, one
+/// format: they order as strings).
+fn reading_span(process: &ServiceProcess) -> Option<(String, String)> {
+    let times = field(&process.events("record received"), "timestamp");
+    Some((times.first()?.clone(), times.last()?.clone()))
+}
+
+/// Issue 19, defect 1. A lease stolen with a graceful handoff and released by the stealer
+/// before the old holder finished (the stealer stopped with nobody to hand it to) is taken by
+/// a third worker, which waits for the old holder to let go before it reads: the two never read
+/// the shard at the same time.
+#[tokio::test]
+async fn a_lease_released_in_mid_handoff_is_not_read_by_two_workers_at_once() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("mid-handoff", 1).await;
+    let mut a = setup.worker("a");
+    let held = until(Duration::from_secs(60), || async {
+        setup.owned_by("a").await.len() == 1
+    })
+    .await;
+    assert!(held, "{}", a.dump());
+    let mut producer = setup.producer(150, 40);
+    let reading = testkit::eventually(Duration::from_secs(60), || ids(&a).len() >= 5).await;
+    assert!(reading, "{}", a.dump());
+    // What the table shows after worker "b" stole the lease from "a" (owner b,
+    // checkpointOwner a) and released it at once: no owner, checkpointOwner still naming a.
+    let shard = setup.owners().await.into_keys().next().unwrap();
+    setup
+        .dynamo
+        .update_item()
+        .table_name(&setup.app)
+        .key("leaseKey", AttributeValue::S(shard.clone()))
+        .update_expression("SET checkpointOwner = :a ADD leaseCounter :two REMOVE leaseOwner")
+        .condition_expression("leaseOwner = :a")
+        .expression_attribute_values(":a", AttributeValue::S("a".into()))
+        .expression_attribute_values(":two", AttributeValue::N("2".into()))
+        .send()
+        .await
+        .expect("UpdateItem");
+    let mut c = setup.worker("c");
+
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let complete =
+        testkit::eventually(Duration::from_secs(60), || all_received(&[&a, &c], &sent)).await;
+    assert!(complete, "{}", dump_all(&[&a, &c]));
+    assert_eq!(
+        c.events("waiting for the previous owner to hand the shard over")
+            .len(),
+        1,
+        "{}",
+        dump_all(&[&a, &c])
+    );
+    let (_, a_last) = reading_span(&a).unwrap();
+    let (c_first, _) = reading_span(&c).expect("c read the shard");
+    assert!(
+        a_last < c_first,
+        "a read until {a_last}, c from {c_first}\n{}",
+        dump_all(&[&a, &c])
+    );
+    stop(&mut a);
+    stop(&mut c);
+}
+
+/// Issue 19, defect 3b. Two live processes started with one `CONSUMER_WORKER_ID` (a restart
+/// overlapping the old process, a copied configuration): the second never takes a lease the
+/// first is reading, says so in one error line naming the id, and no record is read twice.
+#[tokio::test]
+async fn two_processes_with_one_worker_id_never_read_a_shard_both_and_one_says_so() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("twins", 2).await;
+    let mut first = setup.worker("twin");
+    let held = until(Duration::from_secs(60), || async {
+        setup.owned_by("twin").await.len() == 2
+    })
+    .await;
+    assert!(held, "{}", first.dump());
+    let mut second = setup.worker("twin");
+    let mut producer = setup.producer(150, 20);
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let complete = testkit::eventually(Duration::from_secs(60), || {
+        all_received(&[&first, &second], &sent)
+    })
+    .await;
+    assert!(complete, "{}", dump_all(&[&first, &second]));
+    let said = testkit::eventually(Duration::from_secs(30), || {
+        !second
+            .events("another live worker uses this worker id: give every worker its own CONSUMER_WORKER_ID (leases it seems to hold are not taken until they expire)")
+            .is_empty()
+    })
+    .await;
+    assert!(said, "{}", dump_all(&[&first, &second]));
+    let reported = second.events("another live worker uses this worker id: give every worker its own CONSUMER_WORKER_ID (leases it seems to hold are not taken until they expire)");
+    assert_eq!(reported.len(), 1, "one line");
+    assert_eq!(reported[0]["worker_id"], "twin");
+    assert!(
+        duplicates(&[&first, &second]).is_empty(),
+        "{}",
+        dump_all(&[&first, &second])
+    );
+    stop(&mut first);
+    stop(&mut second);
+}

@@ -79,6 +79,11 @@ pub enum Op {
     /// `handedOverBy` removed; `checkpointOwner` removed if it names `me` (our own old task is
     /// over), kept if it names another worker (who may still be finishing: we wait for it).
     Take,
+    /// Takes a lease that expired: as [`Op::Take`], but `checkpointOwner` is removed whoever
+    /// it names. The lease's counter has not moved for the failover time, so any handoff on it
+    /// started longer ago than that: its old owner could not renew since, and its own timer
+    /// stopped it.
+    TakeExpired,
     /// Steals a live worker's lease with a graceful handoff (KCL 3.x).
     /// If `leaseCounter = c`, `leaseOwner = o` and no `checkpointOwner`: `leaseOwner = me`,
     /// `checkpointOwner = o`, `c + 1`.
@@ -113,7 +118,12 @@ impl Op {
     fn keeps_lease(&self) -> bool {
         matches!(
             self,
-            Op::Take | Op::TakeWithHandoff | Op::Renew | Op::Checkpoint | Op::ClearHandoff
+            Op::Take
+                | Op::TakeExpired
+                | Op::TakeWithHandoff
+                | Op::Renew
+                | Op::Checkpoint
+                | Op::ClearHandoff
         )
     }
 }
@@ -225,15 +235,18 @@ pub struct Timing {
 }
 
 /// How a worker that does not hold a lease may take it, from what it saw of it; `None` when it
-/// may not. `expired`: its counter and owner have not changed for the failover time as this
-/// worker observed them. Which of the allowed leases to take is balancing's choice.
+/// may not. `expired`: its counter and owner have not changed for longer than the failover time
+/// as this worker observed them (an unowned lease too can be expired). Which of the allowed
+/// leases to take is balancing's choice.
 pub fn take_rule(seen: &Ownership, me: &str, expired: bool, handoffs: bool) -> Option<Op> {
+    if expired {
+        return Some(Op::TakeExpired);
+    }
     match seen.owner.as_deref() {
         None => Some(Op::Take),
         // Handed to us by a stopping worker; otherwise ours only in name (a previous run, or a
         // second live process with our id): taken only once it expired.
-        Some(owner) if owner == me => (seen.handed_over || expired).then_some(Op::Take),
-        Some(_) if expired => Some(Op::Take),
+        Some(owner) if owner == me => seen.handed_over.then_some(Op::Take),
         Some(_) if handoffs && seen.checkpoint_owner.is_none() => Some(Op::TakeWithHandoff),
         Some(_) => None,
     }
@@ -263,7 +276,10 @@ where
     /// Starts taking a lease seen as `seen`, with `op` (from [`take_rule`]), at `now`. The
     /// driver sends `op` and feeds its answer back.
     pub fn take(me: &str, seen: Ownership, op: Op, timing: Timing, now: T) -> Self {
-        debug_assert!(matches!(op, Op::Take | Op::TakeWithHandoff));
+        debug_assert!(matches!(
+            op,
+            Op::Take | Op::TakeExpired | Op::TakeWithHandoff
+        ));
         Self {
             me: me.to_string(),
             timing,
@@ -282,6 +298,11 @@ where
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// This worker's id.
+    pub fn me(&self) -> &str {
+        &self.me
     }
 
     pub fn seen(&self) -> &Ownership {

@@ -70,6 +70,9 @@ pub const STREAM_NAME: &str = "kinesisStreamName";
 pub const LATEST_START: &str = "latestStartTimestamp";
 pub const ENTITY_TYPE: &str = "entityType";
 pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+/// This project's own: the stopping worker that handed the lease to `leaseOwner`, which has not
+/// taken it up yet (see [`super::machine::take_rule`]).
+pub const HANDED_OVER_BY: &str = "handedOverBy";
 /// The Java KCL 3.x's global secondary index: hash key `leaseOwner`, keys only.
 pub const OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
 /// The `entityType` of a lease; an item without `entityType` is a lease too (KCL 2.x, this
@@ -213,9 +216,21 @@ pub struct Lease {
     /// `checkpointOwner`: a graceful handoff is in progress; the worker named may still
     /// checkpoint (and must clear it), the owner must not start before it is gone.
     pub checkpoint_owner: Option<String>,
+    /// `handedOverBy`: a stopping worker handed the lease to `owner`, who has not taken it up.
+    pub handed_over_by: Option<String>,
 }
 
 impl Lease {
+    /// What the lease state machine needs of the item.
+    pub fn ownership(&self) -> super::machine::Ownership {
+        super::machine::Ownership {
+            owner: self.owner.clone(),
+            checkpoint_owner: self.checkpoint_owner.clone(),
+            counter: self.counter,
+            handed_over: self.handed_over_by.is_some(),
+        }
+    }
+
     /// A new, unowned lease for a shard, as shard sync creates it.
     pub fn new_for_shard(
         shard_id: impl Into<String>,
@@ -235,6 +250,7 @@ impl Lease {
             hash_key_range,
             latest_start: None,
             checkpoint_owner: None,
+            handed_over_by: None,
         }
     }
 
@@ -288,6 +304,9 @@ impl Lease {
         }
         if let Some(old) = &self.checkpoint_owner {
             item.insert(CHECKPOINT_OWNER.into(), s(old));
+        }
+        if let Some(by) = &self.handed_over_by {
+            item.insert(HANDED_OVER_BY.into(), s(by));
         }
         item
     }
@@ -347,6 +366,9 @@ impl Lease {
             latest_start,
             checkpoint_owner: get_s(item, CHECKPOINT_OWNER)
                 .map_err(|_| bad(CHECKPOINT_OWNER))?
+                .filter(|o| !o.is_empty()),
+            handed_over_by: get_s(item, HANDED_OVER_BY)
+                .map_err(|_| bad(HANDED_OVER_BY))?
                 .filter(|o| !o.is_empty()),
             key,
         })
@@ -816,11 +838,27 @@ impl LeaseTable {
         Update::new(lease).send(self).await
     }
 
-    /// Makes `worker_id` the owner (of an expired or unowned lease, or one being stolen).
-    pub async fn take(&self, lease: &Lease, worker_id: &str) -> Result<Lease, WriteError> {
+    /// [`Op::Take`](super::machine::Op::Take): makes `worker_id` the owner of an unowned or
+    /// expired lease, or of one handed to it. A `checkpointOwner` naming another worker stays
+    /// (that worker may still be finishing its batch: the taker waits for it); one naming
+    /// `worker_id` itself goes (its own earlier task is over).
+    ///
+    /// `expired` ([`Op::TakeExpired`](super::machine::Op::TakeExpired)): the lease's counter has
+    /// not moved for the failover time; `checkpointOwner` is removed whoever it names.
+    pub async fn take(
+        &self,
+        lease: &Lease,
+        worker_id: &str,
+        expired: bool,
+    ) -> Result<Lease, WriteError> {
         let mut update = Update::new(lease);
         update.set_owner(worker_id);
-        update.remove(CHECKPOINT_OWNER);
+        if expired || lease.checkpoint_owner.as_deref() == Some(worker_id) {
+            update.remove(CHECKPOINT_OWNER);
+        }
+        if lease.handed_over_by.is_some() {
+            update.remove(HANDED_OVER_BY);
+        }
         update.send(self).await
     }
 
@@ -834,7 +872,7 @@ impl LeaseTable {
         worker_id: &str,
     ) -> Result<Lease, WriteError> {
         let Some(old) = lease.owner.as_deref() else {
-            return self.take(lease, worker_id).await;
+            return self.take(lease, worker_id, false).await;
         };
         let mut update = Update::new(lease);
         update.set_owner(worker_id);
@@ -847,8 +885,13 @@ impl LeaseTable {
     /// leases to a live worker, which finds them by [`LeaseTable::owned_keys`]).
     pub async fn hand_over(&self, lease: &Lease, to: &str) -> Result<Lease, WriteError> {
         // A `checkpointOwner` stays: the recipient waits for that handoff as this worker did.
+        // `handedOverBy` tells the recipient it may take the lease at once: a lease merely
+        // showing its id might be held by a second live process with that id.
         let mut update = Update::new(lease);
         update.set_owner(to);
+        if let Some(by) = &lease.owner {
+            update.set(HANDED_OVER_BY, s(by));
+        }
         update.send(self).await
     }
 
@@ -1147,6 +1190,7 @@ mod tests {
             hash_key_range: Some(("0".into(), "170141183460469231731687303715884105727".into())),
             latest_start: None,
             checkpoint_owner: None,
+            handed_over_by: None,
         }
     }
 

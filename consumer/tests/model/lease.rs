@@ -306,10 +306,10 @@ impl LeaseModel {
                 }
                 next.own.counter += 1;
                 match op {
-                    Op::Take => {
+                    Op::Take | Op::TakeExpired => {
                         next.own.owner = Some(me.to_string());
                         next.own.handed_over = false;
-                        if own.checkpoint_owner.as_deref() == Some(me) {
+                        if own.checkpoint_owner.as_deref() == Some(me) || *op == Op::TakeExpired {
                             next.own.checkpoint_owner = None;
                         }
                     }
