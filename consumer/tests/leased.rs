@@ -1084,3 +1084,42 @@ async fn two_processes_with_one_worker_id_never_read_a_shard_both_and_one_says_s
     stop(&mut first);
     stop(&mut second);
 }
+
+/// Issue 19, defect 4. SIGTERM while the first takes are in flight and DynamoDB has applied
+/// them but not yet answered (the fault proxy holds every `UpdateItem` answer for 500 ms): the
+/// worker still hears the answers (within its 1 s grace) and gives those leases back before it
+/// exits, so they are not left owned by a stopped worker until the failover time.
+#[tokio::test]
+async fn takes_answered_after_sigterm_are_given_back_before_the_worker_exits() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("late-takes", 2).await;
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    proxy.set(vec![
+        Rule::delay(Duration::from_millis(500)).only(&["UpdateItem"])
+    ]);
+    let settings = through(&proxy);
+    let mut worker = setup.worker_with("late", &vars(&settings));
+    let taking = testkit::eventually(Duration::from_secs(60), || {
+        proxy.requests("UpdateItem") >= 2
+    })
+    .await;
+    assert!(taking, "{}", worker.dump());
+    assert!(
+        worker.events("lease acquired").is_empty(),
+        "answered already"
+    );
+    stop(&mut worker);
+    let owners = setup.owners().await;
+    assert_eq!(owners.len(), 2);
+    assert!(
+        owners.values().all(Option::is_none),
+        "left owned by a stopped worker: {owners:?}\n{}",
+        worker.dump()
+    );
+    assert_eq!(
+        worker.events("lease released").len(),
+        2,
+        "{}",
+        worker.dump()
+    );
+}

@@ -713,7 +713,7 @@ impl LeaseModel {
         if let Some(next) = &result {
             if let Some(cp) = pending.checkpoint {
                 let old = w.table[s].checkpoint;
-                if (old == END && cp != END) || (cp != END && cp < old) {
+                if cp != END && (old == END || cp < old) {
                     w.violation = Some("a checkpoint moved backwards");
                 }
                 let upto = if cp == END {
