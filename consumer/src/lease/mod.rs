@@ -12,7 +12,10 @@
 //!   user records ([`KinesisClientRecord`]), and its [`Checkpointer`].
 //! - [`failure`]: the [`FailurePolicy`] for a batch whose processing keeps failing (retries,
 //!   bisection, maximum record age; then stop, skip or a failure stream).
-//! - `held`, `shard`, [`worker`]: renewing, taking and processing.
+//! - [`machine`]: the life of one lease at one worker, one state machine with no I/O
+//!   (model-checked by `tests/lease_model.rs`).
+//! - `held`, `shard`, [`worker`]: driving the machine (the writes it asks for), taking and
+//!   processing.
 //!
 //! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
 //! it were processed; what a worker processed after its last checkpoint is processed again by
