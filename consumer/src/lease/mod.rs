@@ -2,7 +2,8 @@
 //! shards through a DynamoDB lease table in the Java KCL 2.x format, and record their progress
 //! in it, so a restarted or replacement worker resumes where the last one stopped.
 //!
-//! - [`table`]: the lease item format (KCL attribute names) and its conditional writes.
+//! - [`item`]: the lease item format (KCL attribute names); [`table`]: the calls on the table
+//!   (its conditional writes).
 //! - [`balance`]: which leases to take: expired ones first, then as many stolen as short in one
 //!   cycle from workers above target, towards `ceil(leases / live workers)` each.
 //! - [`cleanup`]: which leases to delete (of shards read to their end, of vanished shards).
@@ -37,6 +38,7 @@ pub mod balance;
 pub mod cleanup;
 pub mod failure;
 mod held;
+pub mod item;
 pub mod machine;
 pub mod processor;
 mod shard;
