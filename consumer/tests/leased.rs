@@ -1123,3 +1123,56 @@ async fn takes_answered_after_sigterm_are_given_back_before_the_worker_exits() {
         worker.dump()
     );
 }
+
+/// Issue 19, defect 3a. A lease stolen from "a" with a graceful handoff and handed straight
+/// back to "a" (the stealer stopped before "a" finished): "a" must not take the item for its own
+/// write and keep reading with `checkpointOwner` naming itself (every later steal would fail
+/// and every handoff wait its whole timeout). It lets the shard go, takes it up again, and
+/// `checkpointOwner` is gone; nothing is lost.
+#[tokio::test]
+async fn a_lease_handed_back_in_mid_handoff_does_not_keep_checkpoint_owner() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("handed-back", 1).await;
+    let mut a = setup.worker("a");
+    let held = until(Duration::from_secs(60), || async {
+        setup.owned_by("a").await.len() == 1
+    })
+    .await;
+    assert!(held, "{}", a.dump());
+    let mut producer = setup.producer(100, 50);
+    let reading = testkit::eventually(Duration::from_secs(60), || ids(&a).len() >= 5).await;
+    assert!(reading, "{}", a.dump());
+    // What worker "b" writes: a steal with a handoff, then, stopping, a hand-over back to "a".
+    let shard = setup.owners().await.into_keys().next().unwrap();
+    setup
+        .dynamo
+        .update_item()
+        .table_name(&setup.app)
+        .key("leaseKey", AttributeValue::S(shard.clone()))
+        .update_expression("SET checkpointOwner = :a, handedOverBy = :b ADD leaseCounter :two")
+        .condition_expression("leaseOwner = :a")
+        .expression_attribute_values(":a", AttributeValue::S("a".into()))
+        .expression_attribute_values(":b", AttributeValue::S("b".into()))
+        .expression_attribute_values(":two", AttributeValue::N("2".into()))
+        .send()
+        .await
+        .expect("UpdateItem");
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let complete =
+        testkit::eventually(Duration::from_secs(60), || all_received(&[&a], &sent)).await;
+    assert!(complete, "{}", a.dump());
+    let item = setup
+        .items()
+        .await
+        .into_iter()
+        .find(|i| s(i, "leaseKey").as_deref() == Some(shard.as_str()))
+        .unwrap();
+    assert_eq!(s(&item, "leaseOwner").as_deref(), Some("a"), "{item:?}");
+    assert!(
+        !item.contains_key("checkpointOwner"),
+        "{item:?}\n{}",
+        a.dump()
+    );
+    stop(&mut a);
+}
