@@ -18,13 +18,17 @@
 //! and the members of an aggregate keep theirs. Across `PutRecords` calls there is no order:
 //! with `max_in_flight` above 1 two calls carrying records of the same partition key may land
 //! in either order, and a record retried (after a partial failure, a throttled or failed call)
-//! lands after records of its key sent meanwhile, as with the KPL. Per-key order holds only with
+//! (or put again after its aggregate landed on the wrong shard) lands after records of its
+//! key sent meanwhile, as with the KPL. Per-key order holds only with
 //! `max_in_flight = 1` and no retries.
 //!
 //! With `aggregation`, user records bound for the same shard (by the stream's shard map, which
-//! is refreshed when an aggregate lands elsewhere than predicted, after a split or merge) are
+//! is refreshed when a record lands elsewhere than predicted, after a split or merge) are
 //! packed into KPL aggregated records of at most `aggregation_max_bytes`; every member's
-//! [`Ack`] then carries the aggregate's sequence number and its own sub-sequence number.
+//! [`Ack`] then carries the aggregate's sequence number and its own sub-sequence number. An
+//! aggregate stored on a shard whose hash key range does not hold every member (built from a
+//! stale map) is never acknowledged: its members are put again under the refreshed map, as the
+//! KPL does, since the Java KCL skips such an aggregate whole.
 //!
 //! Records are grouped into `PutRecords` calls of at most 500 entries and 5 MiB, sent when a
 //! batch is full or when its oldest record has waited `linger`; at most `max_in_flight` calls
@@ -183,6 +187,9 @@ struct Pending {
     done: oneshot::Sender<Result<Ack, SendError>>,
     enqueued: Instant,
     deadline: Instant,
+    /// `PutRecords` calls of aggregates this record was put in again after they landed on a
+    /// shard some member does not hash to (see [`Landed`]).
+    earlier_attempts: u32,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     /// Counts the record in `kinesis_producer_buffered_records` while it lives.
     _buffered: Option<BufferedGuard>,
@@ -275,6 +282,7 @@ impl Producer {
             done,
             enqueued: now,
             deadline: now + self.config.record_ttl,
+            earlier_attempts: 0,
             _permits: (r, b),
             _buffered: self
                 .config
@@ -387,7 +395,7 @@ impl Entry {
                 shard_id: shard_id.clone(),
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: aggregated.then_some(i as u64),
-                attempts: self.attempts,
+                attempts: self.attempts + p.earlier_attempts,
             };
             p.finish(Ok(ack));
         }
@@ -404,8 +412,22 @@ struct OpenAggregate {
 struct CallOutcome {
     /// Entries to try again after a pause.
     retry: Vec<Entry>,
-    /// An aggregate landed on another shard than its members hash to: the map is stale.
+    /// Aggregates Kinesis stored on another shard than predicted: not acknowledged until the
+    /// landing shard's hash key range is known to hold every member.
+    landed_elsewhere: Vec<Landed>,
+    /// A record landed on another shard than predicted: the map is stale.
     shard_map_stale: bool,
+}
+
+/// An aggregate stored on another shard than the shard map predicted (the map was stale: a
+/// split or merge). Kinesis routes an aggregate by its first member's hash key, so the other
+/// members may hash to another shard; the Java KCL then drops the whole aggregate. So its
+/// members are acknowledged only when the landing shard's range holds every one of them, and
+/// put again under the refreshed map otherwise, as the KPL does ("Wrong Shard").
+struct Landed {
+    entry: Entry,
+    shard_id: String,
+    sequence_number: String,
 }
 
 struct Worker {
@@ -438,8 +460,11 @@ struct Worker {
     /// After a failed shard map listing (while there is no map): when to list again.
     refresh_retry: Option<Instant>,
     refresh_backoff: Backoff,
-    /// No queued or held-back record expires before this.
+    /// No queued, held-back or unverified record expires before this.
     next_expiry: Option<Instant>,
+    /// Aggregates stored on a shard the shard map does not list yet, waiting for a listing to
+    /// tell whether that shard's range holds all their members (see [`Landed`]).
+    unverified: Vec<Landed>,
 }
 
 impl Worker {
@@ -473,14 +498,16 @@ impl Worker {
             refresh_retry: None,
             refresh_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             next_expiry: None,
+            unverified: Vec::new(),
         }
     }
 
+    fn expire_by(&mut self, deadline: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(deadline, |t| t.min(deadline)));
+    }
+
     fn push_entry(&mut self, entry: Entry) {
-        self.next_expiry = Some(
-            self.next_expiry
-                .map_or(entry.deadline, |t| t.min(entry.deadline)),
-        );
+        self.expire_by(entry.deadline);
         self.queue_bytes += entry.size();
         self.queue.push_back(entry);
     }
@@ -565,7 +592,7 @@ impl Worker {
     }
 
     fn buffered(&self) -> bool {
-        self.lingering() || self.held_count > 0
+        self.lingering() || self.held_count > 0 || !self.unverified.is_empty()
     }
 
     /// Whether records wait for a batch to fill or their linger to pass (held-back ones wait
@@ -679,6 +706,7 @@ impl Worker {
                         if outcome.shard_map_stale {
                             self.refresh_shard_map();
                         }
+                        self.check_landed(outcome.landed_elsewhere, false);
                         self.schedule_retries(outcome.retry);
                     }
                 }
@@ -699,12 +727,20 @@ impl Worker {
     fn shard_map_listed(&mut self, map: Option<ShardMap>) {
         match map {
             Some(map) => {
-                self.seal_all();
+                // Open aggregates were grouped by the old map: their members are grouped
+                // again by the new one rather than sent to where the old map said.
+                let open: Vec<OpenAggregate> = self.aggregates.drain().map(|(_, a)| a).collect();
                 self.shard_map = Some(map);
                 self.refresh_backoff.reset();
                 self.refresh_retry = None;
+                for p in open.into_iter().flat_map(|a| a.members) {
+                    self.push(p);
+                }
+                let landed = std::mem::take(&mut self.unverified);
+                self.check_landed(landed, true);
             }
-            None if self.shard_map.is_none() => {
+            // No map to group by, or aggregates to check against a fresh one: list again.
+            None if self.shard_map.is_none() || !self.unverified.is_empty() => {
                 let delay = self.refresh_backoff.ceiling();
                 self.refresh_backoff.next_delay();
                 self.refresh_retry = Some(Instant::now() + delay);
@@ -715,8 +751,68 @@ impl Worker {
         }
     }
 
-    /// Fails every queued or held-back record whose time to live ran out; returns when the
-    /// next one will.
+    /// Acknowledges each aggregate that landed on another shard than predicted when the
+    /// landing shard's range holds every member, and puts the members of the others again
+    /// under the current map. One that landed on a shard the map does not list waits for the
+    /// next listing (`listed_now`: this map was just listed, so such a shard is treated as one
+    /// that does not hold them).
+    fn check_landed(&mut self, landed: Vec<Landed>, listed_now: bool) {
+        for l in landed {
+            let holds_all = self.shard_map.as_ref().and_then(|map| {
+                l.entry.members.iter().try_fold(true, |all, p| {
+                    let hash = effective_hash_key(
+                        &p.record.partition_key,
+                        p.record.explicit_hash_key.as_deref(),
+                    );
+                    Some(all && map.holds(&l.shard_id, hash)?)
+                })
+            });
+            match holds_all {
+                Some(true) => l.entry.succeed(
+                    &l.shard_id,
+                    &l.sequence_number,
+                    self.config.metrics.as_ref(),
+                ),
+                Some(false) => self.put_again(l),
+                None if listed_now => self.put_again(l),
+                None => {
+                    self.expire_by(l.entry.deadline);
+                    self.unverified.push(l);
+                }
+            }
+        }
+        if !self.unverified.is_empty() && self.refresh.is_none() {
+            self.refresh_shard_map();
+            if self.refresh.is_none() && self.refresh_retry.is_none() {
+                // Listed less than 5 s ago: list again when that is over.
+                self.refresh_retry = self.last_refresh.map(|t| t + Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// The members of an aggregate stored on a shard some of them do not hash to go back into
+    /// the buffer, to be grouped by the current map; the misplaced copy stays in the stream,
+    /// where readers that check ranges (the Java KCL, this consumer) skip it.
+    fn put_again(&mut self, l: Landed) {
+        tracing::info!(
+            shard_id = %l.shard_id,
+            sequence_number = %l.sequence_number,
+            predicted_shard_id = l.entry.predicted_shard.as_deref().unwrap_or_default(),
+            user_records = l.entry.members.len(),
+            "aggregate stored on a shard its records do not all hash to; putting them again"
+        );
+        if let Some(m) = &self.config.metrics {
+            m.retries.inc_by(l.entry.members.len() as u64);
+        }
+        let attempts = l.entry.attempts;
+        for mut p in l.entry.members {
+            p.earlier_attempts += attempts;
+            self.push(p);
+        }
+    }
+
+    /// Fails every queued, held-back or unverified record whose time to live ran out; returns
+    /// when the next one will.
     fn expire_queued(&mut self, now: Instant) -> Option<Instant> {
         let mut expired = Vec::new();
         let mut take_expired = |queue: &mut VecDeque<Entry>| {
@@ -733,6 +829,18 @@ impl Worker {
             self.held_count -= take_expired(held);
         }
         self.held.retain(|_, q| !q.is_empty());
+        let (keep, gone): (Vec<Landed>, Vec<Landed>) = std::mem::take(&mut self.unverified)
+            .into_iter()
+            .partition(|l| l.entry.deadline > now);
+        self.unverified = keep;
+        expired.extend(gone.into_iter().map(|mut l| {
+            l.entry.last_error = format!(
+                "stored on shard {} as {}, but the shard map could not be listed to check that \
+                 the shard's range holds every record of the aggregate",
+                l.shard_id, l.sequence_number
+            );
+            l.entry
+        }));
         if !expired.is_empty() {
             self.queue_bytes = self.queue.iter().map(Entry::size).sum();
         }
@@ -754,6 +862,7 @@ impl Worker {
         self.queue
             .iter()
             .chain(self.held.values().flatten())
+            .chain(self.unverified.iter().map(|l| &l.entry))
             .map(|e| e.deadline)
             .min()
     }
@@ -966,25 +1075,39 @@ impl RateLimiter {
     }
 }
 
-/// The open shards' hash key ranges, to group user records by the shard they will land on.
+/// The open shards' hash key ranges, to group user records by the shard they will land on,
+/// and every listed shard's range (closed ones too), to check where an aggregate landed.
 #[derive(Debug, Clone, Default)]
 pub struct ShardMap {
-    /// (starting hash key, ending hash key, shard id), sorted by start.
+    /// (starting hash key, ending hash key, shard id) of the open shards, sorted by start.
     ranges: Vec<(u128, u128, String)>,
+    /// Every listed shard's range, open or closed: a shard an aggregate landed on may have
+    /// been split since.
+    listed: HashMap<String, (u128, u128)>,
 }
 
 impl ShardMap {
     pub fn from_shards(shards: &[aws_sdk_kinesis::types::Shard]) -> Self {
+        let listed: HashMap<String, (u128, u128)> = shards
+            .iter()
+            .filter_map(|s| Some((s.shard_id().to_string(), common::kinesis::hash_range(s)?)))
+            .collect();
         let mut ranges: Vec<(u128, u128, String)> = shards
             .iter()
             .filter(|s| common::kinesis::is_open(s))
             .filter_map(|s| {
-                let (start, end) = common::kinesis::hash_range(s)?;
-                Some((start, end, s.shard_id().to_string()))
+                let (start, end) = listed.get(s.shard_id())?;
+                Some((*start, *end, s.shard_id().to_string()))
             })
             .collect();
         ranges.sort();
-        Self { ranges }
+        Self { ranges, listed }
+    }
+
+    /// Whether the listed shard `shard_id`'s range holds `hash`; `None` for a shard not listed.
+    pub fn holds(&self, shard_id: &str, hash: u128) -> Option<bool> {
+        let (start, end) = self.listed.get(shard_id)?;
+        Some((*start..=*end).contains(&hash))
     }
 
     /// The shard whose range holds `hash`.
@@ -1024,6 +1147,7 @@ async fn put_records(
         .collect();
     let mut outcome = CallOutcome {
         retry: Vec::new(),
+        landed_elsewhere: Vec::new(),
         shard_map_stale: false,
     };
     let call = client
@@ -1069,6 +1193,16 @@ async fn put_records(
                     (None, Some(shard), Some(seq)) => {
                         if e.predicted_shard.as_deref().is_some_and(|p| p != shard) {
                             outcome.shard_map_stale = true;
+                            // A lone record routes by its own hash key: wherever Kinesis put
+                            // it is right. An aggregate's members are checked first.
+                            if e.aggregated {
+                                outcome.landed_elsewhere.push(Landed {
+                                    entry: e,
+                                    shard_id: shard.to_string(),
+                                    sequence_number: seq.to_string(),
+                                });
+                                continue;
+                            }
                         }
                         e.succeed(shard, seq, metrics);
                     }
