@@ -138,8 +138,17 @@ pub fn is_valid_partition_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 256 * 4 && key.chars().count() <= 256
 }
 
-/// Whether Kinesis would accept this explicit hash key: a decimal number below 2^128.
+/// Whether Kinesis accepts this explicit hash key on a record: the pattern `0|([1-9]\d{0,38})`
+/// of the `PutRecords` API, below 2^128. kinesis-mock refuses a whole `PutRecords` call for one
+/// entry with such a key (`producer/tests/library.rs`), so a producer checks each record first.
 pub fn is_valid_explicit_hash_key(key: &str) -> bool {
+    (key == "0" || !key.starts_with('0')) && is_decimal_hash_key(key)
+}
+
+/// Whether a reader can route by this hash key: a decimal number below 2^128, leading zeros
+/// allowed (the Java KCL parses it as a `BigInteger`). Inside an aggregate's table Kinesis never
+/// looks at it, so this, not [`is_valid_explicit_hash_key`], is what [`deaggregate`] checks.
+fn is_decimal_hash_key(key: &str) -> bool {
     !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) && key.parse::<u128>().is_ok()
 }
 
@@ -165,7 +174,7 @@ pub fn deaggregate(data: &[u8]) -> Option<Aggregate> {
         && agg
             .explicit_hash_key_table
             .iter()
-            .all(|k| is_valid_explicit_hash_key(k));
+            .all(|k| is_decimal_hash_key(k));
     let indexes_valid = agg.records.iter().all(|r| {
         r.partition_key_index < agg.partition_key_table.len() as u64
             && r.explicit_hash_key_index
@@ -422,6 +431,26 @@ mod tests {
             None,
             "bad protobuf means an ordinary record"
         );
+    }
+
+    #[test]
+    fn explicit_hash_keys_are_checked_as_kinesis_and_readers_check_them() {
+        for key in ["0", "1", "123", "340282366920938463463374607431768211455"] {
+            assert!(is_valid_explicit_hash_key(key), "{key}");
+        }
+        for key in [
+            "",
+            "abc",
+            "0123",
+            "00",
+            "-1",
+            " 1",
+            "340282366920938463463374607431768211456",
+        ] {
+            assert!(!is_valid_explicit_hash_key(key), "{key:?}");
+        }
+        assert!(is_decimal_hash_key("0123"), "readers parse leading zeros");
+        assert!(!is_decimal_hash_key("abc"));
     }
 
     #[test]

@@ -127,7 +127,17 @@ impl SendError {
     }
 }
 
-/// Tuning of a [`Producer`].
+/// Why [`Producer::start`] refused a [`ProducerConfig`]: the field, its value and what is
+/// allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid producer configuration: {field} = {value}; allowed: {allowed}")]
+pub struct InvalidConfig {
+    pub field: &'static str,
+    pub value: String,
+    pub allowed: &'static str,
+}
+
+/// Tuning of a [`Producer`], checked by [`ProducerConfig::validate`] when it starts.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     pub stream_name: String,
@@ -165,6 +175,87 @@ impl ProducerConfig {
             retry_cap: Duration::from_secs(5),
             metrics: None,
         }
+    }
+
+    /// Refuses a configuration that cannot work: one that would never send (no call slot, no
+    /// room for a record, no time to live), a stream name Kinesis refuses, aggregates Kinesis
+    /// would refuse, or times so long that deadlines overflow. The bounds are those of the
+    /// service's variables (README, "Configuration") where it has one, with the byte bound
+    /// free to go below 1 MiB: a record larger than it is refused when handed over.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        const DAY: Duration = Duration::from_secs(86_400);
+        let check = |ok: bool, field, value: String, allowed| {
+            if ok {
+                Ok(())
+            } else {
+                Err(InvalidConfig {
+                    field,
+                    value,
+                    allowed,
+                })
+            }
+        };
+        let ms = |d: Duration| format!("{} ms", d.as_millis());
+        check(
+            common::kinesis::is_valid_stream_name(&self.stream_name),
+            "stream_name",
+            format!("{:?}", self.stream_name),
+            "1-128 characters of a-z, A-Z, 0-9, _ . -",
+        )?;
+        check(
+            self.linger <= Duration::from_secs(60),
+            "linger",
+            ms(self.linger),
+            "0 to 60 s",
+        )?;
+        check(
+            (1..=Semaphore::MAX_PERMITS).contains(&self.max_buffered_records),
+            "max_buffered_records",
+            self.max_buffered_records.to_string(),
+            "at least 1",
+        )?;
+        check(
+            (1..=Semaphore::MAX_PERMITS).contains(&self.max_buffered_bytes),
+            "max_buffered_bytes",
+            self.max_buffered_bytes.to_string(),
+            "at least 1",
+        )?;
+        check(
+            self.max_in_flight >= 1,
+            "max_in_flight",
+            self.max_in_flight.to_string(),
+            "at least 1",
+        )?;
+        check(
+            !self.record_ttl.is_zero() && self.record_ttl <= DAY,
+            "record_ttl",
+            ms(self.record_ttl),
+            "1 ms to 1 day",
+        )?;
+        check(
+            (1024..=1_048_000).contains(&self.aggregation_max_bytes),
+            "aggregation_max_bytes",
+            self.aggregation_max_bytes.to_string(),
+            "1024 to 1048000",
+        )?;
+        check(
+            self.shard_rate_limit_percent <= 1000,
+            "shard_rate_limit_percent",
+            self.shard_rate_limit_percent.to_string(),
+            "0 (no limit) to 1000",
+        )?;
+        check(
+            !self.retry_base.is_zero() && self.retry_base <= DAY,
+            "retry_base",
+            ms(self.retry_base),
+            "1 ms to 1 day",
+        )?;
+        check(
+            self.retry_base <= self.retry_cap && self.retry_cap <= DAY,
+            "retry_cap",
+            ms(self.retry_cap),
+            "retry_base to 1 day",
+        )
     }
 }
 
@@ -236,8 +327,10 @@ pub struct Flusher {
 }
 
 impl Producer {
-    /// Starts the background task sending to `config.stream_name`.
-    pub fn start(client: Client, config: ProducerConfig) -> (Self, Flusher) {
+    /// Starts the background task sending to `config.stream_name`, once the configuration is
+    /// checked ([`ProducerConfig::validate`]).
+    pub fn start(client: Client, config: ProducerConfig) -> Result<(Self, Flusher), InvalidConfig> {
+        config.validate()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let records = Arc::new(Semaphore::new(config.max_buffered_records));
         let bytes = Arc::new(Semaphore::new(config.max_buffered_bytes));
@@ -248,7 +341,7 @@ impl Producer {
             records: records.clone(),
             max_records: config.max_buffered_records,
         };
-        (
+        Ok((
             Self {
                 tx,
                 records,
@@ -256,13 +349,13 @@ impl Producer {
                 config,
             },
             flusher,
-        )
+        ))
     }
 
     /// Puts the record in the buffer, waiting while the buffer is full, and returns the receipt
     /// that resolves once Kinesis acknowledged it (or it failed).
     pub async fn enqueue(&self, record: UserRecord) -> Result<Receipt, SendError> {
-        if let Err(err) = validate(&record) {
+        if let Err(err) = validate(&record, self.config.max_buffered_bytes) {
             if let Some(m) = &self.config.metrics {
                 m.failed(err.code(), 1);
             }
@@ -322,16 +415,33 @@ impl Flusher {
     }
 }
 
-fn validate(record: &UserRecord) -> Result<(), SendError> {
-    let key_len = record.partition_key.chars().count();
-    if !(1..=256).contains(&key_len) {
+/// What Kinesis would refuse (so that one bad record never fails a whole call), and what the
+/// buffer could never hold (so that it never waits forever).
+fn validate(record: &UserRecord, max_buffered_bytes: usize) -> Result<(), SendError> {
+    if !common::kpl::is_valid_partition_key(&record.partition_key) {
         return Err(SendError::Invalid(format!(
-            "partition key must have 1 to 256 characters, has {key_len}"
+            "partition key must have 1 to 256 characters, has {}",
+            record.partition_key.chars().count()
         )));
+    }
+    if let Some(key) = &record.explicit_hash_key {
+        if !common::kpl::is_valid_explicit_hash_key(key) {
+            return Err(SendError::Invalid(format!(
+                "explicit hash key {key:?} is not a decimal number from 0 to 2^128 - 1 without \
+                 leading zeros"
+            )));
+        }
     }
     if record.size() > MAX_RECORD_BYTES {
         return Err(SendError::Invalid(format!(
             "record is {} bytes with its partition key, the limit is {MAX_RECORD_BYTES}",
+            record.size()
+        )));
+    }
+    if record.size() > max_buffered_bytes {
+        return Err(SendError::Invalid(format!(
+            "record is {} bytes with its partition key, more than the whole buffer \
+             (max_buffered_bytes {max_buffered_bytes})",
             record.size()
         )));
     }
@@ -1248,20 +1358,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partition_key_and_size_are_validated() {
-        assert!(validate(&UserRecord::new("k", vec![0u8; 10])).is_ok());
+    fn records_kinesis_or_the_buffer_would_refuse_are_invalid() {
+        let check = |r: UserRecord| validate(&r, 1 << 20);
+        let invalid = |r: UserRecord| matches!(check(r), Err(SendError::Invalid(_)));
+        assert!(check(UserRecord::new("k", vec![0u8; 10])).is_ok());
+        assert!(invalid(UserRecord::new("", vec![1u8])));
+        assert!(invalid(UserRecord::new("k".repeat(257), vec![1u8])));
+        assert!(invalid(UserRecord::new("k", vec![0u8; MAX_RECORD_BYTES])));
+        let with_hash_key = |key: &str| UserRecord {
+            explicit_hash_key: Some(key.to_string()),
+            ..UserRecord::new("k", vec![1u8])
+        };
+        assert!(check(with_hash_key("0")).is_ok());
+        assert!(check(with_hash_key("340282366920938463463374607431768211455")).is_ok());
+        for bad in ["", "abc", "0123", "340282366920938463463374607431768211456"] {
+            match check(with_hash_key(bad)) {
+                Err(SendError::Invalid(why)) => assert!(why.contains("explicit hash key"), "{why}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(validate(&UserRecord::new("k", vec![0u8; 99]), 100).is_ok());
         assert!(matches!(
-            validate(&UserRecord::new("", vec![1u8])),
+            validate(&UserRecord::new("k", vec![0u8; 100]), 100),
             Err(SendError::Invalid(_))
         ));
-        assert!(matches!(
-            validate(&UserRecord::new("k".repeat(257), vec![1u8])),
-            Err(SendError::Invalid(_))
-        ));
-        assert!(matches!(
-            validate(&UserRecord::new("k", vec![0u8; MAX_RECORD_BYTES])),
-            Err(SendError::Invalid(_))
-        ));
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_work_is_refused_naming_the_field() {
+        assert_eq!(ProducerConfig::new("s").validate(), Ok(()));
+        let refused = |change: fn(&mut ProducerConfig)| {
+            let mut config = ProducerConfig::new("s");
+            change(&mut config);
+            config.validate().expect_err("refused").field
+        };
+        assert_eq!(
+            refused(|c| c.stream_name = "no spaces".into()),
+            "stream_name"
+        );
+        assert_eq!(refused(|c| c.stream_name.clear()), "stream_name");
+        assert_eq!(refused(|c| c.linger = Duration::MAX), "linger");
+        assert_eq!(
+            refused(|c| c.max_buffered_records = 0),
+            "max_buffered_records"
+        );
+        assert_eq!(refused(|c| c.max_buffered_bytes = 0), "max_buffered_bytes");
+        assert_eq!(
+            refused(|c| c.max_buffered_bytes = usize::MAX),
+            "max_buffered_bytes"
+        );
+        assert_eq!(refused(|c| c.max_in_flight = 0), "max_in_flight");
+        assert_eq!(refused(|c| c.record_ttl = Duration::ZERO), "record_ttl");
+        assert_eq!(refused(|c| c.record_ttl = Duration::MAX), "record_ttl");
+        assert_eq!(
+            refused(|c| c.aggregation_max_bytes = 2 << 20),
+            "aggregation_max_bytes"
+        );
+        assert_eq!(
+            refused(|c| c.shard_rate_limit_percent = 1001),
+            "shard_rate_limit_percent"
+        );
+        assert_eq!(refused(|c| c.retry_base = Duration::ZERO), "retry_base");
+        assert_eq!(
+            refused(|c| c.retry_cap = Duration::from_millis(1)),
+            "retry_cap"
+        );
+        let err = {
+            let mut c = ProducerConfig::new("s");
+            c.max_in_flight = 0;
+            c.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            err,
+            "invalid producer configuration: max_in_flight = 0; allowed: at least 1"
+        );
     }
 
     fn shard(id: &str, start: u128, end: u128, closed: bool) -> aws_sdk_kinesis::types::Shard {

@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod service;
 pub mod status;
 
-pub use batching::{Ack, Producer, ProducerConfig, Receipt, SendError, UserRecord};
+pub use batching::{Ack, InvalidConfig, Producer, ProducerConfig, Receipt, SendError, UserRecord};

@@ -111,7 +111,7 @@ async fn run_service(
         metrics: Some(metrics),
         ..ProducerConfig::from_settings(settings)
     };
-    let (producer, flusher) = Producer::start(client, config);
+    let (producer, flusher) = Producer::start(client, config)?;
     let (receipts_tx, receipts_rx) = mpsc::channel(16_384);
     let acks = tokio::spawn(log_acks(receipts_rx, status.clone()));
 
