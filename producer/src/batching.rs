@@ -14,13 +14,16 @@
 //!   is abandoned when the earliest time to live among its records runs out, so a hung
 //!   connection neither stretches a record's life nor keeps one of the `max_in_flight` slots.
 //!
-//! Order: the records of one shard leave the rate limiter in the order they were handed over,
-//! and the members of an aggregate keep theirs. Across `PutRecords` calls there is no order:
-//! with `max_in_flight` above 1 two calls carrying records of the same partition key may land
-//! in either order, and a record retried (after a partial failure, a throttled or failed call)
-//! (or put again after its aggregate landed on the wrong shard) lands after records of its
-//! key sent meanwhile, as with the KPL. Per-key order holds only with
-//! `max_in_flight = 1` and no retries.
+//! Order: the records of one partition key (or explicit hash key) are put in the order they
+//! were handed over. A call carries them in that order (members of an aggregate too), and no
+//! call carries one while a record of its key handed over earlier is still buffered (queued,
+//! held back by the rate limiter, in an open aggregate), across a split or merge too: a new
+//! shard map regroups everything buffered, in order. Two exceptions, as with the KPL: with
+//! `max_in_flight` above 1 two calls may land in either order, and a record retried (a failed
+//! entry, a throttled or failed call, an aggregate stored on the wrong side of a split) lands
+//! after records of its key sent meanwhile. So with `max_in_flight = 1` and no retries Kinesis
+//! receives them in order (and kinesis-mock stores them so; the `PutRecords` documentation does
+//! not promise the order of one call's entries).
 //!
 //! With `aggregation`, user records bound for the same shard (by the stream's shard map, which
 //! is refreshed when a record lands elsewhere than predicted, after a split or merge) are
@@ -809,7 +812,7 @@ impl Worker {
                 Some(entry) = self.retry_rx.recv() => {
                     self.waiting_retries -= 1;
                     self.oldest.get_or_insert_with(Instant::now);
-                    self.push_entry(entry);
+                    self.requeue(entry);
                 }
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
                     if let Ok(outcome) = done {
@@ -837,15 +840,10 @@ impl Worker {
     fn shard_map_listed(&mut self, map: Option<ShardMap>) {
         match map {
             Some(map) => {
-                // Open aggregates were grouped by the old map: their members are grouped
-                // again by the new one rather than sent to where the old map said.
-                let open: Vec<OpenAggregate> = self.aggregates.drain().map(|(_, a)| a).collect();
                 self.shard_map = Some(map);
                 self.refresh_backoff.reset();
                 self.refresh_retry = None;
-                for p in open.into_iter().flat_map(|a| a.members) {
-                    self.push(p);
-                }
+                self.regroup();
                 let landed = std::mem::take(&mut self.unverified);
                 self.check_landed(landed, true);
             }
@@ -858,6 +856,50 @@ impl Worker {
             // A stale map that could not be refreshed stays in use; the next misplaced
             // aggregate asks again.
             None => {}
+        }
+    }
+
+    /// Groups every buffered record again by the shard map just listed, in the order they were
+    /// handed over: held-back records (older than any queued record of their shard), then the
+    /// queue, then the open aggregates. Records of one key thus keep their order across a split
+    /// or merge: none held back under a parent stays behind newer ones that a child would
+    /// send at once, and no aggregate built by the old map is sent to where that map said.
+    fn regroup(&mut self) {
+        let held: Vec<VecDeque<Entry>> = self.held.drain().map(|(_, q)| q).collect();
+        self.held_count = 0;
+        self.rate_wait = None;
+        let queued = std::mem::take(&mut self.queue);
+        self.queue_bytes = 0;
+        let open: Vec<OpenAggregate> = self.aggregates.drain().map(|(_, a)| a).collect();
+        for entry in held.into_iter().flatten().chain(queued) {
+            self.requeue(entry);
+        }
+        for p in open.into_iter().flat_map(|a| a.members) {
+            self.push(p);
+        }
+    }
+
+    /// Queues an entry again (a retry, or one being regrouped): as it is when the shard it was
+    /// predicted for is still open in the map; otherwise a lone record with its new shard, and
+    /// an aggregate taken apart into its records, grouped anew.
+    fn requeue(&mut self, mut entry: Entry) {
+        let map = match (&self.shard_map, entry.predicted_shard.as_deref()) {
+            (Some(map), Some(shard)) if !map.is_open(shard) => map,
+            // Still open, or never predicted (sent while there was no map: it routes itself).
+            _ => return self.push_entry(entry),
+        };
+        if !entry.aggregated {
+            entry.predicted_shard = entry
+                .members
+                .first()
+                .and_then(|p| map.shard_for(&p.record))
+                .map(str::to_string);
+            return self.push_entry(entry);
+        }
+        let attempts = entry.attempts;
+        for mut p in entry.members {
+            p.earlier_attempts += attempts;
+            self.push(p);
         }
     }
 
@@ -955,12 +997,20 @@ impl Worker {
             self.queue_bytes = self.queue.iter().map(Entry::size).sum();
         }
         for e in expired {
-            let last_error = if e.last_error.is_empty() {
+            let attempts = e.attempts
+                + e.members
+                    .iter()
+                    .map(|p| p.earlier_attempts)
+                    .max()
+                    .unwrap_or(0);
+            let last_error = if !e.last_error.is_empty() {
+                e.last_error.clone()
+            } else if attempts == 0 {
                 "never sent: still queued when its time to live ran out".to_string()
             } else {
-                e.last_error.clone()
+                // Taken out of an aggregate put before (regrouped, or put again).
+                "still queued to be put again when its time to live ran out".to_string()
             };
-            let attempts = e.attempts;
             e.fail(
                 SendError::Expired {
                     attempts,
@@ -1212,6 +1262,11 @@ impl ShardMap {
             .collect();
         ranges.sort();
         Self { ranges, listed }
+    }
+
+    /// Whether `shard_id` is an open shard of the map.
+    pub fn is_open(&self, shard_id: &str) -> bool {
+        self.ranges.iter().any(|(_, _, id)| id == shard_id)
     }
 
     /// Whether the listed shard `shard_id`'s range holds `hash`; `None` for a shard not listed.
