@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::batching::{Producer, ProducerConfig, Receipt, UserRecord};
+use crate::batching::{Producer, ProducerConfig, ProducerRecord, Receipt};
 use crate::metrics::ProducerMetrics;
 use crate::status::ProducerStatus;
 
@@ -190,7 +190,7 @@ async fn feed(
                 .partition_key
                 .clone()
                 .unwrap_or_else(|| message.id.to_string());
-            let record = UserRecord::new(key, message.to_json());
+            let record = ProducerRecord::new(key, message.to_json());
             let receipt = tokio::select! {
                 _ = cancel.cancelled() => return handed_over,
                 r = producer.enqueue(record) => r,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use common::testkit::{self, Kind};
-use producer::{Producer, ProducerConfig, SendError, UserRecord};
+use producer::{Producer, ProducerConfig, ProducerRecord, SendError};
 
 /// Explicit hash keys Kinesis refuses: empty, not a number, a leading zero, 2^128.
 const BAD_HASH_KEYS: [&str; 4] = ["", "abc", "0123", "340282366920938463463374607431768211456"];
@@ -61,11 +61,11 @@ async fn bad_hash_keys_fail_alone(aggregation: bool) {
     for (i, key) in BAD_HASH_KEYS.iter().enumerate() {
         good.push(
             producer
-                .enqueue(UserRecord::new(format!("good-{i}"), "good"))
+                .enqueue(ProducerRecord::new(format!("good-{i}"), "good"))
                 .await
                 .expect("a good record is taken"),
         );
-        let mut bad = UserRecord::new(format!("bad-{i}"), "bad");
+        let mut bad = ProducerRecord::new(format!("bad-{i}"), "bad");
         bad.explicit_hash_key = Some(key.to_string());
         let outcome = match producer.enqueue(bad).await {
             Ok(receipt) => receipt.await.map(|_| ()),
@@ -73,7 +73,7 @@ async fn bad_hash_keys_fail_alone(aggregation: bool) {
         };
         refused.push((key, outcome));
     }
-    let mut valid = UserRecord::new("any", "routed by its explicit hash key");
+    let mut valid = ProducerRecord::new("any", "routed by its explicit hash key");
     valid.explicit_hash_key = Some("0".into());
     good.push(producer.enqueue(valid).await.expect("0 is a valid key"));
     for (key, outcome) in refused {
@@ -113,14 +113,14 @@ async fn a_record_larger_than_the_byte_bound_is_refused_not_waited_for() {
         ..ProducerConfig::new(&stream)
     };
     let (producer, flusher) = Producer::start(emu.kinesis(), config).expect("valid");
-    let big = UserRecord::new("k", vec![b'x'; 2000]);
+    let big = ProducerRecord::new("k", vec![b'x'; 2000]);
     match tokio::time::timeout(Duration::from_secs(10), producer.enqueue(big)).await {
         Ok(Err(SendError::Invalid(why))) => assert!(why.contains("1000"), "{why}"),
         Ok(other) => panic!("refused expected, got {:?}", other.map(|_| "a receipt")),
         Err(_) => panic!("enqueue still waiting after 10 s for room that can never be made"),
     }
     producer
-        .send(UserRecord::new("k", vec![b'x'; 900]))
+        .send(ProducerRecord::new("k", vec![b'x'; 900]))
         .await
         .expect("a record that fits is sent");
     drop(producer);
