@@ -277,8 +277,14 @@ impl Aggregator {
         self.size() + table + field_len(record)
     }
 
-    /// Appends a user record.
-    pub fn add(&mut self, partition_key: &str, explicit_hash_key: Option<&str>, data: &[u8]) {
+    /// Appends a user record; returns where its data starts in the finished aggregate, so a
+    /// caller can keep the data as a slice of the aggregate rather than a second copy.
+    pub fn add(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data: &[u8],
+    ) -> usize {
         let key_index = table_index(&mut self.keys, &mut self.buf, 1, partition_key);
         let hash_key_index =
             explicit_hash_key.map(|ehk| table_index(&mut self.hash_keys, &mut self.buf, 2, ehk));
@@ -296,8 +302,10 @@ impl Aggregator {
         }
         encode_key(3, WireType::LengthDelimited, buf);
         encode_varint(data.len() as u64, buf);
+        let offset = buf.len();
         buf.extend_from_slice(data);
         self.records += 1;
+        offset
     }
 
     /// The aggregated record's bytes; the aggregator is empty again afterwards.
@@ -322,6 +330,17 @@ fn record_len(key_index: u64, hash_key_index: Option<u64>, data_len: usize) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_says_where_each_records_data_is_in_the_finished_aggregate() {
+        let mut agg = Aggregator::new();
+        let data: [&[u8]; 3] = [b"first", b"", &[7u8; 300]];
+        let offsets: Vec<usize> = data.iter().map(|d| agg.add("k", None, d)).collect();
+        let bytes = agg.finish();
+        for (d, at) in data.iter().zip(offsets) {
+            assert_eq!(&bytes[at..at + d.len()], *d);
+        }
+    }
 
     #[test]
     fn round_trip_keeps_order_keys_and_data() {

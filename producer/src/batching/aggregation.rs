@@ -23,6 +23,8 @@ pub(super) struct Aggregates {
 struct OpenAggregate {
     aggregator: Aggregator,
     members: Vec<Pending>,
+    /// Where each member's data starts in the aggregate.
+    offsets: Vec<usize>,
 }
 
 impl Aggregates {
@@ -59,8 +61,10 @@ impl Aggregates {
         let open = self.open.entry(shard).or_insert_with(|| OpenAggregate {
             aggregator: Aggregator::new(),
             members: Vec::new(),
+            offsets: Vec::new(),
         });
-        open.aggregator.add(key, ehk, &p.record.data);
+        open.offsets
+            .push(open.aggregator.add(key, ehk, &p.record.data));
         open.members.push(p);
         sealed
     }
@@ -81,17 +85,29 @@ impl Aggregates {
 
 impl OpenAggregate {
     /// The Kinesis record to put: the aggregate, or its only member as an ordinary record
-    /// (as the KPL does).
+    /// (as the KPL does). Each member's data becomes a slice of the aggregate, so the buffer
+    /// holds the data once (the byte bound counts it once), and the aggregate's allocation is
+    /// no more than a quarter larger than the aggregate.
     fn seal(mut self, shard: String) -> Option<Entry> {
         if self.members.len() <= 1 {
             return self.members.pop().map(|p| Entry::single(p, Some(shard)));
+        }
+        let encoded = self.aggregator.finish();
+        let data = if encoded.capacity() > encoded.len() + encoded.len() / 4 {
+            // The encoder's buffer grew by doubling: keep an exact copy instead.
+            Bytes::copy_from_slice(&encoded)
+        } else {
+            Bytes::from(encoded)
+        };
+        for (p, at) in self.members.iter_mut().zip(&self.offsets) {
+            p.record.data = data.slice(*at..*at + p.record.data.len());
         }
         let first = &self.members[0];
         Some(Entry {
             partition_key: first.record.partition_key.clone(),
             // Route by the first member's hash key: the shard all members map to.
             explicit_hash_key: Some(first.hash_key().to_string()),
-            data: Bytes::from(self.aggregator.finish()),
+            data,
             deadline: self
                 .members
                 .iter()
@@ -144,6 +160,12 @@ mod tests {
         let decoded = common::kpl::deaggregate(&entry.data).expect("an aggregate");
         let keys: Vec<&str> = decoded.iter().map(|m| m.partition_key).collect();
         assert_eq!(keys, ["a", "b"]);
+        // The members' data is now the aggregate's: held once, not twice.
+        let aggregate = entry.data.as_ptr_range();
+        for p in &entry.members {
+            assert_eq!(p.record.data, vec![b'x'; 10]);
+            assert!(aggregate.contains(&p.record.data.as_ptr()));
+        }
         assert!(aggregates.is_empty());
     }
 
