@@ -109,13 +109,14 @@ async fn a_record_larger_than_the_byte_bound_is_refused_not_waited_for() {
     let stream = testkit::unique_name("lib-big");
     testkit::create_stream(&emu.kinesis(), &stream, 1).await;
     let config = ProducerConfig {
-        max_buffered_bytes: 1000,
+        max_buffered_bytes: 3000,
         ..ProducerConfig::new(&stream)
     };
     let (producer, flusher) = Producer::start(emu.kinesis(), config).expect("valid");
-    let big = ProducerRecord::new("k", vec![b'x'; 2000]);
+    // 2,500 bytes and the 1 KiB each record counts for its bookkeeping: over 3,000.
+    let big = ProducerRecord::new("k", vec![b'x'; 2500]);
     match tokio::time::timeout(Duration::from_secs(10), producer.enqueue(big)).await {
-        Ok(Err(SendError::Invalid(why))) => assert!(why.contains("1000"), "{why}"),
+        Ok(Err(SendError::Invalid(why))) => assert!(why.contains("3000"), "{why}"),
         Ok(other) => panic!("refused expected, got {:?}", other.map(|_| "a receipt")),
         Err(_) => panic!("enqueue still waiting after 10 s for room that can never be made"),
     }

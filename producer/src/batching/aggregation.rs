@@ -6,6 +6,7 @@
 //! by is current.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use common::kpl::Aggregator;
@@ -15,7 +16,7 @@ use super::entry::{Entry, Pending};
 
 /// The open aggregates, by the shard their members are predicted to land on.
 pub(super) struct Aggregates {
-    open: HashMap<String, OpenAggregate>,
+    open: HashMap<Arc<str>, OpenAggregate>,
     max_bytes: usize,
 }
 
@@ -42,7 +43,7 @@ impl Aggregates {
 
     /// Adds a record to `shard`'s aggregate; returns that shard's aggregate sealed first when
     /// the record would not have fitted in it.
-    pub(super) fn add(&mut self, shard: String, p: Pending) -> Option<Entry> {
+    pub(super) fn add(&mut self, shard: Arc<str>, p: Pending) -> Option<Entry> {
         let (key, ehk, len) = (
             p.record.partition_key.as_str(),
             p.record.explicit_hash_key.as_deref(),
@@ -88,7 +89,7 @@ impl OpenAggregate {
     /// (as the KPL does). Each member's data becomes a slice of the aggregate, so the buffer
     /// holds the data once (the byte bound counts it once), and the aggregate's allocation is
     /// no more than a quarter larger than the aggregate.
-    fn seal(mut self, shard: String) -> Option<Entry> {
+    fn seal(mut self, shard: Arc<str>) -> Option<Entry> {
         if self.members.len() <= 1 {
             return self.members.pop().map(|p| Entry::single(p, Some(shard)));
         }
@@ -118,7 +119,7 @@ impl OpenAggregate {
             predicted_shard: Some(shard),
             aggregated: true,
             attempts: 0,
-            last_error: String::new(),
+            last_error: "".into(),
         })
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::record::RECORD_OVERHEAD_BYTES;
 use crate::metrics::ProducerMetrics;
 
 /// Why [`super::Producer::start`] refused a [`ProducerConfig`]: the field, its value and what is
@@ -94,11 +95,12 @@ impl ProducerConfig {
             self.max_buffered_records.to_string(),
             "at least 1",
         )?;
+        // The smallest record (a one-character key, one byte) must fit.
         check(
-            (1..=Semaphore::MAX_PERMITS).contains(&self.max_buffered_bytes),
+            (RECORD_OVERHEAD_BYTES + 2..=Semaphore::MAX_PERMITS).contains(&self.max_buffered_bytes),
             "max_buffered_bytes",
             self.max_buffered_bytes.to_string(),
-            "at least 1",
+            "at least 1026 (the smallest record with its 1024 bytes of bookkeeping)",
         )?;
         check(
             self.max_in_flight >= 1,
@@ -162,6 +164,10 @@ mod tests {
             "max_buffered_records"
         );
         assert_eq!(refused(|c| c.max_buffered_bytes = 0), "max_buffered_bytes");
+        assert_eq!(
+            refused(|c| c.max_buffered_bytes = RECORD_OVERHEAD_BYTES + 1),
+            "max_buffered_bytes"
+        );
         assert_eq!(
             refused(|c| c.max_buffered_bytes = usize::MAX),
             "max_buffered_bytes"

@@ -63,16 +63,19 @@ pub(super) struct Entry {
     pub(super) explicit_hash_key: Option<String>,
     pub(super) data: Bytes,
     pub(super) members: Vec<Pending>,
-    /// The shard the shard map says this record lands on (when a map is in use).
-    pub(super) predicted_shard: Option<String>,
+    /// The shard the shard map says this record lands on (when a map is in use); the id is
+    /// the map's, shared.
+    pub(super) predicted_shard: Option<Arc<str>>,
     pub(super) aggregated: bool,
     pub(super) attempts: u32,
-    pub(super) last_error: String,
+    /// Why the last call did not take it (shared by the entries one answer failed alike);
+    /// empty before any.
+    pub(super) last_error: Arc<str>,
     pub(super) deadline: Instant,
 }
 
 impl Entry {
-    pub(super) fn single(p: Pending, predicted_shard: Option<String>) -> Self {
+    pub(super) fn single(p: Pending, predicted_shard: Option<Arc<str>>) -> Self {
         Self {
             partition_key: p.record.partition_key.clone(),
             explicit_hash_key: p.record.explicit_hash_key.clone(),
@@ -82,7 +85,7 @@ impl Entry {
             predicted_shard,
             aggregated: false,
             attempts: 0,
-            last_error: String::new(),
+            last_error: "".into(),
         }
     }
 

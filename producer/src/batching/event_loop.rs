@@ -7,7 +7,7 @@
 //! [`EventLoop::run`] is the whole life of the task; the methods after it are its steps, in the
 //! order a record meets them.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +42,10 @@ pub(super) struct EventLoop {
     /// When the oldest buffered record arrived, for the linger timer.
     oldest: Option<Instant>,
     calls: JoinSet<CallOutcome>,
-    /// Retries wait in a sleeping task until their backoff ends, then come back here.
-    retry_tx: mpsc::UnboundedSender<Entry>,
-    retry_rx: mpsc::UnboundedReceiver<Entry>,
-    waiting_retries: usize,
+    /// Failed entries waiting out their backoff, by when it ends (and a sequence number):
+    /// one timer for all of them, no task each.
+    retries: BTreeMap<(Instant, u64), Entry>,
+    retry_seq: u64,
     /// The shard map records are grouped by (aggregation, rate limit); `None` until listed.
     shard_map: Option<ShardMap>,
     refresh: Option<JoinHandle<Option<ShardMap>>>,
@@ -72,7 +72,6 @@ impl EventLoop {
         config: Arc<ProducerConfig>,
         rx: mpsc::UnboundedReceiver<Pending>,
     ) -> Self {
-        let (retry_tx, retry_rx) = mpsc::unbounded_channel();
         let backlogs = (config.shard_rate_limit_percent > 0)
             .then(|| Backlogs::new(config.shard_rate_limit_percent));
         Self {
@@ -84,9 +83,8 @@ impl EventLoop {
             queue_bytes: 0,
             oldest: None,
             calls: JoinSet::new(),
-            retry_tx,
-            retry_rx,
-            waiting_retries: 0,
+            retries: BTreeMap::new(),
+            retry_seq: 0,
             shard_map: None,
             refresh: None,
             last_refresh: None,
@@ -132,7 +130,7 @@ impl EventLoop {
             if !self.lingering() {
                 self.oldest = None;
             }
-            if !open && !self.buffered() && self.calls.is_empty() && self.waiting_retries == 0 {
+            if !open && !self.buffered() && self.calls.is_empty() && self.retries.is_empty() {
                 return;
             }
             if let Some(m) = &self.config.metrics {
@@ -160,10 +158,8 @@ impl EventLoop {
                     }
                     None => open = false,
                 },
-                Some(entry) = self.retry_rx.recv() => {
-                    self.waiting_retries -= 1;
-                    self.oldest.get_or_insert_with(Instant::now);
-                    self.requeue(entry);
+                _ = sleep_until_opt(self.retries.first_key_value().map(|(k, _)| k.0)) => {
+                    self.retries_due(Instant::now());
                 }
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
                     if let Ok(outcome) = done {
@@ -191,8 +187,7 @@ impl EventLoop {
         let shard = self
             .shard_map
             .as_ref()
-            .and_then(|map| map.shard_for(&p.record))
-            .map(str::to_string);
+            .and_then(|map| map.shared_shard_for(&p.record));
         match shard {
             Some(shard) if self.config.aggregation => {
                 if let Some(sealed) = self.aggregates.add(shard, p) {
@@ -222,8 +217,7 @@ impl EventLoop {
             entry.predicted_shard = entry
                 .members
                 .first()
-                .and_then(|p| map.shard_for(&p.record))
-                .map(str::to_string);
+                .and_then(|p| map.shared_shard_for(&p.record));
             return self.push_entry(entry);
         }
         for p in entry.into_members() {
@@ -284,7 +278,8 @@ impl EventLoop {
                 "stored on shard {} as {}, but the shard map could not be listed to check that \
                  the shard's range holds every record of the aggregate",
                 l.shard_id, l.sequence_number
-            );
+            )
+            .into();
             l.entry
         }));
         for e in expired {
@@ -295,7 +290,7 @@ impl EventLoop {
                     .max()
                     .unwrap_or(0);
             let last_error = if !e.last_error.is_empty() {
-                e.last_error.clone()
+                e.last_error.to_string()
             } else if attempts == 0 {
                 "never sent: still queued when its time to live ran out".to_string()
             } else {
@@ -439,8 +434,8 @@ impl EventLoop {
         }
     }
 
-    /// Failed entries wait out their backoff, then return to the queue; those past their time
-    /// to live fail now.
+    /// Failed entries wait out their backoff in `retries`, then return to the queue; those
+    /// past their time to live fail now.
     fn schedule_retries(&mut self, retry: Vec<Entry>) {
         let now = Instant::now();
         for entry in retry {
@@ -452,20 +447,28 @@ impl EventLoop {
             if now + delay >= entry.deadline {
                 let err = SendError::Expired {
                     attempts: entry.attempts,
-                    last_error: entry.last_error.clone(),
+                    last_error: entry.last_error.to_string(),
                 };
                 entry.fail(err, self.config.metrics.as_ref());
                 continue;
             }
-            self.waiting_retries += 1;
             if let Some(m) = &self.config.metrics {
                 m.retries.inc_by(entry.members.len() as u64);
             }
-            let tx = self.retry_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(entry);
-            });
+            self.retry_seq += 1;
+            self.retries.insert((now + delay, self.retry_seq), entry);
+        }
+    }
+
+    /// Queues again the retries whose backoff is over.
+    fn retries_due(&mut self, now: Instant) {
+        while let Some(entry) = self.retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let entry = entry.remove();
+            self.oldest.get_or_insert_with(Instant::now);
+            self.requeue(entry);
         }
     }
 

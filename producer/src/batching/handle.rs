@@ -81,7 +81,7 @@ impl Producer {
             }
             return Err(err);
         }
-        let size = u32::try_from(record.size().max(1)).unwrap_or(u32::MAX);
+        let size = u32::try_from(record.buffered_size()).unwrap_or(u32::MAX);
         let (Ok(r), Ok(b)) = (
             self.records.clone().acquire_owned().await,
             self.bytes.clone().acquire_many_owned(size).await,

@@ -7,7 +7,9 @@
 //!   entries of a partial `PutRecords` and whole calls that failed transiently are retried with
 //!   exponential backoff and full jitter until the record's time to live runs out.
 //! - **Bounded memory**: [`Producer::enqueue`] waits while the buffer holds
-//!   `max_buffered_records` records or `max_buffered_bytes` bytes (backpressure).
+//!   `max_buffered_records` records or `max_buffered_bytes` bytes (backpressure), each record
+//!   counting its data, its partition key and [`RECORD_OVERHEAD_BYTES`] of bookkeeping; the
+//!   data is held once (an aggregate's members are slices of it).
 //!
 //! - **The time to live holds whatever the network does**: a record still queued (held back by
 //!   the rate limiter, say) when its `record_ttl` runs out fails then, and a `PutRecords` call
@@ -57,7 +59,7 @@ pub use config::{InvalidConfig, ProducerConfig};
 pub use handle::{Flusher, Producer, Receipt};
 pub use put_records::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use rate_limit::RateLimiter;
-pub use record::{Ack, ProducerRecord, SendError};
+pub use record::{Ack, ProducerRecord, SendError, RECORD_OVERHEAD_BYTES};
 pub use shard_map::ShardMap;
 
 /// The Kinesis limit for one record: data and partition key together.

@@ -1,6 +1,8 @@
 //! The `PutRecords` call: a [`Batch`] within the call's limits goes out, and its answer is read
 //! entry by entry into a [`CallOutcome`].
 
+use std::sync::Arc;
+
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
@@ -100,8 +102,9 @@ pub(super) async fn put_records(
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(stream = %stream, records = batch.len(), "PutRecords did not answer within the records' time to live; abandoned");
+                let why: Arc<str> = "PutRecords did not answer within the record's time to live (Kinesis may still have stored it)".into();
                 for mut e in batch {
-                    e.last_error = "PutRecords did not answer within the record's time to live (Kinesis may still have stored it)".into();
+                    e.last_error = why.clone();
                     outcome.retry.push(e);
                 }
                 return outcome;
@@ -116,6 +119,8 @@ pub(super) async fn put_records(
     match result {
         Ok(out) => {
             let results = out.records();
+            // Entries failed alike share one error text.
+            let mut last_error: Arc<str> = "".into();
             for (i, mut e) in batch.into_iter().enumerate() {
                 let Some(entry) = results.get(i) else {
                     e.last_error = "PutRecords answered fewer entries than sent".into();
@@ -148,11 +153,15 @@ pub(super) async fn put_records(
                         e.fail(SendError::Rejected(msg), metrics);
                     }
                     (code, _, _) => {
-                        e.last_error = format!(
+                        let text = format!(
                             "{}: {}",
                             code.unwrap_or("NoSequenceNumber"),
                             entry.error_message().unwrap_or_default()
                         );
+                        if *last_error != *text {
+                            last_error = text.into();
+                        }
+                        e.last_error = last_error.clone();
                         outcome.retry.push(e);
                     }
                 }
@@ -164,6 +173,7 @@ pub(super) async fn put_records(
         Err(err) if is_retryable(&err) => {
             let text = error_text(&err);
             tracing::warn!(stream = %stream, records = batch.len(), error = %text, "PutRecords failed, will retry");
+            let text: Arc<str> = text.into();
             for mut e in batch {
                 e.last_error = text.clone();
                 outcome.retry.push(e);

@@ -2,6 +2,7 @@
 //! the queues of records they hold back ([`Backlogs`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -90,7 +91,7 @@ impl RateLimiter {
 /// here once, so waiting for a budget costs no rescans of the event loop's queue.
 pub(super) struct Backlogs {
     limiter: RateLimiter,
-    queues: HashMap<String, VecDeque<Entry>>,
+    queues: HashMap<Arc<str>, VecDeque<Entry>>,
     len: usize,
 }
 
@@ -130,13 +131,12 @@ impl Backlogs {
     /// Gives `entry` back when it may go now: its shard has budget and no older record held
     /// back (or it has no predicted shard). Otherwise holds it behind its shard's backlog.
     pub(super) fn admit(&mut self, entry: Entry, now: Instant) -> Option<Entry> {
-        let Some(shard) = entry.predicted_shard.as_deref() else {
+        let Some(shard) = entry.predicted_shard.clone() else {
             return Some(entry);
         };
-        if !self.queues.contains_key(shard) && self.limiter.try_take(shard, entry.size(), now) {
+        if !self.queues.contains_key(&shard) && self.limiter.try_take(&shard, entry.size(), now) {
             return Some(entry);
         }
-        let shard = shard.to_string();
         self.queues.entry(shard).or_default().push_back(entry);
         self.len += 1;
         None
@@ -222,7 +222,7 @@ mod tests {
     fn entry(shard: &str, key: &str) -> Entry {
         let later = Instant::now() + Duration::from_secs(60);
         let (p, _) = test_pending(ProducerRecord::new(key, vec![b'x'; 10]), later);
-        Entry::single(p, Some(shard.to_string()))
+        Entry::single(p, Some(shard.into()))
     }
 
     #[test]

@@ -7,6 +7,12 @@ use bytes::Bytes;
 
 use super::MAX_RECORD_BYTES;
 
+/// Bytes of `max_buffered_bytes` each record takes beyond its own: what the producer keeps per
+/// record (its place in the buffer, its receipt, its entry in a call or a retry) is about a
+/// kilobyte, as much as a hundred small records' data, so the byte bound counts it too
+/// (`producer/tests/memory.rs`).
+pub const RECORD_OVERHEAD_BYTES: usize = 1024;
+
 /// What the caller wants on the stream (the KPL's `UserRecord`; named apart from the
 /// consumer's `UserRecord`, a view of what was read).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +34,12 @@ impl ProducerRecord {
     /// Bytes the record counts for against the `PutRecords` size limits.
     pub fn size(&self) -> usize {
         self.data.len() + self.partition_key.len()
+    }
+
+    /// Bytes the record takes of `max_buffered_bytes`: its size and
+    /// [`RECORD_OVERHEAD_BYTES`].
+    pub fn buffered_size(&self) -> usize {
+        self.size() + RECORD_OVERHEAD_BYTES
     }
 }
 
@@ -102,10 +114,12 @@ pub(super) fn validate(
             record.size()
         )));
     }
-    if record.size() > max_buffered_bytes {
+    if record.buffered_size() > max_buffered_bytes {
         return Err(SendError::Invalid(format!(
-            "record is {} bytes with its partition key, more than the whole buffer \
+            "record takes {} bytes of the buffer ({} with its partition key, and \
+             {RECORD_OVERHEAD_BYTES} of bookkeeping), more than the whole buffer \
              (max_buffered_bytes {max_buffered_bytes})",
+            record.buffered_size(),
             record.size()
         )));
     }
@@ -139,9 +153,10 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
-        assert!(validate(&ProducerRecord::new("k", vec![0u8; 99]), 100).is_ok());
+        let bound = 100 + RECORD_OVERHEAD_BYTES;
+        assert!(validate(&ProducerRecord::new("k", vec![0u8; 99]), bound).is_ok());
         assert!(matches!(
-            validate(&ProducerRecord::new("k", vec![0u8; 100]), 100),
+            validate(&ProducerRecord::new("k", vec![0u8; 100]), bound),
             Err(SendError::Invalid(_))
         ));
     }

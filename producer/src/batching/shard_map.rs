@@ -2,6 +2,7 @@
 //! shard, to check where an aggregate landed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_sdk_kinesis::Client;
 
@@ -23,7 +24,7 @@ pub(super) async fn list(client: &Client, stream: &str) -> Option<ShardMap> {
 #[derive(Debug, Clone, Default)]
 pub struct ShardMap {
     /// (starting hash key, ending hash key, shard id) of the open shards, sorted by start.
-    ranges: Vec<(u128, u128, String)>,
+    ranges: Vec<(u128, u128, Arc<str>)>,
     /// Every listed shard's range, open or closed: a shard an aggregate landed on may have
     /// been split since.
     listed: HashMap<String, (u128, u128)>,
@@ -35,12 +36,12 @@ impl ShardMap {
             .iter()
             .filter_map(|s| Some((s.shard_id().to_string(), common::kinesis::hash_range(s)?)))
             .collect();
-        let mut ranges: Vec<(u128, u128, String)> = shards
+        let mut ranges: Vec<(u128, u128, Arc<str>)> = shards
             .iter()
             .filter(|s| common::kinesis::is_open(s))
             .filter_map(|s| {
                 let (start, end) = listed.get(s.shard_id())?;
-                Some((*start, *end, s.shard_id().to_string()))
+                Some((*start, *end, s.shard_id().into()))
             })
             .collect();
         ranges.sort();
@@ -49,7 +50,7 @@ impl ShardMap {
 
     /// Whether `shard_id` is an open shard of the map.
     pub fn is_open(&self, shard_id: &str) -> bool {
-        self.ranges.iter().any(|(_, _, id)| id == shard_id)
+        self.ranges.iter().any(|(_, _, id)| &**id == shard_id)
     }
 
     /// Whether the listed shard `shard_id`'s range holds `hash`; `None` for a shard not listed.
@@ -60,16 +61,30 @@ impl ShardMap {
 
     /// The shard whose range holds `hash`.
     pub fn shard_for_hash(&self, hash: u128) -> Option<&str> {
-        let i = self.ranges.partition_point(|(start, _, _)| *start <= hash);
-        let (_, end, shard) = self.ranges.get(i.checked_sub(1)?)?;
-        (hash <= *end).then_some(shard.as_str())
+        self.shard_id_for_hash(hash).map(|id| &**id)
     }
 
+    /// The open shard `record` lands on.
     pub fn shard_for(&self, record: &ProducerRecord) -> Option<&str> {
         self.shard_for_hash(common::kpl::effective_hash_key(
             &record.partition_key,
             record.explicit_hash_key.as_deref(),
         ))
+    }
+
+    /// [`ShardMap::shard_for`], as the map's own shared id (for the records that carry it).
+    pub(super) fn shared_shard_for(&self, record: &ProducerRecord) -> Option<Arc<str>> {
+        let hash = common::kpl::effective_hash_key(
+            &record.partition_key,
+            record.explicit_hash_key.as_deref(),
+        );
+        self.shard_id_for_hash(hash).cloned()
+    }
+
+    fn shard_id_for_hash(&self, hash: u128) -> Option<&Arc<str>> {
+        let i = self.ranges.partition_point(|(start, _, _)| *start <= hash);
+        let (_, end, shard) = self.ranges.get(i.checked_sub(1)?)?;
+        (hash <= *end).then_some(shard)
     }
 }
 
