@@ -55,97 +55,50 @@ fn shard(parents: &[usize], closed: bool) -> ShardSpec {
     }
 }
 
+/// A model of `processes` (worker ids) on `shards`, with one steal, `faults` faults before
+/// tick 3, and the clock stopping at tick 6.
+fn model(processes: &[&str], shards: Vec<ShardSpec>, faults: u8) -> LeaseModel {
+    LeaseModel {
+        processes: processes.iter().map(|p| p.to_string()).collect(),
+        shards,
+        handoffs: true,
+        faults,
+        steals: 1,
+        quiet_from: if faults > 0 { 3 } else { 0 },
+        horizon: 6,
+    }
+}
+
 /// Two workers on one shard: takes, a steal with a graceful handoff, renewals, answers lost
 /// after the write was applied or before, expiry, the shard read to its end.
 #[test]
 fn two_workers_one_shard_with_a_steal() {
-    check(
-        LeaseModel {
-            processes: vec!["a".into(), "b".into()],
-            shards: vec![shard(&[], true)],
-            handoffs: true,
-            faults: 0,
-            steals: 1,
-            quiet_from: 0,
-            horizon: 6,
-        },
-        21,
-        true,
-    );
+    check(model(&["a", "b"], vec![shard(&[], true)], 0), 21, true);
 }
 
 /// Two workers and a crash, a SIGTERM (hand over or release) or a restart, on one shard.
 #[test]
 fn two_workers_one_shard_with_a_fault() {
-    check(
-        LeaseModel {
-            processes: vec!["a".into(), "b".into()],
-            shards: vec![shard(&[], true)],
-            handoffs: true,
-            faults: 1,
-            steals: 1,
-            quiet_from: 3,
-            horizon: 6,
-        },
-        19,
-        true,
-    );
+    check(model(&["a", "b"], vec![shard(&[], true)], 1), 19, true);
 }
 
 /// Two live processes started with one worker id: they never read the shard at once. (No
 /// graceful handoff can happen between them: a worker does not steal from its own id.)
 #[test]
 fn two_processes_with_one_worker_id() {
-    check(
-        LeaseModel {
-            processes: vec!["a".into(), "a".into()],
-            shards: vec![shard(&[], true)],
-            handoffs: true,
-            faults: 1,
-            steals: 1,
-            quiet_from: 3,
-            horizon: 6,
-        },
-        19,
-        false,
-    );
+    check(model(&["a", "a"], vec![shard(&[], true)], 1), 19, false);
 }
 
 /// A shard split in two: children never read before their parent ended.
 #[test]
 fn two_workers_through_a_split() {
-    check(
-        LeaseModel {
-            processes: vec!["a".into(), "b".into()],
-            shards: vec![shard(&[], true), shard(&[0], false), shard(&[0], false)],
-            handoffs: true,
-            faults: 0,
-            steals: 1,
-            quiet_from: 0,
-            horizon: 6,
-        },
-        17,
-        true,
-    );
+    let shards = vec![shard(&[], true), shard(&[0], false), shard(&[0], false)];
+    check(model(&["a", "b"], shards, 0), 17, true);
 }
 
 /// Three workers: a lease stolen with a handoff, then released by its new owner before the old
 /// one finished (the new owner stopped), is taken by a third worker.
 #[test]
 fn three_workers_one_shard_with_a_fault() {
-    check(
-        LeaseModel {
-            processes: vec!["a".into(), "b".into(), "c".into()],
-            shards: vec![shard(&[], true)],
-            handoffs: true,
-            faults: 1,
-            steals: 1,
-            quiet_from: 3,
-            horizon: 6,
-        },
-        DEPTH3,
-        true,
-    );
+    check(model(&["a", "b", "c"], vec![shard(&[], true)], 1), 16, true);
 }
-
-const DEPTH3: usize = 16;
