@@ -7,7 +7,7 @@
 //! table, so what it proves is about this code, not a copy.
 //!
 //! ```text
-//!                take / steal (Written)                   ParentsDone
+//!          take / steal (Written)                         ParentsDone
 //!   [Taking] ─────────────────────────▶ [WaitingForParents] ───────────▶ [Reading]
 //!      │  checkpointOwner = another           ▲                         │  │  │
 //!      └──────────▶ [AwaitingHandoff] ────────┘ it cleared it,           │  │  │ task stopped
@@ -33,16 +33,18 @@
 //!    move, which is later, so the holder has stopped before anyone may take the lease as
 //!    expired.
 //! 2. **A conflict is ours only if it is exactly ours.** A failed condition followed by a read
-//!    showing `leaseOwner = me`, the counter one above the one we wrote on and the same
-//!    `checkpointOwner` means our own write went through unseen (its answer was lost); anything
-//!    else is another writer. A lease that shows our id but a counter we did not write was
-//!    written by another live process with this worker's id ([`Action::DuplicateWorkerId`]), or
-//!    was handed back to us; either way this holder stops.
+//!    showing `leaseOwner = me`, the counter one above the one we wrote on, and no
+//!    `checkpointOwner` naming us, means our own write went through unseen (its answer was
+//!    lost); anything else is another writer. A lease that shows our id but a counter we did
+//!    not write was written by another live process with this worker's id
+//!    ([`Action::DuplicateWorkerId`]), or was handed back to us (`handedOverBy`); either way
+//!    this holder stops.
 //! 3. **A handoff is finished by the one who is finishing.** `checkpointOwner` names the worker
 //!    still finishing a batch; only that worker clears it ([`Op::FinishHandoff`]), or the new
-//!    owner once the failover time has passed since it took the lease (by then the old one's
-//!    timer stopped it). Taking a lease never clears another worker's `checkpointOwner`: the
-//!    taker waits for that handoff as the worker it took the lease from did.
+//!    owner once the failover time and a margin have passed since it took the lease (by then
+//!    the old one's timer stopped it). Taking a lease clears another worker's
+//!    `checkpointOwner` only when the lease expired ([`Op::TakeExpired`]); otherwise the taker
+//!    waits for that handoff as the worker it took the lease from did.
 //! 4. **A lease shown as ours is taken like anyone else's** ([`take_rule`]): at once only when a
 //!    stopping worker handed it to us (`handedOverBy`), otherwise only once it expired, so a
 //!    second process with the same worker id never takes a lease the first one is reading.
