@@ -55,8 +55,9 @@ fn shard(parents: &[usize], closed: bool) -> ShardSpec {
     }
 }
 
-/// A model of `processes` (worker ids) on `shards`, with one steal, `faults` faults before
-/// tick 3, and the clock stopping at tick 6.
+/// A model of `processes` (worker ids) on `shards`, with one steal, `faults` faults (crash,
+/// SIGTERM, restart) and any number of lost answers before tick 3, and the clock stopping at
+/// tick 6.
 fn model(processes: &[&str], shards: Vec<ShardSpec>, faults: u8) -> LeaseModel {
     LeaseModel {
         processes: processes.iter().map(|p| p.to_string()).collect(),
@@ -64,7 +65,7 @@ fn model(processes: &[&str], shards: Vec<ShardSpec>, faults: u8) -> LeaseModel {
         handoffs: true,
         faults,
         steals: 1,
-        quiet_from: if faults > 0 { 3 } else { 0 },
+        quiet_from: 3,
         horizon: 6,
     }
 }

@@ -375,8 +375,13 @@ where
     pub fn on(&mut self, event: Event<T>, now: T) -> Vec<Action> {
         let mut actions = Vec::new();
         // A lease that ran out is gone before anything else is looked at, so that nothing is
-        // written or started on it.
-        if self.expire_if_due(now, &mut actions) {
+        // written or started on it. The answer to a write is looked at first: a write that kept
+        // the lease moves its expiry to the failover time after it was sent.
+        let answer = matches!(
+            event,
+            Event::Written(_) | Event::Conflict(_) | Event::Failed
+        );
+        if !answer && self.expire_if_due(now, &mut actions) {
             if matches!(event, Event::CheckpointDue) {
                 actions.push(Action::Refuse);
             }

@@ -8,11 +8,12 @@
 //!   condition and effect are those documented on [`Op`] (DynamoDB's conditional `UpdateItem`
 //!   on one item is atomic; nothing here relies on more). A consistent read returns the item as
 //!   it is.
-//! - **Writes are in flight** from when they are sent until their answer: DynamoDB may apply one
-//!   at any point in between, and the answer may be lost (the driver then hears `Failed`, applied
-//!   or not). A call answers within one tick (the SDK's call timeout); a crashed process's write
-//!   in flight is never applied (an assumption: in reality it may still land, like a write whose
-//!   answer was lost, which the model does cover).
+//! - **Writes are in flight** from when they are sent until DynamoDB applies them (or refuses
+//!   them by their condition) and the answer arrives, both at one step, at most one tick later
+//!   (the SDK's call timeout). Before `quiet_from` an answer may be lost instead, the write
+//!   applied or not (the driver hears `Failed`); a lost answer counts as a fault, so none is
+//!   lost after. Not modelled: a write applied after its answer timed out, and a crashed
+//!   process's write in flight landing later.
 //! - **Time** is a clock of whole ticks, the same for every process (clocks run at the same
 //!   rate; no two are compared). The failover time is 3 ticks, renewals and table scans happen
 //!   every tick. A timer that is due fires before the clock moves on: expiry, renewals, scans, a
@@ -118,6 +119,9 @@ pub struct Slot {
     task: Option<Task>,
     /// The checkpoint as last written or read by this holder: where a task starts.
     checkpoint: Cp,
+    /// The renewer came while a write was in flight: it renews once that write is answered
+    /// (it waits for the driver's write lock).
+    renew_waiting: bool,
 }
 
 /// What a process last saw of a lease at a scan, and since when its counter and owner did not
@@ -415,8 +419,11 @@ impl Model for LeaseModel {
                     Some(slot) => {
                         if slot.write.is_some() {
                             out.push(Step::Answer(i, s));
-                            out.push(Step::LoseAnswer(i, s, false));
-                            out.push(Step::LoseAnswer(i, s, true));
+                            // A lost answer is a fault too: none once faults stop.
+                            if w.now < self.quiet_from {
+                                out.push(Step::LoseAnswer(i, s, false));
+                                out.push(Step::LoseAnswer(i, s, true));
+                            }
                         }
                         if slot.m.next_deadline().is_some_and(|d| d <= t(w.now)) {
                             if slot.m.expires_at() <= t(w.now) {
@@ -490,11 +497,12 @@ impl Model for LeaseModel {
                         continue;
                     }
                     for s in 0..self.shards.len() {
-                        if w.procs[p].slots[s]
-                            .as_ref()
-                            .is_some_and(|x| x.write.is_none())
-                        {
-                            self.feed(&mut w, p, s, Event::RenewDue, None);
+                        match w.procs[p].slots[s].as_mut() {
+                            Some(x) if x.write.is_none() => {
+                                self.feed(&mut w, p, s, Event::RenewDue, None)
+                            }
+                            Some(x) => x.renew_waiting = true,
+                            None => {}
                         }
                     }
                 }
@@ -552,6 +560,7 @@ impl Model for LeaseModel {
                     }),
                     task: None,
                     checkpoint: seen.item.checkpoint,
+                    renew_waiting: false,
                 });
             }
             Step::Answer(p, s) => {
@@ -574,13 +583,22 @@ impl Model for LeaseModel {
                     }
                     self.feed(&mut w, p, s, Event::TaskEnded(TaskEnd::Ended), None);
                 }
+                self.renew_if_waiting(&mut w, p, s);
             }
             Step::LoseAnswer(p, s, applied) => {
                 if applied {
                     self.apply_write(&mut w, p, s);
                 }
-                w.procs[p].slots[s].as_mut()?.write = None;
+                let slot = w.procs[p].slots[s].as_mut()?;
+                slot.write = None;
+                // The task does not know whether its checkpoint was written: it may ask again
+                // (the shard task retries a failed `SHARD_END` checkpoint).
+                let last = slot.checkpoint;
+                if let Some(task) = slot.task.as_mut() {
+                    task.asked = last;
+                }
                 self.feed(&mut w, p, s, Event::Failed, None);
+                self.renew_if_waiting(&mut w, p, s);
             }
             Step::ParentsDone(p, s) => self.feed(&mut w, p, s, Event::ParentsDone, None),
             Step::Process(p, s) => {
@@ -705,6 +723,16 @@ impl Model for LeaseModel {
 }
 
 impl LeaseModel {
+    /// A renewal that waited for the write in flight goes out now that it is answered.
+    fn renew_if_waiting(&self, w: &mut World, p: usize, s: usize) {
+        if let Some(slot) = w.procs[p].slots[s].as_mut() {
+            if slot.renew_waiting && slot.write.is_none() {
+                slot.renew_waiting = false;
+                self.feed(w, p, s, Event::RenewDue, None);
+            }
+        }
+    }
+
     fn apply_write(&self, w: &mut World, p: usize, s: usize) -> Option<()> {
         let me = self.processes[p].clone();
         let slot = w.procs[p].slots[s].as_ref()?;
