@@ -152,6 +152,9 @@ pub struct World {
     steals_left: u8,
     /// Per shard, a bit per record processed successfully.
     processed: Vec<u8>,
+    /// Per shard, the tick its last parent reached `SHARD_END` (0 for a shard without parents):
+    /// from then on it can be worked on.
+    available_at: Vec<u8>,
     /// The first broken rule seen by a transition.
     pub violation: Option<&'static str>,
 }
@@ -227,7 +230,9 @@ impl LeaseModel {
         w.procs.iter().enumerate().any(|(i, p)| {
             p.alive
                 && (p.stopping
-                    || (0..n).any(|s| matches!(self.may_take(w, i, s), Some(Op::Take)))
+                    || (0..n).any(|s| {
+                        matches!(self.may_take(w, i, s), Some(Op::Take | Op::TakeExpired))
+                    })
                     || p.scanned_at.is_none_or(|at| at < w.now)
                     || p.slots.iter().flatten().any(|slot| {
                         slot.write.as_ref().is_some_and(|x| x.sent < w.now)
@@ -377,6 +382,7 @@ impl Model for LeaseModel {
             faults_left: self.faults,
             steals_left: self.steals,
             processed: vec![0; n],
+            available_at: vec![0; n],
             violation: None,
         }]
     }
@@ -591,11 +597,10 @@ impl Model for LeaseModel {
                 }
                 let slot = w.procs[p].slots[s].as_mut()?;
                 slot.write = None;
-                // The task does not know whether its checkpoint was written: it may ask again
+                // The task does not know whether its checkpoint was written: it asks again
                 // (the shard task retries a failed `SHARD_END` checkpoint).
-                let last = slot.checkpoint;
                 if let Some(task) = slot.task.as_mut() {
-                    task.asked = last;
+                    task.asked = 0;
                 }
                 self.feed(&mut w, p, s, Event::Failed, None);
                 self.renew_if_waiting(&mut w, p, s);
@@ -688,14 +693,16 @@ impl Model for LeaseModel {
                 "every shard is held again once faults stop",
                 |m: &LeaseModel, w: &World| {
                     // Checked at the end of time, with every timer fired, when the last fault
-                    // is at least `SETTLE` ticks back: a shard that can be worked on (not
-                    // ended, parents ended) has a live holder.
+                    // is at least `SETTLE` ticks back: a shard that could be worked on (not
+                    // ended, parents ended) since `SETTLE` ticks before has a live holder.
                     if w.now < m.horizon || m.horizon < m.quiet_from + SETTLE || m.urgent(w) {
                         return true;
                     }
+                    // Only shards that could be worked on `SETTLE` ticks before the end.
                     (0..m.shards.len()).all(|s| {
                         w.table[s].checkpoint == END
                             || !m.parents_ended(&w.table, s)
+                            || w.available_at[s] + SETTLE > m.horizon
                             || w.procs.iter().any(|p| {
                                 p.alive
                                     && !p.stopping
@@ -754,7 +761,16 @@ impl LeaseModel {
                     w.violation = Some("a checkpoint passed a record never processed");
                 }
             }
+            let ended = next.checkpoint == END && w.table[s].checkpoint != END;
             w.table[s] = next.clone();
+            if ended {
+                let now = w.now;
+                for c in 0..self.shards.len() {
+                    if self.shards[c].parents.contains(&s) && self.parents_ended(&w.table, c) {
+                        w.available_at[c] = now;
+                    }
+                }
+            }
         }
         w.procs[p].slots[s].as_mut()?.write.as_mut()?.applied = Some(result);
         Some(())
