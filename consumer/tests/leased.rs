@@ -993,8 +993,9 @@ async fn a_reading(
     setup: &Setup,
     count: usize,
     interval_ms: u64,
+    extra: &[(&str, &str)],
 ) -> (ServiceProcess, ServiceProcess) {
-    let a = setup.worker("a");
+    let a = setup.worker_with("a", extra);
     let held = until(Duration::from_secs(60), || async {
         setup.owned_by("a").await.len() == 1
     })
@@ -1030,12 +1031,17 @@ async fn as_another_worker(setup: &Setup, update: &str) -> String {
 /// Issue 19, defect 1. A lease stolen with a graceful handoff and released by the stealer
 /// before the old holder finished (the stealer stopped with nobody to hand it to) is taken by
 /// a third worker, which waits for the old holder to let go before it reads: the two never read
-/// the shard at the same time.
+/// the shard at the same time. The old holder's lease table hangs from then on (fault proxy),
+/// so it cannot learn of the handoff and keeps reading until its own timer stops it: the third
+/// worker must wait that long.
 #[tokio::test]
 async fn a_lease_released_in_mid_handoff_is_not_read_by_two_workers_at_once() {
     let _serial = SERIAL.lock().await;
     let setup = setup("mid-handoff", 1).await;
-    let (mut a, mut producer) = a_reading(&setup, 150, 40).await;
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    let settings = through(&proxy);
+    let (mut a, mut producer) = a_reading(&setup, 150, 40, &vars(&settings)).await;
+    proxy.set(vec![Rule::hang()]);
     // What the table shows after worker "b" stole the lease from "a" (owner b,
     // checkpointOwner a) and released it at once: no owner, checkpointOwner still naming a.
     as_another_worker(
@@ -1050,12 +1056,22 @@ async fn a_lease_released_in_mid_handoff_is_not_read_by_two_workers_at_once() {
     let complete =
         testkit::eventually(Duration::from_secs(60), || all_received(&[&a, &c], &sent)).await;
     assert!(complete, "{}", dump_all(&[&a, &c]));
+    for waited in [
+        "waiting for the previous owner to hand the shard over",
+        "handoff timed out, starting anyway",
+    ] {
+        assert_eq!(
+            c.events(waited).len(),
+            1,
+            "{waited}\n{}",
+            dump_all(&[&a, &c])
+        );
+    }
     assert_eq!(
-        c.events("waiting for the previous owner to hand the shard over")
-            .len(),
-        1,
+        field(&a.events("lease lost"), "reason"),
+        ["not renewed within the failover time"],
         "{}",
-        dump_all(&[&a, &c])
+        a.dump()
     );
     let (_, a_last) = reading_span(&a).unwrap();
     let (c_first, _) = reading_span(&c).expect("c read the shard");
@@ -1064,6 +1080,7 @@ async fn a_lease_released_in_mid_handoff_is_not_read_by_two_workers_at_once() {
         "a read until {a_last}, c from {c_first}\n{}",
         dump_all(&[&a, &c])
     );
+    proxy.clear();
     stop(&mut a);
     stop(&mut c);
 }
@@ -1157,7 +1174,7 @@ async fn takes_answered_after_sigterm_are_given_back_before_the_worker_exits() {
 async fn a_lease_handed_back_in_mid_handoff_does_not_keep_checkpoint_owner() {
     let _serial = SERIAL.lock().await;
     let setup = setup("handed-back", 1).await;
-    let (mut a, mut producer) = a_reading(&setup, 100, 50).await;
+    let (mut a, mut producer) = a_reading(&setup, 100, 50, &[]).await;
     // What worker "b" writes: a steal with a handoff, then, stopping, a hand-over back to "a".
     let shard = as_another_worker(
         &setup,
