@@ -340,9 +340,12 @@ impl<F: RecordProcessorFactory> Worker<F> {
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync_tick.tick().await;
         // Each step is abandoned at the stop signal: a hung call must not hold the shutdown.
+        // Biased, the stop first: once it came, the loop ends rather than start another step
+        // that other ready branches would each give `STOP_GRACE` (five of them took 5 s).
         while coordinator.fatal.is_none() {
             let next_expiry = coordinator.next_expiry();
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
                 _ = take_tick.tick() => {
                     within_grace(&cancel, coordinator.take_leases(&cancel)).await;
