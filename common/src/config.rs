@@ -591,17 +591,11 @@ impl Default for AwsTimeouts {
     }
 }
 
-fn valid_stream_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 impl SharedSettings {
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             stream_name: raw
-                .text(&STREAM_NAME, valid_stream_name)?
+                .text(&STREAM_NAME, crate::kinesis::is_valid_stream_name)?
                 .unwrap_or_default(),
             stream_wait_timeout: raw.millis(&STREAM_WAIT_TIMEOUT_MS, 1, 86_400_000)?,
             log_format: raw.choice(

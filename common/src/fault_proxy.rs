@@ -50,6 +50,9 @@ enum Action {
     /// of its body (a streaming answer, such as a `SubscribeToShard` event stream, that stops
     /// delivering while the connection stays open).
     Stall,
+    /// Forward the request, then hold the whole answer this long before passing it on (the
+    /// call is applied; its answer is late).
+    Delay(std::time::Duration),
     /// Answer with this status; with an AWS error code the body is the JSON error the AWS
     /// JSON protocols use, without one it is a plain page, as from a load balancer.
     Error { status: u16, code: Option<String> },
@@ -104,6 +107,12 @@ impl Rule {
     /// the connection stays open and delivers nothing more (an event stream gone quiet).
     pub fn stall() -> Self {
         Self::new(Action::Stall)
+    }
+
+    /// Forwards matching requests at once and holds their answers for `delay`: the emulator
+    /// has applied the call, the caller hears of it late.
+    pub fn delay(delay: std::time::Duration) -> Self {
+        Self::new(Action::Delay(delay))
     }
 
     /// Answers matching requests with `status`, and the AWS error `code` if given (otherwise a
@@ -382,6 +391,11 @@ async fn handle(shared: Shared, req: Request<Incoming>) -> Result<Response<Proxy
         Some(Action::Stall) => {
             let (head, upstream) = forward(&shared, req).await?.into_parts();
             Ok(Response::from_parts(head, Stalled(upstream).boxed()))
+        }
+        Some(Action::Delay(delay)) => {
+            let answer = forward(&shared, req).await?;
+            tokio::time::sleep(delay).await;
+            Ok(answer)
         }
         Some(Action::Error { status, code }) => Ok(error_response(status, code.as_deref())),
         Some(Action::Entries { answer, fraction }) => {

@@ -216,6 +216,14 @@ pub fn error_text<E: ProvideErrorMetadata + std::error::Error + 'static, R: std:
     }
 }
 
+/// Whether Kinesis accepts this stream name: 1-128 characters of `a-z A-Z 0-9 _ . -`.
+pub fn is_valid_stream_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,8 +138,17 @@ pub fn is_valid_partition_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 256 * 4 && key.chars().count() <= 256
 }
 
-/// Whether Kinesis would accept this explicit hash key: a decimal number below 2^128.
+/// Whether Kinesis accepts this explicit hash key on a record: the pattern `0|([1-9]\d{0,38})`
+/// of the `PutRecords` API, below 2^128. kinesis-mock refuses a whole `PutRecords` call for one
+/// entry with such a key (`producer/tests/library.rs`), so a producer checks each record first.
 pub fn is_valid_explicit_hash_key(key: &str) -> bool {
+    (key == "0" || !key.starts_with('0')) && is_decimal_hash_key(key)
+}
+
+/// Whether a reader can route by this hash key: a decimal number below 2^128, leading zeros
+/// allowed (the Java KCL parses it as a `BigInteger`). Inside an aggregate's table Kinesis never
+/// looks at it, so this, not [`is_valid_explicit_hash_key`], is what [`deaggregate`] checks.
+fn is_decimal_hash_key(key: &str) -> bool {
     !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) && key.parse::<u128>().is_ok()
 }
 
@@ -165,7 +174,7 @@ pub fn deaggregate(data: &[u8]) -> Option<Aggregate> {
         && agg
             .explicit_hash_key_table
             .iter()
-            .all(|k| is_valid_explicit_hash_key(k));
+            .all(|k| is_decimal_hash_key(k));
     let indexes_valid = agg.records.iter().all(|r| {
         r.partition_key_index < agg.partition_key_table.len() as u64
             && r.explicit_hash_key_index
@@ -268,8 +277,14 @@ impl Aggregator {
         self.size() + table + field_len(record)
     }
 
-    /// Appends a user record.
-    pub fn add(&mut self, partition_key: &str, explicit_hash_key: Option<&str>, data: &[u8]) {
+    /// Appends a user record; returns where its data starts in the finished aggregate, so a
+    /// caller can keep the data as a slice of the aggregate rather than a second copy.
+    pub fn add(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<&str>,
+        data: &[u8],
+    ) -> usize {
         let key_index = table_index(&mut self.keys, &mut self.buf, 1, partition_key);
         let hash_key_index =
             explicit_hash_key.map(|ehk| table_index(&mut self.hash_keys, &mut self.buf, 2, ehk));
@@ -287,8 +302,10 @@ impl Aggregator {
         }
         encode_key(3, WireType::LengthDelimited, buf);
         encode_varint(data.len() as u64, buf);
+        let offset = buf.len();
         buf.extend_from_slice(data);
         self.records += 1;
+        offset
     }
 
     /// The aggregated record's bytes; the aggregator is empty again afterwards.
@@ -313,6 +330,17 @@ fn record_len(key_index: u64, hash_key_index: Option<u64>, data_len: usize) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_says_where_each_records_data_is_in_the_finished_aggregate() {
+        let mut agg = Aggregator::new();
+        let data: [&[u8]; 3] = [b"first", b"", &[7u8; 300]];
+        let offsets: Vec<usize> = data.iter().map(|d| agg.add("k", None, d)).collect();
+        let bytes = agg.finish();
+        for (d, at) in data.iter().zip(offsets) {
+            assert_eq!(&bytes[at..at + d.len()], *d);
+        }
+    }
 
     #[test]
     fn round_trip_keeps_order_keys_and_data() {
@@ -422,6 +450,26 @@ mod tests {
             None,
             "bad protobuf means an ordinary record"
         );
+    }
+
+    #[test]
+    fn explicit_hash_keys_are_checked_as_kinesis_and_readers_check_them() {
+        for key in ["0", "1", "123", "340282366920938463463374607431768211455"] {
+            assert!(is_valid_explicit_hash_key(key), "{key}");
+        }
+        for key in [
+            "",
+            "abc",
+            "0123",
+            "00",
+            "-1",
+            " 1",
+            "340282366920938463463374607431768211456",
+        ] {
+            assert!(!is_valid_explicit_hash_key(key), "{key:?}");
+        }
+        assert!(is_decimal_hash_key("0123"), "readers parse leading zeros");
+        assert!(!is_decimal_hash_key("abc"));
     }
 
     #[test]

@@ -39,6 +39,13 @@ impl DataMessage {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Appends the JSON to `out` (to encode into a buffer that is reused).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Serialising this struct cannot fail: every field is a plain string, and writing to a
+        // Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
+
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }

@@ -105,7 +105,7 @@ impl ShardGraph {
     }
 }
 
-/// Records each shard's inclusive hash key range, to flag user records that hash outside it.
+/// Records each shard's inclusive hash key range, to skip aggregates with a member outside it.
 fn remember_ranges(ranges: &mut HashMap<String, (u128, u128)>, shards: &[Shard]) {
     for shard in shards {
         if let Some(range) = common::kinesis::hash_range(shard) {

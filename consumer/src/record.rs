@@ -3,8 +3,14 @@
 //! A Kinesis record may be a KPL aggregated record: it is expanded into its user records, each
 //! with the record's sequence number and its own sub-sequence number (its index in the
 //! aggregate). A record with the magic prefix but a bad digest or protobuf is an ordinary
-//! record, as the format specifies. Unlike the Java KCL, a user record whose hash key falls
-//! outside the shard's range is still delivered, with a warning, never dropped.
+//! record, as the format specifies.
+//!
+//! An aggregate with a member whose hash key falls outside the range of the shard it was read
+//! from is skipped whole, with a warning, as the Java KCL does: such an aggregate was built
+//! from a stale shard map and landed on the wrong side of a split or merge, and the producers
+//! that check where their aggregates land (this one, the KPL) never acknowledge its members
+//! there but put them again, on the right shard. Delivering it would deliver those records
+//! twice.
 
 use std::sync::Arc;
 
@@ -81,9 +87,8 @@ impl KinesisClientRecord {
 
 /// Unpacks Kinesis records into user records, in order: each KPL aggregate into its members
 /// (each with the record's sequence number and its own sub-sequence number), any other record
-/// as itself. A member whose hash key falls outside `hash_range` (the shard's, inclusive) is
-/// still delivered, with a warning naming the shard and the record (the Java KCL drops the
-/// whole aggregate).
+/// as itself. An aggregate with a member whose hash key falls outside `hash_range` (the
+/// shard's, inclusive) is skipped with a warning (see [`is_misplaced`]).
 pub fn deaggregate(
     shard_id: &str,
     hash_range: Option<(u128, u128)>,
@@ -109,6 +114,10 @@ pub fn deaggregate(
             continue;
         };
         drop(data);
+        if is_misplaced(hash_range, &aggregate) {
+            warn_misplaced(shard_id, &sequence_number, aggregate.len());
+            continue;
+        }
         let (partition_keys, explicit_hash_keys, members) = aggregate.into_parts();
         let partition_keys: Vec<Arc<str>> = partition_keys.into_iter().map(Into::into).collect();
         let explicit_hash_keys: Vec<Arc<str>> =
@@ -126,7 +135,6 @@ pub fn deaggregate(
                 data: Bytes::from(member.data),
                 aggregated: true,
             };
-            warn_if_outside_range(shard_id, hash_range, &user.as_user_record());
             out.push(user);
         }
     }
@@ -210,47 +218,53 @@ pub fn user_records(record: &Record) -> UserRecords<'_> {
     }
 }
 
-/// Logs every user record of `record` (see [`log_user_record`]), warning about aggregated ones
-/// whose hash key is outside `hash_range` (see [`warn_if_outside_range`]); returns how many were
-/// valid.
+/// Logs every user record of `record` (see [`log_user_record`]), skipping an aggregate with a
+/// member outside `hash_range` (see [`is_misplaced`]); returns how many were valid.
 pub fn log_record_in_range(
     shard_id: &str,
     hash_range: Option<(u128, u128)>,
     record: &Record,
 ) -> usize {
     let observer = crate::observe::observer();
-    user_records(record)
+    let users = user_records(record);
+    if let UserRecords::Aggregated { aggregate, .. } = &users {
+        if is_misplaced(hash_range, aggregate) {
+            warn_misplaced(shard_id, record.sequence_number(), aggregate.len());
+            return 0;
+        }
+    }
+    users
         .iter()
         .filter(|user| {
             if let Some(o) = observer {
                 o.metrics.processed(shard_id, 1, user.data.len() as u64);
             }
-            warn_if_outside_range(shard_id, hash_range, user);
             log_user_record(shard_id, user)
         })
         .count()
 }
 
-/// Warns about an aggregated user record whose hash key is outside the shard's inclusive
-/// `hash_range`. It is delivered all the same (the Java KCL drops the whole aggregate).
-pub fn warn_if_outside_range(
-    shard_id: &str,
-    hash_range: Option<(u128, u128)>,
-    user: &UserRecord<'_>,
-) {
-    let (Some((start, end)), Some(_)) = (hash_range, user.sub_sequence_number) else {
-        return;
+/// Whether some member of `aggregate` hashes outside the shard's inclusive `hash_range` (never,
+/// when the range is unknown). Kinesis stores an aggregate by one hash key, so such an
+/// aggregate was built from a stale shard map: the Java KCL drops it whole, and the producers
+/// that check where their aggregates land (this workspace's, the KPL) put its members again.
+pub fn is_misplaced(hash_range: Option<(u128, u128)>, aggregate: &kpl::Aggregate) -> bool {
+    let Some((start, end)) = hash_range else {
+        return false;
     };
-    let hash = kpl::effective_hash_key(user.partition_key, user.explicit_hash_key);
-    if hash < start || hash > end {
-        tracing::warn!(
-            shard_id = %shard_id,
-            sequence_number = %user.sequence_number,
-            sub_sequence_number = user.sub_sequence_number,
-            partition_key = %user.partition_key,
-            "user record hashes outside its shard's range; delivered anyway"
-        );
-    }
+    aggregate.iter().any(|m| {
+        let hash = kpl::effective_hash_key(m.partition_key, m.explicit_hash_key);
+        hash < start || hash > end
+    })
+}
+
+fn warn_misplaced(shard_id: &str, sequence_number: &str, user_records: usize) {
+    tracing::warn!(
+        shard_id = %shard_id,
+        sequence_number = %sequence_number,
+        user_records,
+        "aggregate with records outside its shard's range skipped"
+    );
 }
 
 /// Logs one user record as `record received`, or as a `malformed record skipped` warning naming
@@ -343,16 +357,29 @@ mod tests {
         assert_eq!(users[0].data, bytes);
     }
 
+    /// An aggregate with one member outside the shard's range is skipped whole, in both
+    /// forms (the producers that check where aggregates land put those members again);
+    /// without a known range, or with every member inside it, it is delivered.
     #[test]
-    fn out_of_range_user_records_are_still_delivered() {
+    fn an_aggregate_with_a_member_outside_the_shards_range_is_skipped_whole() {
         let mut agg = kpl::Aggregator::new();
-        for _ in 0..3 {
-            agg.add("k", Some("5"), &DataMessage::new().to_json());
-        }
-        // The shard owns hash keys 100..=200; every user record says 5.
-        assert_eq!(
-            log_record_in_range("shard-1", Some((100, 200)), &record(agg.finish())),
-            3
-        );
+        agg.add("k", Some("150"), &DataMessage::new().to_json());
+        agg.add("k", Some("200"), &DataMessage::new().to_json());
+        let inside = record(agg.finish());
+        agg.add("k", Some("150"), &DataMessage::new().to_json());
+        agg.add("k", Some("201"), &DataMessage::new().to_json());
+        let misplaced = record(agg.finish());
+        assert_ne!(inside, misplaced);
+        // The shard owns hash keys 100..=200.
+        let range = Some((100, 200));
+        assert_eq!(log_record_in_range("shard-1", range, &inside), 2);
+        assert_eq!(log_record_in_range("shard-1", range, &misplaced), 0);
+        assert_eq!(log_record_in_range("shard-1", None, &misplaced), 2);
+        let read = deaggregate("shard-1", range, vec![inside.clone(), misplaced.clone()]);
+        let inside_users = user_records(&inside);
+        let expected: Vec<&[u8]> = inside_users.iter().map(|u| u.data).collect();
+        let read_data: Vec<&[u8]> = read.iter().map(|r| r.data.as_ref()).collect();
+        assert_eq!(read_data, expected, "only the aggregate inside the range");
+        assert_eq!(deaggregate("shard-1", None, vec![misplaced]).len(), 2);
     }
 }

@@ -433,6 +433,7 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
         "childShardIds",
         "kinesisStreamName",
         "latestStartTimestamp",
+        "handedOverBy",
     ];
     let kcl_only = |item: &HashMap<String, AttributeValue>| -> BTreeMap<String, AttributeValue> {
         item.iter()

@@ -315,9 +315,10 @@ async fn a_split_parents_lease_is_deleted_once_its_children_are_read_and_not_cre
     stop(&mut worker);
 }
 
-/// A lease handed to a worker in the middle of a handoff whose old holder never finishes (here
-/// `checkpointOwner` names a worker that does not exist): the worker waits, never less than the
-/// failover time, then removes `checkpointOwner` itself and reads the shard.
+/// A lease handed to a worker (`handedOverBy`) in the middle of a handoff whose old holder
+/// never finishes (here `checkpointOwner` names a worker that does not exist): the worker
+/// waits, never less than the failover time, then removes `checkpointOwner` itself and reads
+/// the shard.
 #[tokio::test]
 async fn a_handoff_that_never_finishes_times_out_no_sooner_than_the_failover_time() {
     let _serial = SERIAL.lock().await;
@@ -336,9 +337,11 @@ async fn a_handoff_that_never_finishes_times_out_no_sooner_than_the_failover_tim
         .update_item()
         .table_name(&setup.app)
         .key("leaseKey", AttributeValue::S(shard.clone()))
-        .update_expression("SET leaseOwner = :new, checkpointOwner = :old")
+        // As a stopping worker hands a lease over (`handedOverBy`), in mid-handoff.
+        .update_expression("SET leaseOwner = :new, checkpointOwner = :old, handedOverBy = :by")
         .expression_attribute_values(":new", AttributeValue::S("heir".into()))
         .expression_attribute_values(":old", AttributeValue::S("ghost".into()))
+        .expression_attribute_values(":by", AttributeValue::S("first".into()))
         .send()
         .await
         .expect("UpdateItem");

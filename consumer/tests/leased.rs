@@ -979,3 +979,224 @@ async fn a_create_table_that_times_out_is_tried_again() {
     );
     wait_ok(&mut producer, Duration::from_secs(30));
 }
+
+/// The first `record received` of `process`, and its last, as logged (RFC 3339, UTC, one
+/// format: they order as strings).
+fn reading_span(process: &ServiceProcess) -> Option<(String, String)> {
+    let times = field(&process.events("record received"), "timestamp");
+    Some((times.first()?.clone(), times.last()?.clone()))
+}
+
+/// Worker "a" holding the one shard of `setup` and reading the `count` records a producer sends
+/// every `interval_ms`: returned once it read five.
+async fn a_reading(
+    setup: &Setup,
+    count: usize,
+    interval_ms: u64,
+    extra: &[(&str, &str)],
+) -> (ServiceProcess, ServiceProcess) {
+    let a = setup.worker_with("a", extra);
+    let held = until(Duration::from_secs(60), || async {
+        setup.owned_by("a").await.len() == 1
+    })
+    .await;
+    assert!(held, "{}", a.dump());
+    let producer = setup.producer(count, interval_ms);
+    let reading = testkit::eventually(Duration::from_secs(60), || ids(&a).len() >= 5).await;
+    assert!(reading, "{}", a.dump());
+    (a, producer)
+}
+
+/// Writes what another worker would to the one lease of `setup` while "a" holds it: `update`
+/// (with `:a` = "a", `:b` = "b", `:two` = 2), conditional on "a" owning it. Returns its key.
+async fn as_another_worker(setup: &Setup, update: &str) -> String {
+    let shard = setup.owners().await.into_keys().next().unwrap();
+    let mut request = setup
+        .dynamo
+        .update_item()
+        .table_name(&setup.app)
+        .key("leaseKey", AttributeValue::S(shard.clone()))
+        .update_expression(update)
+        .condition_expression("leaseOwner = :a")
+        .expression_attribute_values(":a", AttributeValue::S("a".into()))
+        .expression_attribute_values(":two", AttributeValue::N("2".into()));
+    // DynamoDB refuses a value the expression does not use.
+    if update.contains(":b") {
+        request = request.expression_attribute_values(":b", AttributeValue::S("b".into()));
+    }
+    request.send().await.expect("UpdateItem");
+    shard
+}
+
+/// Issue 19, defect 1. A lease stolen with a graceful handoff and released by the stealer
+/// before the old holder finished (the stealer stopped with nobody to hand it to) is taken by
+/// a third worker, which waits for the old holder to let go before it reads: the two never read
+/// the shard at the same time. The old holder's lease table hangs from then on (fault proxy),
+/// so it cannot learn of the handoff and keeps reading until its own timer stops it: the third
+/// worker must wait that long.
+#[tokio::test]
+async fn a_lease_released_in_mid_handoff_is_not_read_by_two_workers_at_once() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("mid-handoff", 1).await;
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    let settings = through(&proxy);
+    let (mut a, mut producer) = a_reading(&setup, 150, 40, &vars(&settings)).await;
+    proxy.set(vec![Rule::hang()]);
+    // What the table shows after worker "b" stole the lease from "a" (owner b,
+    // checkpointOwner a) and released it at once: no owner, checkpointOwner still naming a.
+    as_another_worker(
+        &setup,
+        "SET checkpointOwner = :a ADD leaseCounter :two REMOVE leaseOwner",
+    )
+    .await;
+    let mut c = setup.worker("c");
+
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let complete =
+        testkit::eventually(Duration::from_secs(60), || all_received(&[&a, &c], &sent)).await;
+    assert!(complete, "{}", dump_all(&[&a, &c]));
+    for waited in [
+        "waiting for the previous owner to hand the shard over",
+        "handoff timed out, starting anyway",
+    ] {
+        assert_eq!(
+            c.events(waited).len(),
+            1,
+            "{waited}\n{}",
+            dump_all(&[&a, &c])
+        );
+    }
+    assert_eq!(
+        field(&a.events("lease lost"), "reason"),
+        ["not renewed within the failover time"],
+        "{}",
+        a.dump()
+    );
+    let (_, a_last) = reading_span(&a).unwrap();
+    let (c_first, _) = reading_span(&c).expect("c read the shard");
+    assert!(
+        a_last < c_first,
+        "a read until {a_last}, c from {c_first}\n{}",
+        dump_all(&[&a, &c])
+    );
+    proxy.clear();
+    stop(&mut a);
+    stop(&mut c);
+}
+
+/// Issue 19, defect 3b. Two live processes started with one `CONSUMER_WORKER_ID` (a restart
+/// overlapping the old process, a copied configuration): the second never takes a lease the
+/// first is reading, says so in one error line naming the id, and no record is read twice.
+#[tokio::test]
+async fn two_processes_with_one_worker_id_never_read_a_shard_both_and_one_says_so() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("twins", 2).await;
+    let mut first = setup.worker("twin");
+    let held = until(Duration::from_secs(60), || async {
+        setup.owned_by("twin").await.len() == 2
+    })
+    .await;
+    assert!(held, "{}", first.dump());
+    let mut second = setup.worker("twin");
+    let mut producer = setup.producer(150, 20);
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let complete = testkit::eventually(Duration::from_secs(60), || {
+        all_received(&[&first, &second], &sent)
+    })
+    .await;
+    assert!(complete, "{}", dump_all(&[&first, &second]));
+    let said = testkit::eventually(Duration::from_secs(30), || {
+        !second
+            .events("another live worker uses this worker id: give every worker its own CONSUMER_WORKER_ID (leases it seems to hold are not taken until they expire)")
+            .is_empty()
+    })
+    .await;
+    assert!(said, "{}", dump_all(&[&first, &second]));
+    let reported = second.events("another live worker uses this worker id: give every worker its own CONSUMER_WORKER_ID (leases it seems to hold are not taken until they expire)");
+    assert_eq!(reported.len(), 1, "one line");
+    assert_eq!(reported[0]["worker_id"], "twin");
+    assert!(
+        duplicates(&[&first, &second]).is_empty(),
+        "{}",
+        dump_all(&[&first, &second])
+    );
+    stop(&mut first);
+    stop(&mut second);
+}
+
+/// Issue 19, defect 4. SIGTERM while the first takes are in flight and DynamoDB has applied
+/// them but not yet answered (the fault proxy holds every `UpdateItem` answer for 500 ms): the
+/// worker still hears the answers (within its 1 s grace) and gives those leases back before it
+/// exits, so they are not left owned by a stopped worker until the failover time.
+#[tokio::test]
+async fn takes_answered_after_sigterm_are_given_back_before_the_worker_exits() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("late-takes", 2).await;
+    let proxy = FaultProxy::start(&setup.dynamo_endpoint);
+    proxy.set(vec![
+        Rule::delay(Duration::from_millis(500)).only(&["UpdateItem"])
+    ]);
+    let settings = through(&proxy);
+    let mut worker = setup.worker_with("late", &vars(&settings));
+    let taking = testkit::eventually(Duration::from_secs(60), || {
+        proxy.requests("UpdateItem") >= 2
+    })
+    .await;
+    assert!(taking, "{}", worker.dump());
+    assert!(
+        worker.events("lease acquired").is_empty(),
+        "answered already"
+    );
+    stop(&mut worker);
+    let owners = setup.owners().await;
+    assert_eq!(owners.len(), 2);
+    assert!(
+        owners.values().all(Option::is_none),
+        "left owned by a stopped worker: {owners:?}\n{}",
+        worker.dump()
+    );
+    assert_eq!(
+        worker.events("lease released").len(),
+        2,
+        "{}",
+        worker.dump()
+    );
+}
+
+/// Issue 19, defect 3a. A lease stolen from "a" with a graceful handoff and handed straight
+/// back to "a" (the stealer stopped before "a" finished): "a" must not take the item for its own
+/// write and keep reading with `checkpointOwner` naming itself (every later steal would fail
+/// and every handoff wait its whole timeout). It lets the shard go, takes it up again, and
+/// `checkpointOwner` is gone; nothing is lost.
+#[tokio::test]
+async fn a_lease_handed_back_in_mid_handoff_does_not_keep_checkpoint_owner() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("handed-back", 1).await;
+    let (mut a, mut producer) = a_reading(&setup, 100, 50, &[]).await;
+    // What worker "b" writes: a steal with a handoff, then, stopping, a hand-over back to "a".
+    let shard = as_another_worker(
+        &setup,
+        "SET checkpointOwner = :a, handedOverBy = :b ADD leaseCounter :two",
+    )
+    .await;
+    wait_ok(&mut producer, Duration::from_secs(60));
+    let sent = sent_ids(&producer);
+    let complete =
+        testkit::eventually(Duration::from_secs(60), || all_received(&[&a], &sent)).await;
+    assert!(complete, "{}", a.dump());
+    let item = setup
+        .items()
+        .await
+        .into_iter()
+        .find(|i| s(i, "leaseKey").as_deref() == Some(shard.as_str()))
+        .unwrap();
+    assert_eq!(s(&item, "leaseOwner").as_deref(), Some("a"), "{item:?}");
+    assert!(
+        !item.contains_key("checkpointOwner"),
+        "{item:?}\n{}",
+        a.dump()
+    );
+    stop(&mut a);
+}

@@ -10,4 +10,6 @@ pub mod metrics;
 pub mod service;
 pub mod status;
 
-pub use batching::{Ack, Producer, ProducerConfig, Receipt, SendError, UserRecord};
+pub use batching::{
+    Ack, Flusher, InvalidConfig, Producer, ProducerConfig, ProducerRecord, Receipt, SendError,
+};

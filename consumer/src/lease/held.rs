@@ -1,27 +1,27 @@
-//! A lease this worker holds, and every write it makes to it.
+//! A lease this worker holds: the driver of its [`LeaseMachine`].
 //!
-//! Renewals (the renewer task), checkpoints (the shard's processor) and the final release all
-//! go through one [`HeldLease`], serialised by an async mutex held across the one DynamoDB call:
-//! each write is conditional on the counter the previous one returned, so two writes of our own
-//! never trip over each other, and a failed condition really means another writer.
+//! Every write to the lease (renewals from the renewer, progress from the shard's processor,
+//! the end of a handoff, the release or hand-over) goes through one [`HeldLease`]: the machine
+//! says which conditional write to send, the answer (or, after a failed condition, a consistent
+//! read of the item) goes back to it, and what it asks for next is done. One write at a time: an
+//! async mutex is held across the DynamoDB call, so each write is conditional on the counter
+//! the previous one returned. The machine's expiry runs on its own timer
+//! ([`HeldLease::until_lost`]), outside that mutex, so a lease runs out (and its shard task is
+//! aborted) even while every call hangs.
 //!
-//! A lease is lost, for good, when
-//! - a conditional write fails and a consistent read shows another owner (or no owner),
-//! - or no write succeeded for the failover time: from then on another worker may take it.
-//!   A timer ([`HeldLease::until_lost`]) notices this on its own, even while every call hangs,
-//!   so the shard stops being processed before anybody else can start on it.
-//!
-//! After that no write is attempted: a worker that lost a lease never checkpoints it again.
+//! What the machine decides, and why, is in [`super::machine`]; this file only carries it out.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::aws::ErrorKind;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::machine::{Action, Event, Gone, LeaseMachine, Op, State, TaskEnd};
 use super::table::{Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable, WriteError};
 
 /// Why a write on a held lease did not happen.
@@ -34,148 +34,91 @@ pub enum LeaseWriteError {
     Failed { kind: ErrorKind, message: String },
 }
 
-struct State {
-    lease: Lease,
-    /// Released: nothing more is written.
-    done: bool,
-    /// Another worker took the lease with a graceful handoff naming this one as
-    /// `checkpointOwner`: the shard is being stopped; checkpoints are conditional on
-    /// `checkpointOwner`, renewals stop, and the release clears `checkpointOwner`.
-    handing_off: bool,
+/// What a progress write ([`Op::Checkpoint`], [`Op::CheckpointInHandoff`]) writes.
+#[derive(Clone, Copy)]
+enum Progress<'a> {
+    Checkpoint(&'a Checkpoint, &'a [String]),
+    Prepare(&'a ExtendedSequenceNumber),
+    PinLatest(DateTime<Utc>),
 }
 
-/// What one conditional write came to.
-enum Sent {
-    Written(Lease),
-    /// The lease was taken from us with a graceful handoff (the item as read).
-    HandingOff(Lease),
+/// What driving one event came to.
+#[derive(Default)]
+struct Driven {
+    /// The machine refused the progress write asked for: the lease is not ours.
+    refused: bool,
+    /// The last call failed (nothing known of whether it was applied).
+    failed: Option<(ErrorKind, String)>,
+}
+
+/// Shared by every lease of one worker: a second live process with this worker's id is
+/// reported once.
+#[derive(Debug, Default)]
+pub struct DuplicateReport(AtomicBool);
+
+impl DuplicateReport {
+    pub fn report(&self, worker_id: &str, shard_id: &str) {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            tracing::error!(worker_id = %worker_id, shard_id = %shard_id, "another live worker uses this worker id: give every worker its own CONSUMER_WORKER_ID (leases it seems to hold are not taken until they expire)");
+        }
+    }
 }
 
 pub struct HeldLease {
     shard_id: String,
     worker_id: String,
     table: LeaseTable,
-    failover: Duration,
-    state: Mutex<State>,
-    /// When the last successful write was sent: the lease is ours until `failover` after it.
-    /// Outside the mutex, so the expiry timer reads it while a write hangs.
-    renewed: watch::Sender<Instant>,
-    /// Cancelled when the lease is lost (not when it is released).
+    machine: Mutex<LeaseMachine<Instant>>,
+    /// The item as last written or read, kept in step with what the machine saw.
+    lease: Mutex<Lease>,
+    /// One write at a time.
+    writing: tokio::sync::Mutex<()>,
+    /// Woken when the machine's next deadline may have moved (a write kept the lease).
+    changed: Notify,
+    /// Cancelled when the lease is lost or expired: the shard task stops at once.
     lost: CancellationToken,
     lost_logged: AtomicBool,
     /// Stops the shard task gracefully (a handoff); a child of the worker's stop token.
     stop: CancellationToken,
+    duplicates: Arc<DuplicateReport>,
+}
+
+fn now() -> Instant {
+    Instant::now()
 }
 
 impl HeldLease {
-    /// Wraps a lease just taken (the item `take` returned), renewed at `taken_at`. `stop` is
-    /// the shard task's own stop token: cancelled for a graceful handoff.
+    /// Wraps a lease just taken: `machine` has seen the take's answer, `lease` is the item the
+    /// take returned. `stop` is the shard task's own stop token: cancelled for a graceful
+    /// handoff.
     pub fn new(
+        machine: LeaseMachine<Instant>,
         lease: Lease,
-        worker_id: &str,
         table: LeaseTable,
-        failover: Duration,
-        taken_at: Instant,
         stop: CancellationToken,
+        duplicates: Arc<DuplicateReport>,
     ) -> Self {
         Self {
             shard_id: lease.key.clone(),
-            worker_id: worker_id.to_string(),
+            worker_id: machine.me().to_string(),
             table,
-            failover,
-            state: Mutex::new(State {
-                lease,
-                done: false,
-                handing_off: false,
-            }),
-            renewed: watch::Sender::new(taken_at),
+            machine: Mutex::new(machine),
+            lease: Mutex::new(lease),
+            writing: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
             lost: CancellationToken::new(),
             lost_logged: AtomicBool::new(false),
             stop,
+            duplicates,
         }
     }
 
-    /// Whether another worker took the lease with a graceful handoff from this one.
-    pub async fn is_handing_off(&self) -> bool {
-        self.state.lock().await.handing_off
+    fn machine(&self) -> std::sync::MutexGuard<'_, LeaseMachine<Instant>> {
+        self.machine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The new owner's side of a graceful handoff: waits until the old owner cleared
-    /// `checkpointOwner` (polling the item every `poll`), or `timeout` passed (then clears it
-    /// itself, so the old owner can no longer checkpoint). The lease state is then the item as
-    /// the old owner left it, its last checkpoint included. `false` when the lease was lost
-    /// meanwhile.
-    pub async fn await_handoff(&self, timeout: Duration, poll: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let old = self.state.lock().await.lease.checkpoint_owner.clone();
-        tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, previous_owner = old.as_deref().unwrap_or(""), "waiting for the previous owner to hand the shard over");
-        loop {
-            if self.is_lost() {
-                return false;
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(shard_id = %self.shard_id, worker_id = %self.worker_id, previous_owner = old.as_deref().unwrap_or(""), timeout_ms = timeout.as_millis() as u64, "handoff timed out, starting anyway");
-                return match self.write(&Op::ClearHandoff).await {
-                    Ok(()) => true,
-                    Err(LeaseWriteError::LeaseLost(_)) => false,
-                    // Not cleared: the old owner stopped long ago (its lease ran out before
-                    // the timeout did); try again at the next poll.
-                    Err(LeaseWriteError::Failed { message, .. }) => {
-                        tracing::warn!(shard_id = %self.shard_id, error = %message, "clearing checkpointOwner failed, retrying");
-                        tokio::time::sleep(poll).await;
-                        continue;
-                    }
-                };
-            }
-            tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
-            let read = match self.table.get(&self.shard_id).await {
-                Ok(read) => read,
-                Err(err) => {
-                    tracing::warn!(shard_id = %self.shard_id, error = %err, "reading a lease in handoff failed");
-                    continue;
-                }
-            };
-            let mut state = self.state.lock().await;
-            match read {
-                Some(lease) if lease.is_owned_by(&self.worker_id) => {
-                    if lease.checkpoint_owner.is_none() {
-                        tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, checkpoint = %lease.checkpoint, "shard handed over");
-                        state.lease = lease;
-                        return true;
-                    }
-                }
-                other => {
-                    drop(state);
-                    let owner = other
-                        .and_then(|l| l.owner)
-                        .unwrap_or_else(|| "nobody".into());
-                    self.mark_lost(&format!("now held by {owner}"));
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Hands the lease to `to` (this worker stops and no longer processes it). Nothing is
-    /// written after.
-    pub async fn hand_over(&self, to: &str) -> bool {
-        let mut state = self.state.lock().await;
-        if state.done || self.is_lost() || state.handing_off {
-            drop(state);
-            return self.release().await;
-        }
-        state.done = true;
-        match self.table.hand_over(&state.lease, to).await {
-            Ok(lease) => {
-                state.lease = lease;
-                tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, new_owner = %to, checkpoint = %state.lease.checkpoint, "lease handed over");
-                true
-            }
-            Err(err) => {
-                tracing::warn!(shard_id = %self.shard_id, error = %err, "handing a lease over failed; it will expire instead");
-                false
-            }
-        }
+    fn item(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn shard_id(&self) -> &str {
@@ -190,14 +133,13 @@ impl HeldLease {
         self.lost.is_cancelled()
     }
 
-    /// The lease as last written or read.
-    pub async fn snapshot(&self) -> Lease {
-        self.state.lock().await.lease.clone()
+    pub fn state(&self) -> State {
+        self.machine().state()
     }
 
-    /// When the lease runs out unless a write succeeds before.
-    fn expires_at(&self) -> Instant {
-        *self.renewed.borrow() + self.failover
+    /// The lease as last written or read.
+    pub async fn snapshot(&self) -> Lease {
+        self.item().clone()
     }
 
     fn mark_lost(&self, reason: &str) {
@@ -210,20 +152,149 @@ impl HeldLease {
         self.lost.cancel();
     }
 
+    /// Feeds one event to the machine and carries out what it asks, but for writes, which are
+    /// returned for the caller (who holds `writing`) to send.
+    fn feed(&self, event: Event<Instant>, driven: &mut Driven) -> Option<Op> {
+        let (actions, state, expired_at) = {
+            let mut machine = self.machine();
+            let actions = machine.on(event, now());
+            (actions, machine.state(), machine.expires_at())
+        };
+        let mut send = None;
+        for action in actions {
+            match action {
+                Action::Send(op) => send = Some(op),
+                Action::StartTask => {}
+                Action::StopTask => {
+                    let new_owner = self.item().owner.clone().unwrap_or_default();
+                    tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, new_owner = %new_owner, "lease handoff requested, stopping the shard");
+                    self.stop.cancel();
+                }
+                Action::AbortTask => {}
+                Action::Refuse => driven.refused = true,
+                Action::DuplicateWorkerId => {
+                    self.duplicates.report(&self.worker_id, &self.shard_id)
+                }
+            }
+        }
+        match state {
+            State::Gone(Gone::Expired) => {
+                let _ = expired_at;
+                self.mark_lost("not renewed within the failover time");
+            }
+            State::Gone(Gone::Lost) => {
+                let owner = self.item().owner.clone();
+                let owner = owner.as_deref().unwrap_or("nobody");
+                self.mark_lost(&format!("now held by {owner}"));
+            }
+            _ => {}
+        }
+        self.changed.notify_waiters();
+        send
+    }
+
+    /// Drives one event through to the end: every write the machine asks for is sent and its
+    /// answer fed back. The caller holds `writing`.
+    async fn drive(&self, event: Event<Instant>, progress: Option<Progress<'_>>) -> Driven {
+        let mut driven = Driven::default();
+        let mut next = self.feed(event, &mut driven);
+        while let Some(op) = next {
+            let result = self.send(&op, progress).await;
+            let event = match result {
+                Ok(lease) => {
+                    let own = lease.ownership();
+                    *self.item() = lease;
+                    driven.failed = None;
+                    Event::Written(own)
+                }
+                Err(WriteError::Conflict(_)) => match self.table.get(&self.shard_id).await {
+                    Ok(current) => {
+                        let own = current.as_ref().map(Lease::ownership);
+                        let event = Event::Conflict(own.clone());
+                        next = self.feed(event, &mut driven);
+                        // The machine adopted the item read: so does the driver.
+                        if let (Some(current), Some(own)) = (current, own) {
+                            if *self.machine().seen() == own {
+                                *self.item() = current;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(err) => {
+                        driven.failed = Some((err.kind, err.to_string()));
+                        Event::Failed
+                    }
+                },
+                Err(WriteError::Failed { kind, message, .. }) => {
+                    driven.failed = Some((kind, message));
+                    Event::Failed
+                }
+            };
+            next = self.feed(event, &mut driven);
+        }
+        driven
+    }
+
+    /// The DynamoDB call for `op`, conditional on the item as last seen.
+    async fn send(&self, op: &Op, progress: Option<Progress<'_>>) -> Result<Lease, WriteError> {
+        let lease = self.item().clone();
+        let me = self.worker_id.as_str();
+        let table = &self.table;
+        match (op, progress) {
+            (Op::Take, _) => table.take(&lease, me, false).await,
+            (Op::TakeExpired, _) => table.take(&lease, me, true).await,
+            (Op::TakeWithHandoff, _) => table.take_with_handoff(&lease, me).await,
+            (Op::Checkpoint, Some(Progress::Checkpoint(cp, children))) => {
+                table.checkpoint(&lease, cp, children).await
+            }
+            (Op::Checkpoint, Some(Progress::Prepare(position))) => {
+                table.prepare_checkpoint(&lease, position).await
+            }
+            (Op::Checkpoint, Some(Progress::PinLatest(at))) => table.pin_latest(&lease, at).await,
+            (Op::CheckpointInHandoff, Some(Progress::Checkpoint(cp, children))) => {
+                table.checkpoint_in_handoff(&lease, cp, children, me).await
+            }
+            (Op::CheckpointInHandoff, Some(Progress::Prepare(position))) => {
+                table
+                    .prepare_checkpoint_in_handoff(&lease, position, me)
+                    .await
+            }
+            (Op::CheckpointInHandoff, Some(Progress::PinLatest(at))) => {
+                table.pin_latest_in_handoff(&lease, at, me).await
+            }
+            (Op::Renew | Op::Checkpoint | Op::CheckpointInHandoff, _) => table.renew(&lease).await,
+            (Op::ClearHandoff, _) => table.clear_handoff(&lease).await,
+            (Op::FinishHandoff, _) => table.finish_handoff(&lease, me).await,
+            (Op::Release, _) => table.release(&lease).await,
+            (Op::HandOver(to), _) => table.hand_over(&lease, to).await,
+        }
+    }
+
     /// Returns once the lease is lost: another writer took it, or no write succeeded for the
-    /// failover time (checked by a timer, not only when the next write is tried).
+    /// failover time (the machine's timer, checked even while every call hangs).
     pub async fn until_lost(&self) {
-        let mut renewed = self.renewed.subscribe();
         loop {
-            let expires_at = self.expires_at();
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (gone, deadline) = {
+                let machine = self.machine();
+                (machine.is_gone(), machine.next_deadline())
+            };
+            if gone {
+                if self.is_lost() {
+                    return;
+                }
+                // Let go of, or never taken: it is not lost; nothing more to wait for.
+                std::future::pending::<()>().await;
+            }
             tokio::select! {
                 _ = self.lost.cancelled() => return,
-                _ = renewed.changed() => {}
-                _ = tokio::time::sleep_until(expires_at) => {
-                    if Instant::now() >= self.expires_at() {
-                        self.mark_lost("not renewed within the failover time");
-                        return;
-                    }
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| now() + Duration::from_secs(3600))) => {
+                    let mut driven = Driven::default();
+                    // `Tick` never asks for a write.
+                    let _ = self.feed(Event::Tick(now()), &mut driven);
                 }
             }
         }
@@ -231,13 +302,25 @@ impl HeldLease {
 
     /// Renews the lease. Returns `false` once it is lost.
     pub async fn renew(&self) -> bool {
-        match self.write(&Op::Renew).await {
-            Ok(()) => true,
-            Err(LeaseWriteError::LeaseLost(_)) => false,
-            Err(LeaseWriteError::Failed { message, .. }) => {
+        let _writing = self.writing.lock().await;
+        let driven = self.drive(Event::RenewDue, None).await;
+        if let Some((_, message)) = driven.failed {
+            if !self.is_lost() {
                 tracing::warn!(shard_id = %self.shard_id, error = %message, "lease renewal failed, retrying at the next renewal");
-                true
             }
+        }
+        !self.is_lost()
+    }
+
+    async fn progress(&self, progress: Progress<'_>) -> Result<(), LeaseWriteError> {
+        let _writing = self.writing.lock().await;
+        let driven = self.drive(Event::CheckpointDue, Some(progress)).await;
+        if driven.refused || self.is_lost() {
+            return Err(LeaseWriteError::LeaseLost(self.shard_id.clone()));
+        }
+        match driven.failed {
+            Some((kind, message)) => Err(LeaseWriteError::Failed { kind, message }),
+            None => Ok(()),
         }
     }
 
@@ -247,7 +330,7 @@ impl HeldLease {
         checkpoint: &Checkpoint,
         child_shard_ids: &[String],
     ) -> Result<(), LeaseWriteError> {
-        self.write(&Op::Checkpoint(checkpoint, child_shard_ids))
+        self.progress(Progress::Checkpoint(checkpoint, child_shard_ids))
             .await
     }
 
@@ -256,210 +339,111 @@ impl HeldLease {
         &self,
         position: &ExtendedSequenceNumber,
     ) -> Result<(), LeaseWriteError> {
-        self.write(&Op::Prepare(position)).await
+        self.progress(Progress::Prepare(position)).await
     }
 
     /// Records where a `LATEST` lease is first read.
     pub async fn pin_latest(&self, at: DateTime<Utc>) -> Result<(), LeaseWriteError> {
-        self.write(&Op::PinLatest(at)).await
+        self.progress(Progress::PinLatest(at)).await
     }
 
-    /// Gives the lease up so another worker can take it at once. Nothing is written after.
-    pub async fn release(&self) -> bool {
-        let mut state = self.state.lock().await;
-        // A handoff is finished even after the lease ran out here: the shard task has ended,
-        // and clearing `checkpointOwner` lets the new owner start at once.
-        if state.done || (self.is_lost() && !state.handing_off) {
-            return false;
-        }
-        if !state.handing_off {
-            let released = self.send(&mut state, &Op::Release).await;
-            match released {
-                Ok(Sent::HandingOff(lease)) => {
-                    state.lease = lease;
-                    state.handing_off = true;
+    /// The new owner's side of a graceful handoff: reads the item every `poll` until the
+    /// previous owner cleared `checkpointOwner`, or the machine's deadline passed (then it
+    /// clears it itself). The lease state is then the item as the old owner left it, its last
+    /// checkpoint included. `false` when the lease was lost meanwhile.
+    pub async fn await_handoff(&self, poll: Duration) -> bool {
+        let old = self.item().checkpoint_owner.clone();
+        tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, previous_owner = old.as_deref().unwrap_or(""), "waiting for the previous owner to hand the shard over");
+        loop {
+            match self.state() {
+                State::AwaitingHandoff => {}
+                State::Gone(_) => return false,
+                _ => return true,
+            }
+            tokio::time::sleep(poll).await;
+            let _writing = self.writing.lock().await;
+            let read = match self.table.get(&self.shard_id).await {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::warn!(shard_id = %self.shard_id, error = %err, "reading a lease in handoff failed");
+                    continue;
                 }
-                Ok(Sent::Written(lease)) => {
-                    state.done = true;
-                    state.lease = lease;
-                    tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, checkpoint = %state.lease.checkpoint, "lease released");
+            };
+            let own = read.as_ref().map(Lease::ownership);
+            let cleared_by_old = own.as_ref().is_some_and(|o| o.checkpoint_owner.is_none());
+            if let (Some(read), Some(own)) = (&read, &own) {
+                let seen = self.machine().seen().clone();
+                if own.owner == seen.owner && own.counter == seen.counter {
+                    *self.item() = read.clone();
+                }
+            }
+            let driven = self.drive(Event::Read(own), None).await;
+            if let Some((_, message)) = driven.failed {
+                tracing::warn!(shard_id = %self.shard_id, error = %message, "clearing checkpointOwner failed, retrying");
+            }
+            match self.state() {
+                State::WaitingForParents | State::Reading => {
+                    let checkpoint = self.item().checkpoint.clone();
+                    if cleared_by_old {
+                        tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, checkpoint = %checkpoint, "shard handed over");
+                    } else {
+                        tracing::warn!(shard_id = %self.shard_id, worker_id = %self.worker_id, previous_owner = old.as_deref().unwrap_or(""), "handoff timed out, starting anyway");
+                    }
                     return true;
                 }
-                Err(LeaseWriteError::LeaseLost(_)) => {
-                    state.done = true;
-                    return false;
-                }
-                Err(LeaseWriteError::Failed { message, .. }) => {
-                    state.done = true;
-                    tracing::warn!(shard_id = %self.shard_id, error = %message, "lease release failed; it will expire instead");
-                    return false;
-                }
-            }
-        }
-        {
-            state.done = true;
-            match self
-                .table
-                .finish_handoff(&state.lease, &self.worker_id)
-                .await
-            {
-                Ok(lease) => {
-                    tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, new_owner = lease.owner.as_deref().unwrap_or(""), checkpoint = %lease.checkpoint, "lease handed off");
-                    state.lease = lease;
-                    true
-                }
-                Err(err) => {
-                    tracing::warn!(shard_id = %self.shard_id, error = %err, "ending a handoff failed; the new owner starts at its timeout");
-                    false
-                }
+                State::Gone(_) => return false,
+                _ => {}
             }
         }
     }
 
-    /// One write that keeps the lease (renewal, checkpoint, pin): refused once the lease is
-    /// lost or ran out; on success the lease is ours for another failover time.
-    async fn write(&self, op: &Op<'_>) -> Result<(), LeaseWriteError> {
-        let lost = || LeaseWriteError::LeaseLost(self.shard_id.clone());
-        let mut state = self.state.lock().await;
-        if self.is_lost() || state.done {
-            return Err(lost());
-        }
-        if Instant::now() >= self.expires_at() {
-            self.mark_lost("not renewed within the failover time");
-            return Err(lost());
-        }
-        if state.handing_off {
-            return self.write_in_handoff(&mut state, op).await;
-        }
-        let sent = Instant::now();
-        match self.send(&mut state, op).await? {
-            Sent::Written(lease) => {
-                state.lease = lease;
-                // A write that came back after the lease ran out does not revive it: the timer
-                // may have stopped the shard already, and others may hold it.
-                if !self.is_lost() {
-                    self.renewed.send_replace(sent);
-                }
-                Ok(())
-            }
-            Sent::HandingOff(lease) => {
-                tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, new_owner = lease.owner.as_deref().unwrap_or(""), "lease handoff requested, stopping the shard");
-                state.lease = lease;
-                state.handing_off = true;
-                self.stop.cancel();
-                self.write_in_handoff(&mut state, op).await
-            }
-        }
+    /// Every parent shard is at `SHARD_END`: the task reads from now on.
+    pub fn parents_done(&self) {
+        let mut driven = Driven::default();
+        let _ = self.feed(Event::ParentsDone, &mut driven);
     }
 
-    /// A write while handing off: checkpoints conditional on `checkpointOwner`; no renewal
-    /// (the lease stays ours only until the failover time after the last one, and the new
-    /// owner waits at least that long before starting without us).
-    async fn write_in_handoff(
-        &self,
-        state: &mut State,
-        op: &Op<'_>,
-    ) -> Result<(), LeaseWriteError> {
-        let result = match op {
-            Op::Renew | Op::ClearHandoff | Op::Release => return Ok(()),
-            Op::Checkpoint(cp, children) => {
-                self.table
-                    .checkpoint_in_handoff(&state.lease, cp, children, &self.worker_id)
-                    .await
-            }
-            Op::PinLatest(at) => {
-                self.table
-                    .pin_latest_in_handoff(&state.lease, *at, &self.worker_id)
-                    .await
-            }
-            Op::Prepare(position) => {
-                self.table
-                    .prepare_checkpoint_in_handoff(&state.lease, position, &self.worker_id)
-                    .await
-            }
-        };
-        match result {
-            Ok(lease) => {
-                state.lease = lease;
-                Ok(())
-            }
-            Err(WriteError::Failed { kind, message, .. }) => {
-                Err(LeaseWriteError::Failed { kind, message })
-            }
-            Err(WriteError::Conflict(_)) => {
-                self.mark_lost("the handoff is over (checkpointOwner no longer names this worker)");
-                Err(LeaseWriteError::LeaseLost(self.shard_id.clone()))
-            }
-        }
+    /// The shard task is over: the lease is released (shard ended or failed), the handoff
+    /// finished (taken from us gracefully), or kept until the worker lets it go (stopped).
+    /// Returns whether the lease is no longer this worker's.
+    pub async fn task_ended(&self, end: TaskEnd) -> bool {
+        let _writing = self.writing.lock().await;
+        let before = self.state();
+        let driven = self.drive(Event::TaskEnded(end), None).await;
+        self.report_let_go(before, driven);
+        self.machine().is_gone()
     }
 
-    /// Runs one conditional write. On a conflict, a consistent read tells whether somebody else
-    /// wrote (lost) or our own earlier write went through unseen (its answer was lost on the
-    /// way): then the write is tried once more on the counter read.
-    async fn send(&self, state: &mut State, op: &Op<'_>) -> Result<Sent, LeaseWriteError> {
-        for attempt in 0..2 {
-            let result = match op {
-                Op::Renew => self.table.renew(&state.lease).await,
-                Op::ClearHandoff => self.table.clear_handoff(&state.lease).await,
-                Op::Checkpoint(cp, children) => {
-                    self.table.checkpoint(&state.lease, cp, children).await
-                }
-                Op::Prepare(position) => {
-                    self.table.prepare_checkpoint(&state.lease, position).await
-                }
-                Op::PinLatest(at) => self.table.pin_latest(&state.lease, *at).await,
-                Op::Release => self.table.release(&state.lease).await,
-            };
-            match result {
-                Ok(lease) => return Ok(Sent::Written(lease)),
-                Err(WriteError::Failed { kind, message, .. }) => {
-                    return Err(LeaseWriteError::Failed { kind, message })
-                }
-                Err(WriteError::Conflict(_)) => {}
-            }
-            let current = match self.table.get(&self.shard_id).await {
-                Ok(current) => current,
-                Err(err) => {
-                    return Err(LeaseWriteError::Failed {
-                        kind: err.kind,
-                        message: err.to_string(),
-                    })
-                }
-            };
-            match current {
-                Some(lease) if lease.is_owned_by(&self.worker_id) => {
-                    // Our own earlier write went through unseen: go on from what it wrote.
-                    tracing::debug!(shard_id = %self.shard_id, attempt, "lease counter moved under its owner, retrying on it");
-                    state.lease = lease;
-                }
-                // Taken with a graceful handoff: we may still checkpoint, then let go.
-                Some(lease)
-                    if lease.checkpoint_owner.as_deref() == Some(self.worker_id.as_str()) =>
-                {
-                    return Ok(Sent::HandingOff(lease));
-                }
-                other => {
-                    let owner = other
-                        .and_then(|l| l.owner)
-                        .unwrap_or_else(|| "nobody".into());
-                    self.mark_lost(&format!("now held by {owner}"));
-                    return Err(LeaseWriteError::LeaseLost(self.shard_id.clone()));
-                }
-            }
-        }
-        Err(LeaseWriteError::Failed {
-            kind: ErrorKind::Other,
-            message: "lease keeps changing under its owner".into(),
-        })
+    /// The worker stops: hands the lease to `to` (which finds it through the owner index), or
+    /// releases it. A handoff in progress is finished instead. Returns whether it is let go.
+    pub async fn let_go(&self, to: Option<String>) -> bool {
+        let _writing = self.writing.lock().await;
+        let before = self.state();
+        let driven = self.drive(Event::LetGo { to }, None).await;
+        self.report_let_go(before, driven)
     }
-}
 
-enum Op<'a> {
-    Renew,
-    /// The new owner ends a handoff that timed out.
-    ClearHandoff,
-    Checkpoint(&'a Checkpoint, &'a [String]),
-    Prepare(&'a ExtendedSequenceNumber),
-    PinLatest(DateTime<Utc>),
-    Release,
+    fn report_let_go(&self, before: State, driven: Driven) -> bool {
+        let state = self.state();
+        let lease = self.item().clone();
+        match state {
+            State::Gone(Gone::LetGo) => {
+                let new_owner = lease.owner.as_deref().unwrap_or("");
+                if before == State::HandingOff {
+                    tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, new_owner = new_owner, checkpoint = %lease.checkpoint, "lease handed off");
+                } else if lease.owner.is_some() {
+                    tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, new_owner = new_owner, checkpoint = %lease.checkpoint, "lease handed over");
+                } else {
+                    tracing::info!(shard_id = %self.shard_id, worker_id = %self.worker_id, checkpoint = %lease.checkpoint, "lease released");
+                }
+                true
+            }
+            State::Gone(Gone::Abandoned) => {
+                let message = driven.failed.map(|(_, m)| m).unwrap_or_default();
+                tracing::warn!(shard_id = %self.shard_id, error = %message, "giving the lease up failed; it will expire instead");
+                false
+            }
+            _ => false,
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! shards through a DynamoDB lease table in the Java KCL 2.x format, and record their progress
 //! in it, so a restarted or replacement worker resumes where the last one stopped.
 //!
-//! - [`table`]: the lease item format (KCL attribute names) and its conditional writes.
+//! - [`item`]: the lease item format (KCL attribute names); [`table`]: the calls on the table
+//!   (its conditional writes).
 //! - [`balance`]: which leases to take: expired ones first, then as many stolen as short in one
 //!   cycle from workers above target, towards `ceil(leases / live workers)` each.
 //! - [`cleanup`]: which leases to delete (of shards read to their end, of vanished shards).
@@ -12,7 +13,10 @@
 //!   user records ([`KinesisClientRecord`]), and its [`Checkpointer`].
 //! - [`failure`]: the [`FailurePolicy`] for a batch whose processing keeps failing (retries,
 //!   bisection, maximum record age; then stop, skip or a failure stream).
-//! - `held`, `shard`, [`worker`]: renewing, taking and processing.
+//! - [`machine`]: the life of one lease at one worker, one state machine with no I/O
+//!   (model-checked by `tests/lease_model.rs`).
+//! - `held`, `shard`, [`worker`]: driving the machine (the writes it asks for), taking and
+//!   processing.
 //!
 //! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
 //! it were processed; what a worker processed after its last checkpoint is processed again by
@@ -34,6 +38,8 @@ pub mod balance;
 pub mod cleanup;
 pub mod failure;
 mod held;
+pub mod item;
+pub mod machine;
 pub mod processor;
 mod shard;
 pub mod sync;

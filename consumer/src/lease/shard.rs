@@ -152,6 +152,7 @@ async fn process<P: RecordProcessor>(
     if let Some(outcome) = wait_for_parents(ctx, &lease, stop).await {
         return outcome;
     }
+    held.parents_done();
     // The parents may have been waited for a while: the checkpoint is what was taken, and only
     // this worker can have changed it since.
     let mut lease = held.snapshot().await;

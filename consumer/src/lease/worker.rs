@@ -50,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use super::balance::{self, LeaseView};
 use super::cleanup;
 use super::failure::{FailurePolicy, OnFailure};
-use super::held::HeldLease;
+use super::held::{DuplicateReport, HeldLease};
+use super::machine::{take_rule, Event, LeaseMachine, Op, State, TaskEnd, Timing};
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
 use super::sync::{leases_to_create, parents_done, ShardInfo};
@@ -79,6 +80,24 @@ const HANDOFF_POLL: Duration = Duration::from_millis(500);
 /// Waits before this worker takes again a shard whose processing failed here.
 const FAILED_SHARD_BACKOFF: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(60));
+
+/// How long work in progress when the stop signal comes (takes already sent, a release after a
+/// shard ended) may still run: its writes may already have gone through, and what it learns
+/// decides what the shutdown must give back.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// Runs `work`; once `cancel` fires, lets it run [`STOP_GRACE`] longer at most.
+async fn within_grace<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => return Some(out),
+        _ = cancel.cancelled() => {}
+    }
+    tokio::time::timeout(STOP_GRACE, work).await.ok()
+}
 
 /// Runs `work` unless `cancel` fires first (then `work` is dropped where it stands).
 async fn unless_cancelled<T>(
@@ -147,6 +166,8 @@ struct Observation {
     since: Instant,
     /// At `SHARD_END`: nobody needs to hold it, its expiry does not matter.
     ended: bool,
+    /// Held by this worker when seen.
+    held_here: bool,
 }
 
 /// A lease-coordinated consumer of one stream: takes its share of the shards' leases and runs
@@ -244,6 +265,17 @@ impl<F: RecordProcessorFactory> Worker<F> {
         };
         // Our own token, so that a fatal error can stop the shard tasks like a signal does.
         let cancel = cancel.child_token();
+        // When the stop signal came: the shutdown's budget counts from there, whatever was
+        // still finishing (within `STOP_GRACE`) when it came.
+        let stopped_at = Arc::new(std::sync::OnceLock::new());
+        let stop_clock = {
+            let cancel = cancel.clone();
+            let stopped_at = stopped_at.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                let _ = stopped_at.set(Instant::now());
+            })
+        };
         let held: HeldMap = Arc::default();
         let ctx = Arc::new(ShardContext {
             kinesis: self.kinesis.clone(),
@@ -274,6 +306,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             unheld_owned: HashSet::new(),
             next_completed_cleanup: Instant::now() + self.config.cleanup.completed_interval,
             next_garbage_cleanup: Instant::now() + self.config.cleanup.garbage_interval,
+            duplicates: Arc::default(),
         };
         tracing::info!(
             stream = %self.config.stream,
@@ -307,16 +340,19 @@ impl<F: RecordProcessorFactory> Worker<F> {
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sync_tick.tick().await;
         // Each step is abandoned at the stop signal: a hung call must not hold the shutdown.
+        // Biased, the stop first: once it came, the loop ends rather than start another step
+        // that other ready branches would each give `STOP_GRACE` (five of them took 5 s).
         while coordinator.fatal.is_none() {
             let next_expiry = coordinator.next_expiry();
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break,
                 _ = take_tick.tick() => {
-                    unless_cancelled(&cancel, coordinator.take_leases(&cancel)).await;
+                    within_grace(&cancel, coordinator.take_leases(&cancel)).await;
                 }
                 // A lease is due to expire: look right then, not up to a scan interval later.
                 _ = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)), if next_expiry.is_some() => {
-                    unless_cancelled(&cancel, coordinator.take_leases(&cancel)).await;
+                    within_grace(&cancel, coordinator.take_leases(&cancel)).await;
                 }
                 _ = sync_tick.tick() => {
                     unless_cancelled(&cancel, coordinator.sync_shards()).await;
@@ -325,25 +361,29 @@ impl<F: RecordProcessorFactory> Worker<F> {
                     unless_cancelled(&cancel, coordinator.clean_up()).await;
                 }
                 _ = owner_tick.tick(), if coordinator.owner_index != Some(false) => {
-                    unless_cancelled(&cancel, coordinator.poll_owned(&cancel)).await;
+                    within_grace(&cancel, coordinator.poll_owned(&cancel)).await;
                 }
                 _ = ctx.sync_now.notified() => {
-                    unless_cancelled(&cancel, async {
+                    within_grace(&cancel, async {
                         coordinator.sync_shards().await;
                         // The children just got leases: take them now rather than a tick later.
                         coordinator.take_leases(&cancel).await;
                     })
                     .await;
                 }
+                // Not dropped at the stop signal: a lease released or a handoff finished here
+                // is one the shutdown need not give back.
                 Some(done) = coordinator.tasks.join_next_with_id(), if !coordinator.tasks.is_empty() => {
-                    unless_cancelled(&cancel, coordinator.shard_task_done(done)).await;
+                    within_grace(&cancel, coordinator.shard_task_done(done)).await;
                 }
             }
         }
 
         // A fatal error stops the shard tasks the way a signal would.
         cancel.cancel();
-        coordinator.shutdown().await;
+        let _ = stop_clock.await;
+        let deadline = stopped_at.get().copied().unwrap_or_else(Instant::now) + SHUTDOWN_BUDGET;
+        coordinator.shutdown(deadline).await;
         renewer_stop.cancel();
         let _ = renewer.await;
         if let Some(err) = coordinator.fatal.take() {
@@ -433,11 +473,24 @@ struct Coordinator<F: RecordProcessorFactory> {
     /// When lease cleanup next looks for completed leases, and for leases of vanished shards.
     next_completed_cleanup: Instant,
     next_garbage_cleanup: Instant,
+    /// A second live process with this worker's id is reported once.
+    duplicates: Arc<DuplicateReport>,
 }
 
 impl<F: RecordProcessorFactory> Coordinator<F> {
     fn me(&self) -> &str {
         &self.config.worker_id
+    }
+
+    /// The timings every lease's state machine runs on. The margin gives an old owner's timer
+    /// room to stop its task before a new owner starts without it (a tenth of the failover
+    /// time: 1 s by default).
+    fn timing(&self) -> Timing {
+        Timing {
+            failover: self.config.failover,
+            handoff_wait: self.config.handoff_timeout,
+            margin: self.config.failover / 10,
+        }
     }
 
     fn held_keys(&self) -> HashSet<String> {
@@ -453,9 +506,25 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
 
     /// Records what the scan shows, keeping the time of the last counter (or owner) change.
     fn observe(&mut self, leases: &[Lease], now: Instant) {
+        let held = self.held_keys();
         let mut next = HashMap::with_capacity(leases.len());
         for lease in leases {
-            let since = match self.observed.get(&lease.key) {
+            let held_here = held.contains(&lease.key);
+            let previous = self.observed.get(&lease.key);
+            // Our id on a lease we do not hold, written since the last scan by somebody else
+            // than us: a second live process with this worker's id.
+            if let Some(o) = previous {
+                if lease.is_owned_by(self.me())
+                    && o.owner.as_deref() == Some(self.me())
+                    && !o.held_here
+                    && !held_here
+                    && lease.handed_over_by.is_none()
+                    && o.counter != lease.counter
+                {
+                    self.duplicates.report(self.me(), &lease.key);
+                }
+            }
+            let since = match previous {
                 Some(o) if o.counter == lease.counter && o.owner == lease.owner => o.since,
                 _ => now,
             };
@@ -466,6 +535,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                     owner: lease.owner.clone(),
                     since,
                     ended: lease.checkpoint == Checkpoint::ShardEnd,
+                    held_here,
                 },
             );
         }
@@ -515,14 +585,22 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .min()
     }
 
+    /// Whether the lease's counter and owner have not changed for longer than the failover
+    /// time, as this worker saw them.
+    fn observed_expired(&self, lease: &Lease, now: Instant) -> bool {
+        self.observed
+            .get(&lease.key)
+            .is_some_and(|o| now.duration_since(o.since) > self.config.failover)
+    }
+
+    /// Whether this worker may take `lease` without a handoff ([`take_rule`] decides with it).
+    /// A lease showing this worker's id but not held here counts only when a stopping worker
+    /// handed it over, or once it expired like anyone else's: it may belong to a second live
+    /// process with the same id.
     fn is_expired(&self, lease: &Lease, now: Instant) -> bool {
         lease.owner.is_none()
-            // Ours in the table but not held here: a previous run with the same worker id.
-            || lease.is_owned_by(self.me())
-            || self
-                .observed
-                .get(&lease.key)
-                .is_some_and(|o| now.duration_since(o.since) > self.config.failover)
+            || (lease.is_owned_by(self.me()) && lease.handed_over_by.is_some())
+            || self.observed_expired(lease, now)
     }
 
     /// How often the table is scanned for leases to take: half the failover time when the
@@ -659,56 +737,53 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             self.config.max_leases_per_worker,
             &mut self.rng,
         );
-        let expired: HashSet<&str> = views
-            .iter()
-            .filter(|v| v.expired)
-            .map(|v| v.key.as_str())
-            .collect();
         // The takes run side by side: a worker stealing 100 leases does it in a fraction of a
-        // second, before the victim's next renewal moves their counters.
+        // second, before the victim's next renewal moves their counters. Each is a lease state
+        // machine from its first write: `take_rule` says which write (a take, or a steal with a
+        // graceful handoff of a live worker's lease).
         let table = self.table.clone();
         let me = self.me().to_string();
         let handoffs = !self.config.handoff_timeout.is_zero();
-        let jobs: Vec<Lease> = plan
+        let timing = self.timing();
+        let jobs: Vec<(Lease, Op)> = plan
             .take
             .iter()
             .filter_map(|key| by_key.get(key.as_str()).map(|l| (*l).clone()))
+            .filter_map(|lease| {
+                let expired = self.observed_expired(&lease, now);
+                take_rule(&lease.ownership(), &me, expired, handoffs).map(|op| (lease, op))
+            })
             .collect();
-        let results: Vec<(Lease, Instant, Result<Lease, WriteError>)> =
-            futures_util::stream::iter(jobs)
-                .map(|lease| {
-                    let table = table.clone();
-                    let me = me.clone();
-                    // A live worker's lease: it finishes its batch and checkpoints before we
-                    // start.
-                    let graceful = !expired.contains(lease.key.as_str())
-                        && lease.owner.as_deref().is_some_and(|o| o != me)
-                        && handoffs;
-                    async move {
-                        let sent = Instant::now();
-                        let taken = if graceful {
-                            table.take_with_handoff(&lease, &me).await
-                        } else if lease.is_owned_by(&me) && lease.checkpoint_owner.is_some() {
-                            // Handed to us in the middle of a handoff: it stays one (the shard
-                            // starts when the previous holder is done), so `checkpointOwner`
-                            // is kept.
-                            table.renew(&lease).await
-                        } else {
-                            table.take(&lease, &me).await
-                        };
-                        (lease, sent, taken)
-                    }
-                })
-                .buffer_unordered(TAKE_CONCURRENCY)
-                .collect()
-                .await;
+        let mut results = futures_util::stream::iter(jobs)
+            .map(|(lease, op)| {
+                let table = table.clone();
+                let me = me.clone();
+                async move {
+                    let machine = LeaseMachine::take(
+                        &me,
+                        lease.ownership(),
+                        op.clone(),
+                        timing,
+                        Instant::now(),
+                    );
+                    let taken = match op {
+                        Op::TakeWithHandoff => table.take_with_handoff(&lease, &me).await,
+                        op => table.take(&lease, &me, op == Op::TakeExpired).await,
+                    };
+                    (lease, machine, taken)
+                }
+            })
+            .buffer_unordered(TAKE_CONCURRENCY);
         let mut conflicts = 0;
-        for (lease, sent, taken) in results {
-            if cancel.is_cancelled() {
-                return 0;
-            }
+        // Each answer is dealt with as it comes: a take that went through is held (and given
+        // back by the shutdown) even when the stop signal cuts the cycle short.
+        while let Some((lease, mut machine, taken)) = results.next().await {
             match taken {
                 Ok(taken) => {
+                    machine.on(Event::Written(taken.ownership()), Instant::now());
+                    if machine.is_gone() {
+                        continue;
+                    }
                     tracing::info!(
                         shard_id = %taken.key,
                         worker_id = %self.me(),
@@ -722,7 +797,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                     if let Some(o) = observer {
                         o.metrics.lease_acquisitions.inc();
                     }
-                    self.start_shard(taken, sent, cancel);
+                    self.start_shard(machine, taken, cancel);
                 }
                 Err(err) => {
                     if matches!(err, WriteError::Conflict(_)) {
@@ -735,36 +810,35 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         conflicts
     }
 
-    fn start_shard(&mut self, lease: Lease, taken_at: Instant, cancel: &CancellationToken) {
+    fn start_shard(
+        &mut self,
+        machine: LeaseMachine<Instant>,
+        lease: Lease,
+        cancel: &CancellationToken,
+    ) {
         let shard_id = lease.key.clone();
-        let handoff = lease
-            .checkpoint_owner
-            .as_deref()
-            .is_some_and(|old| old != self.me());
+        // Taken while the previous owner may still be finishing its batch: wait for it.
+        let handoff = machine.state() == State::AwaitingHandoff;
         // The shard's own stop token: cancelled by a stop request, or by a handoff.
         let stop = cancel.child_token();
         let held = Arc::new(HeldLease::new(
+            machine,
             lease,
-            self.me(),
             self.table.clone(),
-            self.config.failover,
-            taken_at,
             stop.clone(),
+            self.duplicates.clone(),
         ));
         if let Ok(mut map) = self.held.lock() {
             map.insert(shard_id.clone(), held.clone());
         }
         let processor = self.factory.create(&shard_id);
-        // Never before the failover time: by then the old owner stopped on its own, since it
-        // can no longer renew.
-        let wait = self.config.handoff_timeout.max(self.config.failover);
         let ctx = self.ctx.clone();
         let handle = self.tasks.spawn(async move {
             if handoff {
                 let handed = tokio::select! {
                     _ = stop.cancelled() => return ShardOutcome::Stopped,
                     _ = held.until_lost() => false,
-                    handed = held.await_handoff(wait, HANDOFF_POLL) => handed,
+                    handed = held.await_handoff(HANDOFF_POLL) => handed,
                 };
                 if !handed {
                     return ShardOutcome::Lost;
@@ -795,28 +869,27 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .lock()
             .ok()
             .and_then(|h| h.get(&shard_id).cloned());
-        let handing_off = match lease {
-            Some(lease) => lease.is_handing_off().await,
-            None => false,
-        };
-        match outcome {
-            // Taken by another worker with a graceful handoff: the shard stopped after its
-            // checkpoint; clearing `checkpointOwner` lets the new owner start.
-            ShardOutcome::Stopped | ShardOutcome::Lost if handing_off => {
-                if let Some(lease) = self.forget(&shard_id) {
-                    lease.release().await;
-                }
+        let end = match &outcome {
+            ShardOutcome::Ended => TaskEnd::Ended,
+            ShardOutcome::Failed(_) => TaskEnd::Failed,
+            // Kept (and renewed) until the shutdown gives every lease back; a lease being
+            // handed off is finished now, so that the new owner starts.
+            ShardOutcome::Stopped | ShardOutcome::Lost | ShardOutcome::StreamGone(_) => {
+                TaskEnd::Stopped
             }
-            // Kept until shutdown releases every lease at once.
-            ShardOutcome::Stopped => {}
-            ShardOutcome::Lost => {
+        };
+        if let Some(lease) = lease {
+            lease.task_ended(end).await;
+            if lease.state() == State::Gone(super::machine::Gone::LetGo)
+                || lease.is_lost()
+                || matches!(lease.state(), State::Gone(_))
+            {
                 self.forget(&shard_id);
             }
+        }
+        match outcome {
             ShardOutcome::Ended => {
                 self.cooling.remove(&shard_id);
-                if let Some(lease) = self.forget(&shard_id) {
-                    lease.release().await;
-                }
             }
             ShardOutcome::Failed(reason) => {
                 let (base, cap) = FAILED_SHARD_BACKOFF;
@@ -827,14 +900,11 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 let wait = backoff.next_delay().max(base);
                 *until = Instant::now() + wait;
                 tracing::error!(shard_id = %shard_id, worker_id = %self.me(), error = %reason, retry_in_ms = wait.as_millis() as u64, "shard processing failed, releasing its lease");
-                if let Some(lease) = self.forget(&shard_id) {
-                    lease.release().await;
-                }
             }
-            // Kept: released with the others at shutdown.
             ShardOutcome::StreamGone(reason) => {
                 self.fatal = Some(anyhow::anyhow!(reason));
             }
+            ShardOutcome::Stopped | ShardOutcome::Lost => {}
         }
     }
 
@@ -965,8 +1035,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
 
     /// Lets every shard task finish its batch, then hands every lease to a live worker (or
     /// releases it), within the budget.
-    async fn shutdown(&mut self) {
-        let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    async fn shutdown(&mut self, deadline: Instant) {
         let release_reserve = Duration::from_millis(1000);
         while !self.tasks.is_empty() {
             match tokio::time::timeout_at(
@@ -1031,12 +1100,10 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         }
         let released = tokio::time::timeout_at(
             deadline,
-            join_all(plan.iter().map(|(lease, to)| async move {
-                match to {
-                    Some(to) => lease.hand_over(to).await,
-                    None => lease.release().await,
-                }
-            })),
+            join_all(
+                plan.iter()
+                    .map(|(lease, to)| async move { lease.let_go(to.clone()).await }),
+            ),
         )
         .await;
         if released.is_err() {

@@ -1,0 +1,163 @@
+//! What the buffer holds: a handed-over record with its share of the buffer ([`Pending`]), and
+//! a Kinesis record to put ([`Entry`]): one user record, or an aggregate of several.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::record::{Ack, ProducerRecord, SendError};
+use crate::metrics::ProducerMetrics;
+
+/// A record in the buffer with what it holds of the buffer's capacity: the permits return when
+/// it is dropped, whichever way it ended.
+pub(super) struct Pending {
+    pub(super) record: ProducerRecord,
+    pub(super) done: oneshot::Sender<Result<Ack, SendError>>,
+    pub(super) enqueued: Instant,
+    pub(super) deadline: Instant,
+    /// `PutRecords` calls of entries this record was in before it was taken out of them again
+    /// (an aggregate regrouped by a new shard map, or put again after it landed on a shard
+    /// some member does not hash to), counted in its [`Ack::attempts`].
+    pub(super) earlier_attempts: u32,
+    pub(super) _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Counts the record in `kinesis_producer_buffered_records` while it lives.
+    pub(super) _buffered: Option<BufferedGuard>,
+}
+
+/// Raises the buffered-records gauge for as long as it lives.
+pub(super) struct BufferedGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl BufferedGuard {
+    pub(super) fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for BufferedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Pending {
+    pub(super) fn finish(self, result: Result<Ack, SendError>) {
+        // The caller may have dropped its receipt: nobody to tell, nothing lost.
+        let _ = self.done.send(result);
+    }
+
+    /// The hash key the record routes by.
+    pub(super) fn hash_key(&self) -> u128 {
+        common::kpl::effective_hash_key(
+            &self.record.partition_key,
+            self.record.explicit_hash_key.as_deref(),
+        )
+    }
+}
+
+/// One Kinesis record to put: a single user record, or an aggregate of several.
+pub(super) struct Entry {
+    pub(super) partition_key: String,
+    pub(super) explicit_hash_key: Option<String>,
+    pub(super) data: Bytes,
+    pub(super) members: Vec<Pending>,
+    /// The shard the shard map says this record lands on (when a map is in use); the id is
+    /// the map's, shared.
+    pub(super) predicted_shard: Option<Arc<str>>,
+    pub(super) aggregated: bool,
+    pub(super) attempts: u32,
+    /// Why the last call did not take it (shared by the entries one answer failed alike);
+    /// empty before any.
+    pub(super) last_error: Arc<str>,
+    pub(super) deadline: Instant,
+}
+
+impl Entry {
+    pub(super) fn single(p: Pending, predicted_shard: Option<Arc<str>>) -> Self {
+        Self {
+            partition_key: p.record.partition_key.clone(),
+            explicit_hash_key: p.record.explicit_hash_key.clone(),
+            data: p.record.data.clone(),
+            deadline: p.deadline,
+            members: vec![p],
+            predicted_shard,
+            aggregated: false,
+            attempts: 0,
+            last_error: "".into(),
+        }
+    }
+
+    /// Bytes the entry counts for against the `PutRecords` size limits.
+    pub(super) fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
+    /// Takes the entry apart into its records, each carrying the calls it was in.
+    pub(super) fn into_members(self) -> impl Iterator<Item = Pending> {
+        let attempts = self.attempts;
+        self.members.into_iter().map(move |mut p| {
+            p.earlier_attempts += attempts;
+            p
+        })
+    }
+
+    pub(super) fn fail(self, err: SendError, metrics: Option<&ProducerMetrics>) {
+        if let Some(m) = metrics {
+            m.failed(err.code(), self.members.len() as u64);
+        }
+        for p in self.members {
+            p.finish(Err(err.clone()));
+        }
+    }
+
+    /// Resolves every member's receipt with an [`Ack`]: the one place an `Ack` is made.
+    pub(super) fn succeed(
+        self,
+        shard_id: &str,
+        sequence_number: &str,
+        metrics: Option<&ProducerMetrics>,
+    ) {
+        if let Some(m) = metrics {
+            let n = self.members.len() as u64;
+            m.kinesis_records_put.inc();
+            m.user_records_put.inc_by(n);
+            m.user_records_per_kinesis_record.observe(n as f64);
+        }
+        let aggregated = self.aggregated;
+        let (shard_id, sequence_number): (Arc<str>, Arc<str>) =
+            (shard_id.into(), sequence_number.into());
+        for (i, p) in self.members.into_iter().enumerate() {
+            let ack = Ack {
+                shard_id: shard_id.clone(),
+                sequence_number: sequence_number.clone(),
+                sub_sequence_number: aggregated.then_some(i as u64),
+                attempts: self.attempts + p.earlier_attempts,
+            };
+            p.finish(Ok(ack));
+        }
+    }
+}
+
+/// A record as the buffer holds it, for unit tests of the modules that work on them; the
+/// receiver is its receipt.
+#[cfg(test)]
+pub(super) fn test_pending(
+    record: ProducerRecord,
+    deadline: Instant,
+) -> (Pending, oneshot::Receiver<Result<Ack, SendError>>) {
+    use tokio::sync::Semaphore;
+    let (done, rx) = oneshot::channel();
+    let permit = || Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    let pending = Pending {
+        record,
+        done,
+        enqueued: Instant::now(),
+        deadline,
+        earlier_attempts: 0,
+        _permits: (permit(), permit()),
+        _buffered: None,
+    };
+    (pending, rx)
+}

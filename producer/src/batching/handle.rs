@@ -1,0 +1,136 @@
+//! The handle a program holds: [`Producer`] hands records over (taking room in the buffer, or
+//! waiting for it), [`Receipt`] resolves with the outcome, [`Flusher`] waits for the end.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::config::{InvalidConfig, ProducerConfig};
+use super::entry::{BufferedGuard, Pending};
+use super::event_loop::EventLoop;
+use super::record::{validate, Ack, ProducerRecord, SendError};
+
+/// Resolves when the record it was issued for is acknowledged or has definitively failed.
+pub struct Receipt(oneshot::Receiver<Result<Ack, SendError>>);
+
+impl Future for Receipt {
+    type Output = Result<Ack, SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(SendError::Stopped)))
+    }
+}
+
+/// Handle to a running producer. Cloning is cheap; the background task ends when
+/// every handle is dropped; then [`Flusher::finish`] waits for what is still buffered.
+#[derive(Clone)]
+pub struct Producer {
+    tx: mpsc::UnboundedSender<Pending>,
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    config: Arc<ProducerConfig>,
+}
+
+/// The background task of a producer; await [`Flusher::finish`] after closing.
+pub struct Flusher {
+    task: tokio::task::JoinHandle<()>,
+    records: Arc<Semaphore>,
+    max_records: usize,
+}
+
+impl Producer {
+    /// Starts the background task sending to `config.stream_name`, once the configuration is
+    /// checked ([`ProducerConfig::validate`]).
+    pub fn start(client: Client, config: ProducerConfig) -> Result<(Self, Flusher), InvalidConfig> {
+        config.validate()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let records = Arc::new(Semaphore::new(config.max_buffered_records));
+        let bytes = Arc::new(Semaphore::new(config.max_buffered_bytes));
+        let config = Arc::new(config);
+        let task = tokio::spawn(EventLoop::new(client, config.clone(), rx).run());
+        let flusher = Flusher {
+            task,
+            records: records.clone(),
+            max_records: config.max_buffered_records,
+        };
+        Ok((
+            Self {
+                tx,
+                records,
+                bytes,
+                config,
+            },
+            flusher,
+        ))
+    }
+
+    /// Puts the record in the buffer, waiting while the buffer is full, and returns the receipt
+    /// that resolves once Kinesis acknowledged it (or it failed).
+    pub async fn enqueue(&self, record: ProducerRecord) -> Result<Receipt, SendError> {
+        if let Err(err) = validate(&record, self.config.max_buffered_bytes) {
+            if let Some(m) = &self.config.metrics {
+                m.failed(err.code(), 1);
+            }
+            return Err(err);
+        }
+        let size = u32::try_from(record.buffered_size()).unwrap_or(u32::MAX);
+        let (Ok(r), Ok(b)) = (
+            self.records.clone().acquire_owned().await,
+            self.bytes.clone().acquire_many_owned(size).await,
+        ) else {
+            return Err(SendError::Stopped);
+        };
+        let (done, rx) = oneshot::channel();
+        let now = Instant::now();
+        let pending = Pending {
+            record,
+            done,
+            enqueued: now,
+            deadline: now + self.config.record_ttl,
+            earlier_attempts: 0,
+            _permits: (r, b),
+            _buffered: self
+                .config
+                .metrics
+                .as_ref()
+                .map(|m| BufferedGuard::new(&m.buffered_records)),
+        };
+        self.tx.send(pending).map_err(|_| SendError::Stopped)?;
+        Ok(Receipt(rx))
+    }
+
+    /// Enqueues and waits for the acknowledgement.
+    pub async fn send(&self, record: ProducerRecord) -> Result<Ack, SendError> {
+        self.enqueue(record).await?.await
+    }
+}
+
+impl Flusher {
+    /// Waits until every buffered record is acknowledged or failed, at most `timeout` (after all
+    /// [`Producer`] handles were dropped). Returns how many records were still unsent when the
+    /// time ran out; their receipts resolve to [`SendError::Stopped`].
+    pub async fn finish(self, timeout: Duration) -> usize {
+        let Flusher {
+            mut task,
+            records,
+            max_records,
+        } = self;
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(_) => 0,
+            Err(_) => {
+                let unsent = max_records - records.available_permits();
+                task.abort();
+                let _ = task.await;
+                unsent
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The `Producer` library as a program uses it, in the test process, against kinesis-mock: bad
+//! records are refused when they are handed over, alone, with an error that says why, and
+//! never take other records down with them or block their caller.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use common::testkit::{self, Kind};
+use producer::{Producer, ProducerConfig, ProducerRecord, SendError};
+
+/// Explicit hash keys Kinesis refuses: empty, not a number, a leading zero, 2^128.
+const BAD_HASH_KEYS: [&str; 4] = ["", "abc", "0123", "340282366920938463463374607431768211456"];
+
+/// What kinesis-mock does with such a key, which is why the producer must refuse it before it
+/// joins a call: the whole `PutRecords` call fails, not only that entry.
+#[tokio::test]
+async fn kinesis_refuses_a_whole_call_for_one_bad_explicit_hash_key() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("lib-ehk-call");
+    testkit::create_stream(&client, &stream, 1).await;
+    for key in BAD_HASH_KEYS {
+        let entry = |key: Option<&str>| {
+            PutRecordsRequestEntry::builder()
+                .partition_key("k")
+                .set_explicit_hash_key(key.map(str::to_string))
+                .data(Blob::new("x"))
+                .build()
+                .unwrap()
+        };
+        let result = client
+            .put_records()
+            .stream_name(&stream)
+            .records(entry(None))
+            .records(entry(Some(key)))
+            .send()
+            .await;
+        assert!(result.is_err(), "{key:?}: {result:?}");
+    }
+    assert!(
+        testkit::read_stream(&client, &stream).await.is_empty(),
+        "not even the good entries were stored"
+    );
+}
+
+async fn bad_hash_keys_fail_alone(aggregation: bool) {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let client = emu.kinesis();
+    let stream = testkit::unique_name("lib-ehk");
+    testkit::create_stream(&client, &stream, 2).await;
+    let config = ProducerConfig {
+        // Long enough for every record below to share one call.
+        linger: Duration::from_millis(500),
+        aggregation,
+        ..ProducerConfig::new(&stream)
+    };
+    let (producer, flusher) = Producer::start(client.clone(), config).expect("valid");
+    let mut good = Vec::new();
+    let mut refused = Vec::new();
+    for (i, key) in BAD_HASH_KEYS.iter().enumerate() {
+        good.push(
+            producer
+                .enqueue(ProducerRecord::new(format!("good-{i}"), "good"))
+                .await
+                .expect("a good record is taken"),
+        );
+        let mut bad = ProducerRecord::new(format!("bad-{i}"), "bad");
+        bad.explicit_hash_key = Some(key.to_string());
+        let outcome = match producer.enqueue(bad).await {
+            Ok(receipt) => receipt.await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        refused.push((key, outcome));
+    }
+    let mut valid = ProducerRecord::new("any", "routed by its explicit hash key");
+    valid.explicit_hash_key = Some("0".into());
+    good.push(producer.enqueue(valid).await.expect("0 is a valid key"));
+    for (key, outcome) in refused {
+        match outcome {
+            Err(SendError::Invalid(why)) => {
+                assert!(why.contains("explicit hash key"), "{key:?}: {why}")
+            }
+            other => panic!("{key:?}: refused at hand-over expected, got {other:?}"),
+        }
+    }
+    for receipt in good {
+        receipt.await.expect("the good records are sent");
+    }
+    drop(producer);
+    assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test]
+async fn a_record_with_an_explicit_hash_key_kinesis_refuses_fails_alone_at_hand_over() {
+    bad_hash_keys_fail_alone(false).await;
+}
+
+#[tokio::test]
+async fn an_aggregated_record_with_a_bad_explicit_hash_key_fails_alone_at_hand_over() {
+    bad_hash_keys_fail_alone(true).await;
+}
+
+/// A record the byte bound can never make room for is refused at once rather than left
+/// waiting for room forever.
+#[tokio::test]
+async fn a_record_larger_than_the_byte_bound_is_refused_not_waited_for() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("lib-big");
+    testkit::create_stream(&emu.kinesis(), &stream, 1).await;
+    let config = ProducerConfig {
+        max_buffered_bytes: 3000,
+        ..ProducerConfig::new(&stream)
+    };
+    let (producer, flusher) = Producer::start(emu.kinesis(), config).expect("valid");
+    // 2,500 bytes and the 1 KiB each record counts for its bookkeeping: over 3,000.
+    let big = ProducerRecord::new("k", vec![b'x'; 2500]);
+    match tokio::time::timeout(Duration::from_secs(10), producer.enqueue(big)).await {
+        Ok(Err(SendError::Invalid(why))) => assert!(why.contains("3000"), "{why}"),
+        Ok(other) => panic!("refused expected, got {:?}", other.map(|_| "a receipt")),
+        Err(_) => panic!("enqueue still waiting after 10 s for room that can never be made"),
+    }
+    producer
+        .send(ProducerRecord::new("k", vec![b'x'; 900]))
+        .await
+        .expect("a record that fits is sent");
+    drop(producer);
+    assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
+}
