@@ -948,3 +948,63 @@ impl Drop for Browser {
         let _ = self.child.wait();
     }
 }
+
+/// The tracing events of the current thread, captured as the services print them (JSON, one
+/// line each), for tests that run service code in-process.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+/// Keeps a [`LogCapture`] capturing; it stops when this drops.
+pub struct CaptureGuard {
+    _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Captures INFO and above on this thread (and the tasks a current-thread runtime runs on
+    /// it) until the guard drops.
+    pub fn start() -> (Self, CaptureGuard) {
+        // tracing caches whether a call site is wanted, and with a single scoped subscriber it
+        // asks only the thread that first reaches it: another test reaching a call site first,
+        // on a thread without a subscriber, would turn it off here too. With two subscribers
+        // alive it asks both each time.
+        let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = CaptureGuard {
+            _default: tracing::subscriber::set_default(subscriber),
+            _second: second,
+        };
+        (logs, guard)
+    }
+
+    /// The events with this message, as JSON objects.
+    pub fn events(&self, message: &str) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+}

@@ -463,7 +463,7 @@ async fn read_shard(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex, PoisonError};
+    use std::sync::{Mutex, PoisonError};
     use std::time::Duration;
 
     use aws_sdk_kinesis::types::Record;
@@ -488,60 +488,23 @@ mod tests {
 
     /// Log lines (JSON) written on this thread: the test runs on a current-thread runtime,
     /// so the readers' tasks log here too.
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Logs {
-        fn events(&self, message: &str) -> Vec<serde_json::Value> {
-            let bytes = self.0.lock().unwrap().clone();
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["message"] == message)
-                .collect()
-        }
-
-        fn received(&self) -> Vec<(String, String)> {
-            self.events("record received")
-                .iter()
-                .map(|e| {
-                    (
-                        e["id"].as_str().unwrap_or_default().to_string(),
-                        e["shard_id"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        }
+    fn received(logs: &testkit::LogCapture) -> Vec<(String, String)> {
+        logs.events("record received")
+            .iter()
+            .map(|e| {
+                (
+                    e["id"].as_str().unwrap_or_default().to_string(),
+                    e["shard_id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
     }
 
     /// Issue 19, defect 5: a reader that panics is started again from where it was, so its
     /// shard is read to its end and its children start.
     #[tokio::test]
     async fn a_panicked_reader_is_restarted_and_the_children_of_its_shard_are_read() {
-        // tracing caches whether a log line is wanted per call site, and with a single
-        // scoped subscriber it asks only the thread that first reaches the call site: another
-        // test reaching `record received` first, on a thread without a subscriber, would turn
-        // it off for this test too. With two subscribers alive it asks both.
-        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = testkit::LogCapture::start();
 
         let emu = testkit::shared(Kind::KinesisMock);
         let kinesis = emu.kinesis();
@@ -589,11 +552,11 @@ mod tests {
 
         let ids: HashSet<String> = messages.iter().map(|m| m.id.to_string()).collect();
         let all_read = testkit::eventually(Duration::from_secs(60), || {
-            let read: HashSet<String> = logs.received().into_iter().map(|(id, _)| id).collect();
+            let read: HashSet<String> = received(&logs).into_iter().map(|(id, _)| id).collect();
             read == ids
         })
         .await;
-        let received = logs.received();
+        let received = received(&logs);
         assert!(
             all_read,
             "every record read, the children's too: {received:?}"

@@ -304,7 +304,21 @@ async fn chaos(retrieval: &str) {
         alive.push(worker(&setup, next));
         next += 1;
     }
-    producer.expect_exit(Duration::from_secs(120), 0);
+    let logs = |alive: &[Worker], gone: &[Worker], producer: &ServiceProcess| {
+        let mut all: Vec<&ServiceProcess> = vec![producer];
+        all.extend(alive.iter().chain(gone).map(|w| &w.process));
+        save_logs("chaos", &all)
+    };
+    let code = producer
+        .wait_exit(Duration::from_secs(120))
+        .and_then(|s| s.code());
+    assert_eq!(
+        code,
+        Some(0),
+        "the producer did not end within 120 s: {}\n{}",
+        logs(&alive, &gone, &producer),
+        producer.dump()
+    );
     let sent = sent_ids(&producer);
     assert_eq!(sent.len() as u64, 50 * seconds, "{}", producer.dump());
     let received = |alive: &[Worker], gone: &[Worker]| -> Vec<String> {
@@ -351,14 +365,11 @@ async fn chaos(retrieval: &str) {
     assert!(panicked.is_empty(), "a process panicked: {panicked:?}");
     assert!(
         complete && lost.is_empty(),
-        "{} of {} records lost: {:?}\n{}",
+        "{} of {} records lost: {:?}; {}",
         lost.len(),
         sent.len(),
         &lost[..lost.len().min(10)],
-        gone.iter()
-            .map(|w| w.process.dump())
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs(&alive, &gone, &producer)
     );
 }
 

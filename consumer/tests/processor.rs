@@ -330,42 +330,6 @@ fn n_attr(item: &std::collections::HashMap<String, AttributeValue>, name: &str) 
 
 /// Log lines (JSON) written while `f` runs on this thread: the tests run on a current-thread
 /// runtime, so the worker's tasks log here too.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn events(&self, message: &str) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn a_processor_gets_the_user_records_of_aggregates_and_resumes_inside_one() {
     let app = App::new("proc-users").await;
@@ -522,7 +486,7 @@ const TEN: [&str; 10] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "
 
 #[tokio::test]
 async fn bisecting_isolates_the_failing_records_and_skip_checkpoints_past_them() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = testkit::LogCapture::start();
     let app = App::new("proc-skip").await;
     app.put_all(&app.stream, &TEN).await;
     let stored = testkit::read_stream(&app.kinesis, &app.stream).await;
@@ -682,7 +646,7 @@ async fn a_failed_record_the_failure_stream_did_not_confirm_is_put_again() {
 
 #[tokio::test]
 async fn stop_keeps_the_lease_and_processes_nothing_after_the_failing_record() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = testkit::LogCapture::start();
     let app = App::new("proc-stop").await;
     app.put_all(&app.stream, &TEN).await;
     let (f, seen) = factory(&["r4"], Checkpointing::EachBatch);
@@ -787,7 +751,7 @@ async fn a_checkpoint_at_shutdown_does_not_pass_records_whose_processing_failed(
 
 #[tokio::test]
 async fn a_record_older_than_the_maximum_age_is_given_up_on_without_more_retries() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = testkit::LogCapture::start();
     let app = App::new("proc-age").await;
     app.put_all(&app.stream, &["old-and-bad"]).await;
     let (f, seen) = factory(&["old-and-bad"], Checkpointing::EachBatch);
@@ -847,7 +811,7 @@ mod custom_processor;
 
 #[tokio::test]
 async fn the_custom_processor_example_reads_and_checkpoints() {
-    let (logs, _guard) = Logs::capture();
+    let (logs, _guard) = testkit::LogCapture::start();
     let app = App::new("proc-example").await;
     let messages: Vec<String> = (0..5)
         .map(|_| String::from_utf8(common::message::DataMessage::new().to_json()).unwrap())
