@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs the pinned emulators (npm) and dev tools
 # (PyPI, into .venv) and the status page test driver (npm: playwright-core), then runs every
-# test of the workspace. Needs Rust, Node.js, Python 3 and Chromium (Debian's `chromium`, or
-# CHROMIUM_PATH).
+# test of the workspace. Needs Rust, Node.js, Python 3, Go (to build promtool) and Chromium
+# (Debian's `chromium`, or CHROMIUM_PATH).
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
-# Without arguments (as CI runs it) the documentation examples run next, and the consumer's
+# Without arguments (as CI runs it) the Prometheus alert rules are checked and unit-tested with
+# promtool first (monitoring/check.sh, which builds the pinned promtool on first use), the
+# documentation examples run after the workspace tests, and the consumer's
 # Kinesis suites (polling, aggregation, leased)
 # then run a second time against kinesis-mock 0.5.2, the engine LocalStack 4.14.0 installs, so
 # the docker compose demo's engine is tested too; the first pass uses 0.6.2. With arguments only
@@ -20,6 +22,11 @@ echo "==> installing the status page test driver pinned in browser/package-lock.
 npm ci --prefix browser --no-audit --no-fund --loglevel=error >&2
 echo "==> installing the dev tools pinned in requirements-dev.txt into .venv" >&2
 scripts/dev-venv.sh >/dev/null
+
+if (($# == 0)); then
+  echo "==> Prometheus alert rules: promtool check rules, promtool test rules" >&2
+  monitoring/check.sh
+fi
 
 echo "==> cargo test --workspace (kinesis-mock: ${KINESIS_MOCK_PACKAGE:-kinesis-local})" >&2
 cargo test --workspace --all-targets --locked "$@"

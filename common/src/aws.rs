@@ -86,49 +86,66 @@ pub enum ErrorKind {
     Other,
 }
 
+/// The AWS error codes this project knows, with their kind (Kinesis, DynamoDB and the codes
+/// every AWS service may answer). A code not listed is [`ErrorKind::Other`] unless its HTTP
+/// status says more.
+pub const KNOWN_ERROR_CODES: &[(&str, ErrorKind)] = &[
+    (
+        "ProvisionedThroughputExceededException",
+        ErrorKind::Throttled,
+    ),
+    ("LimitExceededException", ErrorKind::Throttled),
+    ("ThrottlingException", ErrorKind::Throttled),
+    ("Throttling", ErrorKind::Throttled),
+    ("RequestLimitExceeded", ErrorKind::Throttled),
+    ("TooManyRequestsException", ErrorKind::Throttled),
+    ("KMSThrottlingException", ErrorKind::Throttled),
+    ("InternalFailure", ErrorKind::Transient),
+    ("InternalFailureException", ErrorKind::Transient),
+    ("InternalServerError", ErrorKind::Transient),
+    ("InternalServerErrorException", ErrorKind::Transient),
+    ("ServiceUnavailable", ErrorKind::Transient),
+    ("ServiceUnavailableException", ErrorKind::Transient),
+    ("RequestTimeout", ErrorKind::Transient),
+    ("RequestTimeoutException", ErrorKind::Transient),
+    ("TransactionInProgressException", ErrorKind::Transient),
+    ("ResourceNotFoundException", ErrorKind::NotFound),
+    ("AccessDeniedException", ErrorKind::AccessDenied),
+    ("UnrecognizedClientException", ErrorKind::AccessDenied),
+    ("InvalidSignatureException", ErrorKind::AccessDenied),
+    (
+        "MissingAuthenticationTokenException",
+        ErrorKind::AccessDenied,
+    ),
+    ("IncompleteSignature", ErrorKind::AccessDenied),
+    ("KMSAccessDeniedException", ErrorKind::AccessDenied),
+    ("KMSDisabledException", ErrorKind::AccessDenied),
+    ("KMSNotFoundException", ErrorKind::AccessDenied),
+    ("KMSInvalidStateException", ErrorKind::AccessDenied),
+    (
+        "ConditionalCheckFailedException",
+        ErrorKind::ConditionFailed,
+    ),
+    ("ExpiredIteratorException", ErrorKind::ExpiredIterator),
+    ("ResourceInUseException", ErrorKind::InUse),
+    ("ValidationException", ErrorKind::Invalid),
+    ("InvalidArgumentException", ErrorKind::Invalid),
+    ("SerializationException", ErrorKind::Invalid),
+];
+
 impl ErrorKind {
     /// Whether the same call may succeed later.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorKind::Throttled | ErrorKind::Transient)
     }
 
-    /// The kind an AWS error code stands for; `None` for a code this list does not know.
+    /// The kind an AWS error code stands for; `None` for a code [`KNOWN_ERROR_CODES`] does not
+    /// list.
     pub fn from_code(code: &str) -> Option<Self> {
-        Some(match code {
-            "ProvisionedThroughputExceededException"
-            | "LimitExceededException"
-            | "ThrottlingException"
-            | "Throttling"
-            | "RequestLimitExceeded"
-            | "TooManyRequestsException"
-            | "KMSThrottlingException" => ErrorKind::Throttled,
-            "InternalFailure"
-            | "InternalFailureException"
-            | "InternalServerError"
-            | "InternalServerErrorException"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "TransactionInProgressException" => ErrorKind::Transient,
-            "ResourceNotFoundException" => ErrorKind::NotFound,
-            "AccessDeniedException"
-            | "UnrecognizedClientException"
-            | "InvalidSignatureException"
-            | "MissingAuthenticationTokenException"
-            | "IncompleteSignature"
-            | "KMSAccessDeniedException"
-            | "KMSDisabledException"
-            | "KMSNotFoundException"
-            | "KMSInvalidStateException" => ErrorKind::AccessDenied,
-            "ConditionalCheckFailedException" => ErrorKind::ConditionFailed,
-            "ExpiredIteratorException" => ErrorKind::ExpiredIterator,
-            "ResourceInUseException" => ErrorKind::InUse,
-            "ValidationException" | "InvalidArgumentException" | "SerializationException" => {
-                ErrorKind::Invalid
-            }
-            _ => return None,
-        })
+        KNOWN_ERROR_CODES
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map(|(_, kind)| *kind)
     }
 
     /// The kind an HTTP status stands for when the answer carries no known AWS error code, as

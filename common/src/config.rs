@@ -822,6 +822,17 @@ pub enum OnFailure {
     Stream(String),
 }
 
+impl OnFailure {
+    /// Its name in metrics: `stop`, `skip` or `stream`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            OnFailure::Stop => "stop",
+            OnFailure::Skip => "skip",
+            OnFailure::Stream(_) => "stream",
+        }
+    }
+}
+
 impl FailurePolicy {
     fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let retry_attempts = match raw.get(&CONSUMER_RETRY_ATTEMPTS) {

@@ -161,6 +161,8 @@ where
     SF: std::future::Future<Output = ()> + Send + 'static,
 {
     let stop = CancellationToken::new();
+    let mut registry = registry;
+    registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
     let server = match addr {
         Some(addr) => {
             let app = router(probe.clone(), Arc::new(registry)).merge(routes);

@@ -22,6 +22,7 @@ pub mod http;
 pub mod kinesis;
 pub mod kpl;
 pub mod message;
+pub mod process_metrics;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

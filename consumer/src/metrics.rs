@@ -20,6 +20,14 @@
 //! - `kinesis_consumer_records_given_up_total{shard_id, action}`: user records the failure
 //!   policy gave up on (`action`: `stop`, `skip`, `stream`), and
 //!   `kinesis_consumer_shards_stopped`: shards stopped by `CONSUMER_ON_FAILURE=stop`.
+//! - `kinesis_consumer_shard_failures_total{shard_id}`: times a shard's processing failed here
+//!   (its lease released, taken again after a backoff).
+//! - `kinesis_consumer_unheld_lease_seconds` (leased mode): of the leases of shards not yet
+//!   ended, as this worker's last scan of the table saw them, the longest time one has gone
+//!   without a live holder: since it was released, or since its holder last renewed it once that
+//!   is longer ago than the failover time; 0 when every such lease is held. With
+//!   `kinesis_consumer_failover_seconds` (the failover time this worker uses), it tells that a
+//!   shard is read by nobody.
 //! - `kinesis_consumer_info{mode, retrieval}`: always 1; how this process shares the shards
 //!   (`polling`, `leased`) and fetches records (`polling`, `fanout`).
 
@@ -29,6 +37,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The labels of `kinesis_consumer_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +77,9 @@ pub struct ConsumerMetrics {
     pub info: Family<Info, Gauge>,
     pub records_given_up: Family<GivenUp, Counter>,
     pub shards_stopped: Gauge,
+    pub shard_failures: Family<Shard, Counter>,
+    pub unheld_lease_seconds: Gauge<f64, AtomicU64>,
+    pub failover_seconds: Gauge<f64, AtomicU64>,
 }
 
 /// The labels of `kinesis_consumer_records_given_up_total`.
@@ -97,6 +109,9 @@ impl Default for ConsumerMetrics {
             info: Family::default(),
             records_given_up: Family::default(),
             shards_stopped: Gauge::default(),
+            shard_failures: Family::default(),
+            unheld_lease_seconds: Gauge::default(),
+            failover_seconds: Gauge::default(),
         }
     }
 }
@@ -175,6 +190,21 @@ impl ConsumerMetrics {
             m.shards_stopped.clone(),
         );
         r.register(
+            "shard_failures",
+            "Times a shard's processing failed in this worker",
+            m.shard_failures.clone(),
+        );
+        r.register(
+            "unheld_lease_seconds",
+            "Longest time a lease of a shard not yet ended has gone without a live holder, as this worker's last lease table scan saw it",
+            m.unheld_lease_seconds.clone(),
+        );
+        r.register(
+            "failover_seconds",
+            "The failover time this worker uses (CONSUMER_FAILOVER_MS)",
+            m.failover_seconds.clone(),
+        );
+        r.register(
             "info",
             "Always 1: how this process shares the shards (mode) and fetches records (retrieval)",
             m.info.clone(),
@@ -213,6 +243,24 @@ impl ConsumerMetrics {
         self.millis_behind_latest
             .get_or_create(&Shard::of(shard_id))
             .set(millis);
+    }
+
+    /// Starts the failure counters of a shard this worker is about to read at 0, so that the
+    /// first failure shows as an increase (a series that appears at 1 shows none).
+    pub fn shard_started(&self, shard_id: &str, action: &str) {
+        let shard = Shard::of(shard_id);
+        let _ = self.shard_failures.get_or_create(&shard);
+        let _ = self.records_given_up.get_or_create(&GivenUp {
+            shard_id: shard.shard_id,
+            action: action.to_string(),
+        });
+    }
+
+    /// Counts a failure of a shard's processing.
+    pub fn shard_failed(&self, shard_id: &str) {
+        self.shard_failures
+            .get_or_create(&Shard::of(shard_id))
+            .inc();
     }
 
     /// Drops the lag of a shard this worker no longer reads.

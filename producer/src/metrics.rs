@@ -10,6 +10,8 @@
 //!   ended in an error.
 //! - `kinesis_producer_retries_total` (RetriesPerRecord): user records sent again.
 //! - `kinesis_producer_buffered_records` (UserRecordsPending): handed over, not yet finished.
+//! - `kinesis_producer_max_buffered_records`: the bound on the above
+//!   (`PRODUCER_MAX_BUFFERED_RECORDS`); callers wait (backpressure) while it is reached.
 //! - `kinesis_producer_in_flight_calls`: `PutRecords` calls under way.
 //! - `kinesis_producer_buffering_seconds` (BufferingTime): from handing over to the first call.
 //! - `kinesis_producer_put_records_seconds`: duration of each `PutRecords` call.
@@ -35,6 +37,7 @@ pub struct ProducerMetrics {
     pub user_records_failed: Family<ErrorCode, Counter>,
     pub retries: Counter,
     pub buffered_records: Gauge,
+    pub max_buffered_records: Gauge,
     pub in_flight_calls: Gauge,
     pub buffering_seconds: Histogram,
     pub put_records_seconds: Histogram,
@@ -50,6 +53,7 @@ impl ProducerMetrics {
             user_records_failed: Family::default(),
             retries: Counter::default(),
             buffered_records: Gauge::default(),
+            max_buffered_records: Gauge::default(),
             in_flight_calls: Gauge::default(),
             // 1 ms to about 65 s.
             buffering_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -86,6 +90,11 @@ impl ProducerMetrics {
             metrics.buffered_records.clone(),
         );
         r.register(
+            "max_buffered_records",
+            "The bound on buffered user records (PRODUCER_MAX_BUFFERED_RECORDS): callers wait while it is reached",
+            metrics.max_buffered_records.clone(),
+        );
+        r.register(
             "in_flight_calls",
             "PutRecords calls under way",
             metrics.in_flight_calls.clone(),
@@ -105,6 +114,15 @@ impl ProducerMetrics {
             "User records carried by each acknowledged Kinesis record",
             metrics.user_records_per_kinesis_record.clone(),
         );
+        // Every code a failure can carry starts at 0, so that the first failure shows as an
+        // increase (a series that appears at 1 shows none): the kinds of failure, and the AWS
+        // codes one can end in.
+        for code in ["Invalid", "Stopped", "Rejected", "Expired"]
+            .into_iter()
+            .chain(common::aws::KNOWN_ERROR_CODES.iter().map(|(code, _)| *code))
+        {
+            metrics.failed(code, 0);
+        }
         metrics
     }
 

@@ -59,6 +59,9 @@ pub async fn run(
     let stream = settings.shared.stream_name.clone();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ProducerMetrics::register(&mut registry, &stream);
+    metrics
+        .max_buffered_records
+        .set(i64::try_from(settings.max_buffered_records).unwrap_or(i64::MAX));
     let probe = Arc::new(Probe::default());
     let status = ProducerStatus::new(&stream, metrics.clone(), probe.clone());
     // The server outlives the main loop's cancellation: it answers during the final flush.

@@ -175,11 +175,7 @@ impl Deliverer<'_> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Delivery::Done;
         };
-        let action = match &self.policy.on_failure {
-            OnFailure::Stop => "stop",
-            OnFailure::Skip => "skip",
-            OnFailure::Stream(_) => "stream",
-        };
+        let action = self.policy.on_failure.action();
         if let Some(o) = crate::observe::observer() {
             o.metrics
                 .records_given_up(self.shard_id, action, records.len() as u64);

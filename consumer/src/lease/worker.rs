@@ -308,6 +308,11 @@ impl<F: RecordProcessorFactory> Worker<F> {
             next_garbage_cleanup: Instant::now() + self.config.cleanup.garbage_interval,
             duplicates: Arc::default(),
         };
+        if let Some(o) = crate::observe::observer() {
+            o.metrics
+                .failover_seconds
+                .set(self.config.failover.as_secs_f64());
+        }
         tracing::info!(
             stream = %self.config.stream,
             table = %self.table.name(),
@@ -571,7 +576,25 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .metrics
             .leases_held
             .set(self.held_keys().len() as i64);
+        observer
+            .metrics
+            .unheld_lease_seconds
+            .set(self.longest_unheld(now).as_secs_f64());
         observer.leases_scanned(rows, workers);
+    }
+
+    /// Of the leases of shards not yet ended, the longest time one has gone without a live
+    /// holder as this worker saw them: since it was released, or since its holder last renewed
+    /// it once that is longer ago than the failover time (`kinesis_consumer_unheld_lease_seconds`).
+    fn longest_unheld(&self, now: Instant) -> Duration {
+        self.observed
+            .values()
+            .filter(|o| !o.ended)
+            .map(|o| (o, now.saturating_duration_since(o.since)))
+            .filter(|(o, age)| o.owner.is_none() || *age > self.config.failover)
+            .map(|(_, age)| age)
+            .max()
+            .unwrap_or_default()
     }
 
     /// When the next lease held by another worker expires if its counter does not move again.
@@ -831,6 +854,10 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         if let Ok(mut map) = self.held.lock() {
             map.insert(shard_id.clone(), held.clone());
         }
+        if let Some(o) = crate::observe::observer() {
+            o.metrics
+                .shard_started(&shard_id, self.config.failure.on_failure.action());
+        }
         let processor = self.factory.create(&shard_id);
         let ctx = self.ctx.clone();
         let handle = self.tasks.spawn(async move {
@@ -899,6 +926,9 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                     .or_insert_with(|| (Instant::now(), Backoff::new(base, cap)));
                 let wait = backoff.next_delay().max(base);
                 *until = Instant::now() + wait;
+                if let Some(o) = crate::observe::observer() {
+                    o.metrics.shard_failed(&shard_id);
+                }
                 tracing::error!(shard_id = %shard_id, worker_id = %self.me(), error = %reason, retry_in_ms = wait.as_millis() as u64, "shard processing failed, releasing its lease");
             }
             ShardOutcome::StreamGone(reason) => {
