@@ -22,7 +22,7 @@ if [[ ! -x "$promtool" || "$(cat "$stamp" 2>/dev/null)" != "$PROMETHEUS_MODULE_V
   }
   echo "==> building promtool (github.com/prometheus/prometheus $PROMETHEUS_MODULE_VERSION) into .tools/bin" >&2
   mkdir -p "$bin"
-  GOBIN="$bin" GOFLAGS=-mod=mod go install \
+  GOBIN="$bin" go install \
     "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION"
   echo "$PROMETHEUS_MODULE_VERSION" >"$stamp"
 fi
