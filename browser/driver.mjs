@@ -4,6 +4,8 @@
 //
 // Commands: {"cmd":"goto","url":U} · {"cmd":"text","selector":S} (innerText) ·
 // {"cmd":"waitFor","selector":S,"contains":T,"absent":bool,"timeoutMs":N} ·
+// {"cmd":"attr","selector":S,"name":N} (the first match's attribute, null if none) ·
+// {"cmd":"count","selector":S} (how many elements match) ·
 // {"cmd":"screenshot","path":P} · {"cmd":"close"}. Answers: {"ok":true,"value":...} or
 // {"ok":false,"error":"..."}.
 import readline from "node:readline";
@@ -36,6 +38,11 @@ async function run(c) {
       }
       throw new Error(`${c.selector} ${c.absent ? "still contains" : "never contained"} ${JSON.stringify(c.contains)}; last: ${JSON.stringify(last.slice(0, 2000))}`);
     }
+    case "attr":
+      if ((await page.locator(c.selector).count()) === 0) return null;
+      return await page.locator(c.selector).first().getAttribute(c.name, { timeout: 10000 });
+    case "count":
+      return await page.locator(c.selector).count();
     case "screenshot":
       await page.screenshot({ path: c.path, fullPage: true });
       return c.path;

@@ -925,6 +925,25 @@ impl Browser {
         .map(|v| v.as_str().unwrap_or_default().to_string())
     }
 
+    /// The attribute `name` of the first element matching `selector` (`None` when no element
+    /// matches or it has no such attribute).
+    pub fn attr(&mut self, selector: &str, name: &str) -> Result<Option<String>, String> {
+        self.command(
+            serde_json::json!({"cmd": "attr", "selector": selector, "name": name}),
+            Duration::from_secs(20),
+        )
+        .map(|v| v.as_str().map(str::to_string))
+    }
+
+    /// How many elements match `selector`.
+    pub fn count(&mut self, selector: &str) -> Result<u64, String> {
+        self.command(
+            serde_json::json!({"cmd": "count", "selector": selector}),
+            Duration::from_secs(20),
+        )
+        .map(|v| v.as_u64().unwrap_or_default())
+    }
+
     pub fn screenshot(&mut self, path: &Path) -> Result<(), String> {
         self.command(
             serde_json::json!({"cmd": "screenshot", "path": path}),

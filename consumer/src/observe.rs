@@ -37,6 +37,46 @@ pub struct LeaseRow {
     pub records_per_second: Option<f64>,
 }
 
+/// How long the page's charts reach back, and how often a point is taken: the history is a
+/// ring of `HISTORY_POINTS` points, each with at most `HISTORY_SHARDS` shards (the rest count in
+/// the totals only), so its memory is bounded whatever the stream.
+pub const HISTORY_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const HISTORY_STEP: Duration = Duration::from_secs(5);
+const HISTORY_POINTS: usize = (HISTORY_WINDOW.as_secs() / HISTORY_STEP.as_secs()) as usize;
+pub const HISTORY_SHARDS: usize = 256;
+/// At most this many shards of the last listing are kept for the keyspace picture.
+const KEYSPACE_SHARDS: usize = 4096;
+
+/// One point of the charts: what this process read, per shard and in total, at `t`.
+#[derive(Debug, Clone, Serialize)]
+struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    t: i64,
+    /// Records per second over the last 10 s, summed over every shard read.
+    total_rps: f64,
+    /// The largest lag of any shard read.
+    max_lag_ms: Option<i64>,
+    /// Per shard (sorted by shard id, at most [`HISTORY_SHARDS`]): records per second, lag.
+    shards: BTreeMap<String, ShardPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ShardPoint {
+    rps: Option<f64>,
+    lag_ms: Option<i64>,
+}
+
+/// A shard of the stream as the last listing showed it: where it sits in the hash key space
+/// (as fractions of 2^128), whether it is open, and its parents, for the keyspace picture.
+#[derive(Debug, Clone, Serialize)]
+struct KeyspaceShard {
+    shard_id: String,
+    start: f64,
+    end: f64,
+    open: bool,
+    parents: Vec<String>,
+}
+
 /// A shard this process reads, with what is known of it.
 #[derive(Debug, Clone, Default)]
 struct ShardSeen {
@@ -55,6 +95,10 @@ struct Seen {
     shards: BTreeMap<String, ShardSeen>,
     /// Shards stopped by the failure policy, with why.
     stopped: BTreeMap<String, StoppedShard>,
+    /// The charts' points, oldest first.
+    history: VecDeque<HistoryPoint>,
+    /// The last shard listing, sorted by shard id.
+    keyspace: Vec<KeyspaceShard>,
 }
 
 /// A shard this worker stopped reading because its records kept failing.
@@ -105,6 +149,10 @@ struct StatusDoc {
     /// Shards held but stopped by the failure policy (`CONSUMER_ON_FAILURE=stop`).
     stopped_shards: Vec<StoppedShard>,
     recent_errors: Vec<common::telemetry::RecentEvent>,
+    /// The charts: one point every [`HISTORY_STEP`] over the last [`HISTORY_WINDOW`].
+    history: Vec<HistoryPoint>,
+    /// Every shard of the last listing, open and closed, sorted by shard id.
+    keyspace: Vec<KeyspaceShard>,
 }
 
 impl Observer {
@@ -189,6 +237,37 @@ impl Observer {
         }
     }
 
+    /// A shard listing (shard sync, or polling mode's discovery): the keyspace picture.
+    pub fn shards_listed(&self, shards: &[aws_sdk_kinesis::types::Shard]) {
+        const TWO_128: f64 = 340282366920938463463374607431768211456.0;
+        let mut keyspace: Vec<KeyspaceShard> = shards
+            .iter()
+            .filter_map(|shard| {
+                let (start, end) = common::kinesis::hash_range(shard)?;
+                Some(KeyspaceShard {
+                    shard_id: shard.shard_id().to_string(),
+                    start: start as f64 / TWO_128,
+                    end: (end as f64 + 1.0) / TWO_128,
+                    open: common::kinesis::is_open(shard),
+                    parents: shard
+                        .parent_shard_id()
+                        .into_iter()
+                        .chain(shard.adjacent_parent_shard_id())
+                        .map(str::to_string)
+                        .collect(),
+                })
+            })
+            .collect();
+        keyspace.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        // The newest shards matter most: a very old stream keeps its latest generations.
+        if keyspace.len() > KEYSPACE_SHARDS {
+            keyspace.drain(..keyspace.len() - KEYSPACE_SHARDS);
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.keyspace = keyspace;
+        }
+    }
+
     pub fn behind(&self, shard_id: &str, millis: i64) {
         self.metrics.behind(shard_id, millis);
         if let Ok(mut s) = self.state.lock() {
@@ -199,9 +278,11 @@ impl Observer {
         }
     }
 
-    /// Samples the per-shard record counts once a second until `cancel`, for the rates.
+    /// Samples the per-shard record counts once a second until `cancel`, for the rates, and
+    /// takes a point of the charts every [`HISTORY_STEP`].
     pub async fn sample(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_point = Instant::now() + HISTORY_STEP;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -222,28 +303,33 @@ impl Observer {
                     }
                     seen.samples.push_back((now, count));
                 }
+                if now >= next_point {
+                    next_point = now + HISTORY_STEP;
+                    let point = history_point(&s.shards);
+                    if s.history.len() == HISTORY_POINTS {
+                        s.history.pop_front();
+                    }
+                    s.history.push_back(point);
+                }
             }
         }
     }
 
     fn document(&self) -> StatusDoc {
         let readiness = self.probe.readiness();
-        let (mut leases, workers, scanned_at, shards, stopped) = match self.state.lock() {
-            Ok(s) => (
-                s.leases.clone(),
-                s.workers.clone(),
-                s.scanned_at,
-                s.shards.clone(),
-                s.stopped.values().cloned().collect(),
-            ),
-            Err(_) => Default::default(),
-        };
-        let rate = |seen: &ShardSeen| match (seen.samples.front(), seen.samples.back()) {
-            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
-                Some(((n1 - n0) as f64 / (*t1 - *t0).as_secs_f64() * 10.0).round() / 10.0)
-            }
-            _ => None,
-        };
+        let (mut leases, workers, scanned_at, shards, stopped, history, keyspace) =
+            match self.state.lock() {
+                Ok(s) => (
+                    s.leases.clone(),
+                    s.workers.clone(),
+                    s.scanned_at,
+                    s.shards.clone(),
+                    s.stopped.values().cloned().collect(),
+                    s.history.iter().cloned().collect(),
+                    s.keyspace.clone(),
+                ),
+                Err(_) => Default::default(),
+            };
         // Polling mode has no lease table: show the shards this process reads.
         if self.mode == "polling" {
             leases = shards
@@ -282,7 +368,40 @@ impl Observer {
             leases,
             stopped_shards: stopped,
             recent_errors: self.recent.recent(),
+            history,
+            keyspace,
         }
+    }
+}
+
+/// Records per second of a shard over its last 10 s of samples.
+fn rate(seen: &ShardSeen) -> Option<f64> {
+    match (seen.samples.front(), seen.samples.back()) {
+        (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+            Some(((n1 - n0) as f64 / (*t1 - *t0).as_secs_f64() * 10.0).round() / 10.0)
+        }
+        _ => None,
+    }
+}
+
+fn history_point(shards: &BTreeMap<String, ShardSeen>) -> HistoryPoint {
+    HistoryPoint {
+        t: Utc::now().timestamp_millis(),
+        total_rps: (shards.values().filter_map(rate).sum::<f64>() * 10.0).round() / 10.0,
+        max_lag_ms: shards.values().filter_map(|s| s.millis_behind_latest).max(),
+        shards: shards
+            .iter()
+            .take(HISTORY_SHARDS)
+            .map(|(id, seen)| {
+                (
+                    id.clone(),
+                    ShardPoint {
+                        rps: rate(seen),
+                        lag_ms: seen.millis_behind_latest,
+                    },
+                )
+            })
+            .collect(),
     }
 }
 

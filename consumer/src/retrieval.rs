@@ -124,8 +124,12 @@ impl Retrieval {
     }
 
     /// Tells the readers what a shard listing showed (fan-out uses the closed shards to notice
-    /// a shard's end on services that do not report it in the event stream).
+    /// a shard's end on services that do not report it in the event stream), and the status
+    /// page (its keyspace).
     pub fn note_listing(&self, shards: &[Shard]) {
+        if let Some(o) = crate::observe::observer() {
+            o.shards_listed(shards);
+        }
         if let Retrieval::FanOut(ctx) = self {
             ctx.closed.note_listing(shards);
         }

@@ -164,11 +164,6 @@ async fn the_status_page_shows_every_lease_and_follows_a_worker_leaving() {
     browser
         .wait_for("#workers", "worker-b", false, Duration::from_secs(20))
         .expect("both workers listed");
-    if let Some(dir) = std::env::var_os("SCREENSHOT_DIR") {
-        browser
-            .screenshot(&Path::new(&dir).join("consumer-page.png"))
-            .expect("screenshot");
-    }
 
     // Worker B leaves: the page, without a reload, shows A holding every lease and B gone.
     b.stop();
@@ -182,4 +177,167 @@ async fn the_status_page_shows_every_lease_and_follows_a_worker_leaving() {
         .wait_for("#workers", "worker-b", true, Duration::from_secs(30))
         .expect("worker-b leaves the workers list");
     assert_eq!(browser.text("#worker-count").unwrap(), "1");
+}
+
+/// Issue 24: the consumer's page draws records per second and lag over time, moving without a
+/// reload, and a picture of the hash key space that shows a split made under load: the parent
+/// closed above its two open children.
+#[tokio::test]
+async fn the_consumer_page_charts_move_and_its_keyspace_shows_a_split_under_load() {
+    let kinesis_emu = testkit::shared(Kind::KinesisMock);
+    let dynamo_emu = testkit::shared(Kind::Dynalite);
+    let stream = testkit::unique_name("consumer-charts");
+    let kinesis = kinesis_emu.kinesis();
+    testkit::create_stream(&kinesis, &stream, 2).await;
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let mut env =
+        testkit::service_env_with_dynamo(&kinesis_emu.endpoint(), &dynamo_emu.endpoint(), &stream);
+    let app = testkit::unique_name("charts-app");
+    for (k, v) in [
+        ("CONSUMER_MODE", "leased"),
+        ("CONSUMER_APPLICATION_NAME", app.as_str()),
+        ("CONSUMER_WORKER_ID", "worker-a"),
+        ("CONSUMER_FAILOVER_MS", "3000"),
+        ("CONSUMER_POLL_INTERVAL_MS", "200"),
+        ("CONSUMER_SHARD_SYNC_MS", "1000"),
+        ("HTTP_ADDR", addr.as_str()),
+    ] {
+        env.push((k.to_string(), v.to_string()));
+    }
+    let worker = ServiceProcess::spawn(consumer_bin(), &env);
+    let mut producer_env = testkit::env_with(
+        &kinesis_emu.endpoint(),
+        &stream,
+        &[("PRODUCER_COUNT", "100000"), ("PRODUCER_INTERVAL_MS", "50")],
+    );
+    producer_env.retain(|(k, _)| k != "HTTP_ADDR");
+    let producer = ServiceProcess::spawn(
+        &testkit::sibling_binary(env!("CARGO_BIN_EXE_consumer"), "producer"),
+        &producer_env,
+    );
+    let reading = testkit::eventually(Duration::from_secs(60), || {
+        worker.held_leases().len() == 2 && worker.events("record received").len() >= 20
+    })
+    .await;
+    assert!(reading, "{}\n{}", worker.dump(), producer.dump());
+
+    let mut browser = testkit::Browser::start();
+    browser
+        .goto(&format!("http://{addr}/"))
+        .expect("page loads");
+    browser
+        .wait_for(
+            "#keyspace-summary",
+            "2 open, 0 closed",
+            false,
+            Duration::from_secs(20),
+        )
+        .expect("the keyspace shows the two shards");
+    assert_eq!(browser.count("#keyspace rect.open").unwrap(), 2);
+
+    // The charts: a point every 5 s; the total's line grows without a reload.
+    let total = "#rate-chart polyline.total";
+    let points = |browser: &mut testkit::Browser| {
+        browser
+            .attr(total, "points")
+            .unwrap()
+            .map(|p| p.split_whitespace().count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let first = loop {
+        let n = points(&mut browser);
+        if n >= 2 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(first >= 2, "the rate chart has no line after 40 s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let later = loop {
+        let n = points(&mut browser);
+        if n > first || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        later > first,
+        "the chart did not move: {first} then {later} points"
+    );
+    // One line per shard read, in both charts, and the rate drawn is the one read.
+    assert_eq!(browser.count("#rate-chart polyline.shard").unwrap(), 2);
+    assert_eq!(browser.count("#lag-chart polyline.shard").unwrap(), 2);
+    let status: Value = serde_json::from_str(&get(&addr, "/status").1).expect("status JSON");
+    let last = status["history"].as_array().and_then(|h| h.last()).cloned();
+    assert!(
+        last.as_ref()
+            .and_then(|p| p["total_rps"].as_f64())
+            .is_some_and(|r| r > 0.0),
+        "{last:?}"
+    );
+
+    // A split while records flow: the parent closes above its two children.
+    let parent = "shardId-000000000000";
+    let shards = common::kinesis::list_shards(&kinesis, &stream)
+        .await
+        .expect("ListShards");
+    let (start, end) = shards
+        .iter()
+        .find(|s| s.shard_id() == parent)
+        .and_then(common::kinesis::hash_range)
+        .expect("the parent's range");
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split(parent)
+        .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    browser
+        .wait_for(
+            "#keyspace-summary",
+            "3 open, 1 closed",
+            false,
+            Duration::from_secs(30),
+        )
+        .expect("the keyspace shows the split");
+    assert_eq!(browser.count("#keyspace rect.open").unwrap(), 3);
+    assert_eq!(browser.count("#keyspace rect.closed").unwrap(), 1);
+    assert_eq!(
+        browser
+            .attr("#keyspace rect.closed", "data-shard")
+            .unwrap()
+            .as_deref(),
+        Some(parent)
+    );
+    // The children are read and drawn coloured by their owner once the worker holds them.
+    let children_held = testkit::eventually(Duration::from_secs(30), || {
+        let held = worker.held_leases();
+        held.contains("shardId-000000000002") && held.contains("shardId-000000000003")
+    })
+    .await;
+    assert!(children_held, "{}", worker.dump());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while browser.count("#keyspace rect.unowned").unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the children are still drawn without an owner"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    browser
+        .wait_for(
+            "#keyspace-legend",
+            "worker-a",
+            false,
+            Duration::from_secs(20),
+        )
+        .expect("the owner's colour in the legend");
+    if let Some(dir) = std::env::var_os("SCREENSHOT_DIR") {
+        browser
+            .screenshot(&Path::new(&dir).join("consumer-page.png"))
+            .expect("screenshot");
+    }
 }
