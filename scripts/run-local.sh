@@ -16,8 +16,10 @@
 # Without it, everything runs until Ctrl-C. Every child process is stopped on exit.
 #
 # Settings (environment):
-#   PRODUCER_BIN / CONSUMER_BIN   binaries (default target/debug/producer, target/debug/consumer;
-#                                 build them with `cargo build --bins`)
+#   PRODUCER_BIN / CONSUMER_BIN   binaries to run; when neither is set the script builds them
+#                                 first (`cargo build --bins --locked`) and runs
+#                                 $CARGO_TARGET_DIR/debug/{producer,consumer} (default
+#                                 target/debug)
 #   RUN_DIR                       folder for the logs (default: a new mktemp folder)
 #   START_TIMEOUT_SECONDS         wait for the emulators to answer (default 30)
 #   CONSUME_TIMEOUT_SECONDS       wait for the consumer after the producer exited (default 60)
@@ -42,8 +44,15 @@ die() {
 # The emulators started below are the only endpoints: ignore any from the caller's environment.
 for name in "${!AWS_ENDPOINT_URL@}"; do unset "$name"; done
 
-producer_bin="${PRODUCER_BIN:-$repo/target/debug/producer}"
-consumer_bin="${CONSUMER_BIN:-$repo/target/debug/consumer}"
+if [[ -z "${PRODUCER_BIN:-}" && -z "${CONSUMER_BIN:-}" ]]; then
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed (https://rustup.rs), or set PRODUCER_BIN and CONSUMER_BIN"
+  say "building the services (cargo build --bins --locked)"
+  cargo build --bins --locked >&2
+fi
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+[[ "$target_dir" = /* ]] || target_dir="$repo/$target_dir"
+producer_bin="${PRODUCER_BIN:-$target_dir/debug/producer}"
+consumer_bin="${CONSUMER_BIN:-$target_dir/debug/consumer}"
 start_timeout="${START_TIMEOUT_SECONDS:-30}"
 consume_timeout="${CONSUME_TIMEOUT_SECONDS:-60}"
 follow_logs="${FOLLOW_LOGS:-}"
@@ -53,7 +62,7 @@ if [[ -z "$follow_logs" ]]; then
 fi
 
 for bin in "$producer_bin" "$consumer_bin"; do
-  [[ -x "$bin" ]] || die "$bin is not an executable file (build with \`cargo build --bins\`, or set PRODUCER_BIN / CONSUMER_BIN)"
+  [[ -x "$bin" ]] || die "$bin is not an executable file (set PRODUCER_BIN and CONSUMER_BIN to built binaries, or neither to build them)"
 done
 command -v node >/dev/null 2>&1 || die "node is not installed (needed for the emulators in emulators/)"
 command -v curl >/dev/null 2>&1 || die "curl is not installed (needed for the health checks)"

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone: installs the pinned emulators (npm) and dev tools
 # (PyPI, into .venv) and the status page test driver (npm: playwright-core), then runs every
 # test of the workspace. Needs Rust, Node.js, Python 3, Go (to build promtool) and Chromium
-# (Debian's `chromium`, or CHROMIUM_PATH).
+# (Debian's `chromium`, installed with apt-get when this runs as root, or CHROMIUM_PATH); a
+# missing tool stops it at once with one line saying how to get it.
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
 # Without arguments (as CI runs it) the Prometheus alert rules are checked and unit-tested with
@@ -15,6 +16,33 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+
+# Every tool first, so that the suite never fails half-way for want of one: one line naming
+# what is missing and how to get it.
+missing() {
+  echo "scripts/test.sh: $1 is missing: $2" >&2
+  exit 1
+}
+command -v cargo >/dev/null || missing "cargo (Rust)" "install it from https://rustup.rs"
+command -v node >/dev/null || missing "Node.js 20+" "install it from https://nodejs.org or your package manager"
+command -v npm >/dev/null || missing "npm" "it comes with Node.js"
+command -v python3 >/dev/null || missing "Python 3" "install python3 (with venv) from your package manager"
+if (($# == 0)); then
+  command -v go >/dev/null || missing "Go 1.26+ (it builds promtool for the alert rule tests)" "install it from https://go.dev/dl/"
+fi
+if [[ -n "${CHROMIUM_PATH:-}" ]]; then
+  [[ -x "$CHROMIUM_PATH" ]] || {
+    echo "scripts/test.sh: CHROMIUM_PATH=$CHROMIUM_PATH is not an executable file: point it at a Chromium or Chrome binary" >&2
+    exit 1
+  }
+elif ! command -v chromium >/dev/null; then
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "==> installing Chromium for the status page tests (apt-get install chromium)" >&2
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    missing "Chromium (the status page tests drive it)" "apt-get install chromium as root, or set CHROMIUM_PATH to a Chromium or Chrome binary"
+  fi
+fi
 
 echo "==> installing the emulators pinned in emulators/package-lock.json" >&2
 npm ci --prefix emulators --no-audit --no-fund --loglevel=error >&2
