@@ -190,19 +190,23 @@ async fn feed(
             }
             let mut message = DataMessage::new();
             message.source = settings.source.clone();
-            let key = settings
-                .partition_key
-                .clone()
-                .unwrap_or_else(|| message.id.to_string());
+            let key = settings.partition_key.clone().unwrap_or_else(|| {
+                // The hyphenated form `to_string` gives, without the formatting machinery.
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                message.id.hyphenated().encode_lower(&mut buf).to_owned()
+            });
             let record = to_record(&message, key, &mut scratch);
             // Remembered before the record is handed over: its outcome may come at once.
             let tag = lock(handed).remember(message.id, message.created_on);
+            // Hand-over first: when there is room it is ready at once, and the cancellation
+            // future is never polled (polling it registers a waiter, a lock per message).
             let result = tokio::select! {
+                biased;
+                r = producer.enqueue_tagged(record, tag) => r,
                 _ = cancel.cancelled() => {
                     lock(handed).take(tag);
                     return handed_over;
                 }
-                r = producer.enqueue_tagged(record, tag) => r,
             };
             match result {
                 Ok(()) => handed_over += 1,
