@@ -7,7 +7,7 @@
 //! N messages, waits for their acknowledgements and returns; it is an error if any failed.
 //!
 //! Messages are handed over tagged ([`Producer::enqueue_tagged`]) and their outcomes come back
-//! in batches, one per Kinesis record: the tag finds the message's id and `CreatedOn` for its
+//! in batches, one per `PutRecords` answer: the tag finds the message's id and `CreatedOn` for its
 //! log line in [`Handed`].
 
 use std::collections::{HashMap, VecDeque};

@@ -129,8 +129,8 @@ async fn a_record_larger_than_the_byte_bound_is_refused_not_waited_for() {
     assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
 }
 
-/// Records handed over tagged come back once each, with their tag, in batches (an aggregate's
-/// members together) that carry what a receipt would; and an outcome batch nobody dropped yet
+/// Records handed over tagged come back once each, with their tag, in batches (a call's
+/// records together) that carry what a receipt would; and an outcome batch nobody dropped yet
 /// holds its records' room in the buffer, so a caller that does not read outcomes is held
 /// back rather than left to pile them up.
 #[tokio::test]

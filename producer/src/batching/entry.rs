@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::outcome::{Notify, Reporter};
+use super::outcome::{Notify, Resolution};
 use super::record::{Ack, ProducerRecord, SendError};
 
 /// A record in the buffer with what it holds of the buffer's capacity: the permits return when
@@ -98,16 +98,18 @@ impl Entry {
         })
     }
 
-    pub(super) fn fail(self, err: SendError, reporter: &Reporter) {
-        if let Some(m) = &reporter.metrics {
+    pub(super) fn fail(self, err: SendError, out: &mut Resolution<'_>) {
+        if let Some(m) = out.metrics() {
             m.failed(err.code(), self.members.len() as u64);
         }
-        reporter.resolve(self.members.into_iter().map(|p| (p, Err(err.clone()))));
+        for p in self.members {
+            out.resolve(p, Err(err.clone()));
+        }
     }
 
     /// Resolves every member's receipt with an [`Ack`]: the one place an `Ack` is made.
-    pub(super) fn succeed(self, shard_id: &str, sequence_number: &str, reporter: &Reporter) {
-        if let Some(m) = &reporter.metrics {
+    pub(super) fn succeed(self, shard_id: &str, sequence_number: &str, out: &mut Resolution<'_>) {
+        if let Some(m) = out.metrics() {
             let n = self.members.len() as u64;
             m.kinesis_records_put.inc();
             m.user_records_put.inc_by(n);
@@ -117,15 +119,15 @@ impl Entry {
         let (shard_id, sequence_number): (Arc<str>, Arc<str>) =
             (shard_id.into(), sequence_number.into());
         let attempts = self.attempts;
-        reporter.resolve(self.members.into_iter().enumerate().map(|(i, p)| {
+        for (i, p) in self.members.into_iter().enumerate() {
             let ack = Ack {
                 shard_id: shard_id.clone(),
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: aggregated.then_some(i as u64),
                 attempts: attempts + p.earlier_attempts,
             };
-            (p, Ok(ack))
-        }));
+            out.resolve(p, Ok(ack));
+        }
     }
 }
 

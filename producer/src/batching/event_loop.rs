@@ -289,6 +289,8 @@ impl EventLoop {
             .into();
             l.entry
         }));
+        let reporter = self.reporter.clone();
+        let mut out = reporter.resolution();
         for e in expired {
             let attempts = e.attempts
                 + e.members
@@ -309,9 +311,10 @@ impl EventLoop {
                     attempts,
                     last_error,
                 },
-                &self.reporter,
+                &mut out,
             );
         }
+        drop(out);
         let held_back = self.backlogs.iter().flat_map(Backlogs::iter);
         self.queue
             .iter()
@@ -392,6 +395,8 @@ impl EventLoop {
     /// next listing (`listed_now`: this map was just listed, so such a shard is treated as one
     /// that does not hold them).
     fn check_landed(&mut self, landed: Vec<Landed>, listed_now: bool) {
+        let reporter = self.reporter.clone();
+        let mut out = reporter.resolution();
         for l in landed {
             let holds_all = self.shard_map.as_ref().and_then(|map| {
                 l.entry.members.iter().try_fold(true, |all, p| {
@@ -399,9 +404,7 @@ impl EventLoop {
                 })
             });
             match holds_all {
-                Some(true) => l
-                    .entry
-                    .succeed(&l.shard_id, &l.sequence_number, &self.reporter),
+                Some(true) => l.entry.succeed(&l.shard_id, &l.sequence_number, &mut out),
                 Some(false) => self.put_again(l),
                 None if listed_now => self.put_again(l),
                 None => {
@@ -442,6 +445,8 @@ impl EventLoop {
     /// past their time to live fail now.
     fn schedule_retries(&mut self, retry: Vec<Entry>) {
         let now = Instant::now();
+        let reporter = self.reporter.clone();
+        let mut out = reporter.resolution();
         for entry in retry {
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_cap);
             for _ in 1..entry.attempts {
@@ -453,7 +458,7 @@ impl EventLoop {
                     attempts: entry.attempts,
                     last_error: entry.last_error.to_string(),
                 };
-                entry.fail(err, &self.reporter);
+                entry.fail(err, &mut out);
                 continue;
             }
             if let Some(m) = &self.config.metrics {

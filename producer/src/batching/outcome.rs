@@ -1,8 +1,8 @@
 //! How a record's outcome reaches its caller: through a [`Receipt`](super::Receipt) of its own,
 //! or, for a record handed over with [`Producer::enqueue_tagged`](super::Producer::enqueue_tagged),
-//! as its tag in an [`OutcomeBatch`] together with the other records of the same Kinesis record
-//! (an aggregate's members) or of the same failure. A batch costs one channel message for
-//! hundreds of records, where receipts cost a channel and a wake-up each.
+//! as its tag in an [`OutcomeBatch`] together with the other records resolved at the same time
+//! (those of one `PutRecords` answer, or of one expiry pass). A batch costs one channel message
+//! for all the records of a call, where receipts cost a channel and a wake-up each.
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
@@ -17,7 +17,8 @@ pub(super) enum Notify {
     Tag(u64),
 }
 
-/// Outcomes of tagged records that ended together, each with the tag it was handed over with.
+/// Outcomes of tagged records that ended together (one `PutRecords` answer's, say), each with
+/// the tag it was handed over with.
 /// The records' room in the buffer (their share of `max_buffered_records` and
 /// `max_buffered_bytes`) is given back when the batch is dropped, so a caller that falls behind
 /// reading outcomes holds the producer back instead of letting them pile up.
@@ -73,29 +74,53 @@ pub(super) struct Reporter {
 }
 
 impl Reporter {
-    /// Resolves each record's receipt, and sends the tagged ones' outcomes as one batch.
-    pub(super) fn resolve(&self, results: impl Iterator<Item = (Pending, Result<Ack, SendError>)>) {
-        let mut released = Permits::default();
-        let mut batch = OutcomeBatch::default();
-        for (p, result) in results {
-            let Pending {
-                notify, _permits, ..
-            } = p;
-            match notify {
-                Notify::Receipt(done) => {
-                    released.absorb(_permits);
-                    // The caller may have dropped its receipt: nobody to tell, nothing lost.
-                    let _ = done.send(result);
-                }
-                Notify::Tag(tag) => {
-                    batch._permits.absorb(_permits);
-                    batch.outcomes.push((tag, result));
-                }
+    /// Starts resolving outcomes together (a call's, an expiry pass's).
+    pub(super) fn resolution(&self) -> Resolution<'_> {
+        Resolution {
+            reporter: self,
+            released: Permits::default(),
+            batch: OutcomeBatch::default(),
+        }
+    }
+}
+
+/// Outcomes resolved together: each receipt at once, the tagged records' outcomes as one
+/// [`OutcomeBatch`] when the resolution is dropped (one channel message per call rather than
+/// per record), and the receipts' permits merged into one release then too.
+pub(super) struct Resolution<'a> {
+    reporter: &'a Reporter,
+    released: Permits,
+    batch: OutcomeBatch,
+}
+
+impl Resolution<'_> {
+    pub(super) fn metrics(&self) -> Option<&ProducerMetrics> {
+        self.reporter.metrics.as_ref()
+    }
+
+    pub(super) fn resolve(&mut self, p: Pending, result: Result<Ack, SendError>) {
+        let Pending {
+            notify, _permits, ..
+        } = p;
+        match notify {
+            Notify::Receipt(done) => {
+                self.released.absorb(_permits);
+                // The caller may have dropped its receipt: nobody to tell, nothing lost.
+                let _ = done.send(result);
+            }
+            Notify::Tag(tag) => {
+                self.batch._permits.absorb(_permits);
+                self.batch.outcomes.push((tag, result));
             }
         }
-        if let (false, Some(outcomes)) = (batch.outcomes.is_empty(), &self.outcomes) {
+    }
+}
+
+impl Drop for Resolution<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(outcomes)) = (self.batch.outcomes.is_empty(), &self.reporter.outcomes) {
             // A caller that dropped its `Outcomes` reads none: the batch drops here.
-            let _ = outcomes.send(batch);
+            let _ = outcomes.send(std::mem::take(&mut self.batch));
         }
     }
 }

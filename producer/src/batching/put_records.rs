@@ -118,6 +118,7 @@ pub(super) async fn put_records(
     }
     match result {
         Ok(out) => {
+            let mut resolution = reporter.resolution();
             let results = out.records();
             // Entries failed alike share one error text.
             let mut last_error: Arc<str> = "".into();
@@ -146,11 +147,11 @@ pub(super) async fn put_records(
                                 continue;
                             }
                         }
-                        e.succeed(shard, seq, &reporter);
+                        e.succeed(shard, seq, &mut resolution);
                     }
                     (Some(code), _, _) if !is_retryable_code(code) => {
                         let msg = format!("{code}: {}", entry.error_message().unwrap_or_default());
-                        e.fail(SendError::Rejected(msg), &reporter);
+                        e.fail(SendError::Rejected(msg), &mut resolution);
                     }
                     (code, _, _) => {
                         let text = format!(
@@ -182,8 +183,9 @@ pub(super) async fn put_records(
         Err(err) => {
             let text = error_text(&err);
             tracing::error!(stream = %stream, records = batch.len(), error = %text, "PutRecords rejected");
+            let mut resolution = reporter.resolution();
             for e in batch {
-                e.fail(SendError::Rejected(text.clone()), &reporter);
+                e.fail(SendError::Rejected(text.clone()), &mut resolution);
             }
         }
     }
