@@ -370,6 +370,29 @@ mod tests {
     }
 
     #[test]
+    fn an_aggregator_reused_after_clear_or_finish_builds_what_a_new_one_builds() {
+        let build = |agg: &mut Aggregator| {
+            agg.add("a", None, b"one");
+            agg.add("b", Some("7"), b"two");
+            agg.add("a", None, b"three");
+            agg.finish()
+        };
+        let expected = build(&mut Aggregator::new());
+        let mut reused = Aggregator::with_capacity(1024);
+        reused.add("stale", Some("1"), b"dropped");
+        reused.clear();
+        assert!(reused.is_empty());
+        assert_eq!(build(&mut reused), expected);
+        assert_eq!(build(&mut reused), expected, "after finish");
+        let again = build(&mut reused);
+        assert_eq!(again, expected);
+        assert!(
+            again.capacity() >= 1024,
+            "built in a buffer of the capacity asked"
+        );
+    }
+
+    #[test]
     fn round_trip_keeps_order_keys_and_data() {
         let mut agg = Aggregator::new();
         agg.add("a", None, b"one");
