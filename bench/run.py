@@ -17,8 +17,9 @@ on free ports:
      - peer: official KPL aggregation library for Node.js with the AWS SDK v3 (bench/node-peer)
 2. Throughput over TLS, against kinesalite serving HTTPS with a certificate made for this run
    (bench/kinesalite-tls.js): the KPL talks HTTPS only, so it is compared with this producer
-   over the same TLS endpoint, in the same run, with the same messages.
+   and the Node.js peer over the same TLS endpoint, in the same run, with the same messages.
      - ours, aggregated, TLS  target/release/producer, verifying the certificate (SSL_CERT_FILE)
+     - peer: Node.js, TLS     bench/node-peer, verifying the certificate (NODE_EXTRA_CA_CERTS)
      - peer: the KPL          interop/java/kpl-producer (the KPL's Java library starting its
                               native daemon; VerifyCertificate=false, CloudWatch metrics off,
                               its per-shard rate limit raised out of the way as ours is off)
@@ -30,6 +31,10 @@ on free ports:
    so the fan-out figure measures that pace, not what AWS does (about 70 ms).
 
     python3 bench/run.py --only end-to-end     # section 3 alone
+    python3 bench/run.py --only throughput     # sections 1 and 2
+
+Release binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set, else
+from target/release.
 
 Prints Markdown tables.
 """
@@ -52,7 +57,8 @@ from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = os.path.join(ROOT, "emulators", "node_modules")
-RELEASE = os.path.join(ROOT, "target", "release")
+# Where cargo put the release build: CARGO_TARGET_DIR when set, as cargo itself reads it.
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 AWS_ENV = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
@@ -279,11 +285,12 @@ def main():
     parser.add_argument("--peer-agg-count", type=int, default=300_000, help="records for the Node.js aggregation peer")
     parser.add_argument("--tls-count", type=int, default=1_000_000, help="records for our aggregated producer over TLS")
     parser.add_argument("--kpl-count", type=int, default=300_000, help="records for the KPL")
-    parser.add_argument("--no-kpl", action="store_true", help="leave out the TLS rows (the KPL needs Java and Maven)")
+    parser.add_argument("--no-kpl", action="store_true", help="leave out the KPL row (the KPL needs Java and Maven)")
     parser.add_argument("--latency-rate", type=int, default=200, help="messages per second in the end-to-end run")
     parser.add_argument("--latency-seconds", type=int, default=20)
-    parser.add_argument("--only", choices=["all", "end-to-end"], default="all",
-                        help="end-to-end: leave out the producer throughput sections")
+    parser.add_argument("--only", choices=["all", "end-to-end", "throughput"], default="all",
+                        help="end-to-end: leave out the producer throughput sections; "
+                             "throughput: leave out the end-to-end section")
     args = parser.parse_args()
 
     producer = [os.path.join(RELEASE, "producer")]
@@ -293,17 +300,18 @@ def main():
     peer_kpl = ["java", "-cp", os.path.join(kpl_lib, "*"), "interop.KplProducer"]
     kpl_jars = glob.glob(os.path.join(kpl_lib, "amazon-kinesis-producer-*.jar"))
     kpl_version = os.path.basename(kpl_jars[0])[len("amazon-kinesis-producer-"):-len(".jar")] if kpl_jars else "?"
-    needed = (producer[0], os.path.join(RELEASE, "consumer"))
-    if args.only == "all":
+    needed = (producer[0],) + (() if args.only == "throughput" else (os.path.join(RELEASE, "consumer"),))
+    if args.only != "end-to-end":
         needed += (peer_rust[0],) + (() if args.no_kpl else (kpl_lib,))
     for path in needed:
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: run bench/prepare.sh first")
 
     print(f"machine: {os.cpu_count()} cores; emulator runs on the same cores", file=sys.stderr)
-    if args.only == "all":
+    if args.only != "end-to-end":
         throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version)
-    end_to_end_section(args)
+    if args.only != "throughput":
+        end_to_end_section(args)
 
 
 def throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version):
@@ -325,28 +333,34 @@ def throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_vers
         print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / best_peer:.1f}x |")
     sys.stdout.flush()
 
-    if not args.no_kpl:
-        tls = TlsKinesalite()
-        try:
-            tls_rows = [
-                throughput(tls, "ours, aggregated, TLS", producer,
-                           {**ours(True), "PRODUCER_COUNT": str(args.tls_count), "SSL_CERT_FILE": tls.ca_bundle},
-                           args.tls_count),
-                throughput(tls, f"peer: KPL {kpl_version} (Java library + native daemon)", peer_kpl,
-                           {"KINESIS_HOST": "127.0.0.1", "KINESIS_PORT": str(tls.port), "SOURCE": "bench",
-                            "RATE_LIMIT": "100000"},
-                           args.kpl_count, parse_stdout=True),
-            ]
-        finally:
-            tls.stop()
-        kpl = tls_rows[-1]["rate"]
-        print("\n### Producer throughput over TLS (kinesalite serving HTTPS, ~100-byte DataMessages, 2-shard stream)\n")
-        print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs KPL |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for r in tls_rows:
-            print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / kpl:.1f}x |")
-        sys.stdout.flush()
-
+    node_plain = rows[-1]["rate"]
+    tls = TlsKinesalite()
+    try:
+        tls_rows = [
+            throughput(tls, "ours, aggregated, TLS", producer,
+                       {**ours(True), "PRODUCER_COUNT": str(args.tls_count), "SSL_CERT_FILE": tls.ca_bundle},
+                       args.tls_count),
+            throughput(tls, "peer: aws-kinesis-agg + AWS SDK v3 (Node.js), TLS", peer_node,
+                       {"NODE_EXTRA_CA_CERTS": tls.ca_bundle}, args.peer_agg_count, parse_stdout=True),
+        ]
+        if not args.no_kpl:
+            tls_rows.append(throughput(
+                tls, f"peer: KPL {kpl_version} (Java library + native daemon)", peer_kpl,
+                {"KINESIS_HOST": "127.0.0.1", "KINESIS_PORT": str(tls.port), "SOURCE": "bench",
+                 "RATE_LIMIT": "100000"},
+                args.kpl_count, parse_stdout=True))
+    finally:
+        tls.stop()
+    node = tls_rows[1]["rate"]
+    kpl = tls_rows[2]["rate"] if len(tls_rows) > 2 else float("nan")
+    print("\n### Producer throughput over TLS (kinesalite serving HTTPS, ~100-byte DataMessages, 2-shard stream)\n")
+    print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs Node.js | vs KPL |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in tls_rows:
+        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x | {r['rate'] / kpl:.1f}x |")
+    print(f"\nours, aggregated: {rows[0]['rate'] / node_plain:.1f}x the Node.js peer over plain HTTP, "
+          f"{tls_rows[0]['rate'] / node:.1f}x over TLS", file=sys.stderr)
+    sys.stdout.flush()
 
 
 def end_to_end_section(args):

@@ -5,7 +5,9 @@
 # Java libraries from Maven Central into ~/.m2.
 #
 #   1. builds interop/java with Maven (the KCL application, the KPL producer, DynamoDB Local);
-#   2. runs consumer/tests/interop.rs (ignored by plain `cargo test`, run here with --ignored);
+#   2. runs consumer/tests/interop.rs (ignored by plain `cargo test`, run here with --ignored),
+#      which also checks that a Java KCL application reads every record this producer
+#      acknowledged while aggregating through splits under load, exactly once;
 #   3. runs the leased-mode tests again with their lease tables in DynamoDB Local
 #      (TEST_DYNAMODB=dynamodb-local) instead of dynalite.
 #

@@ -1,7 +1,8 @@
 // Benchmark peer: sends COUNT ~100-byte DataMessages to STREAM_NAME with the official
 // aws-kinesis-agg RecordAggregator (aggregates up to AGG_BYTES) and the AWS SDK v3's
 // PutRecords (up to 500 records / 5 MiB a call, CONCURRENCY calls at once), re-sending failed
-// entries. Endpoint, region and credentials come from the standard AWS environment variables.
+// entries. Endpoint, region and credentials come from the standard AWS environment variables;
+// over HTTPS, Node.js's NODE_EXTRA_CA_CERTS names a CA to trust besides the usual ones.
 // Prints one JSON line: {"peer":"node-agg","acknowledged":N,"seconds":S}.
 'use strict';
 const { KinesisClient, PutRecordsCommand } = require('@aws-sdk/client-kinesis');
@@ -16,8 +17,12 @@ const aggBytes = parseInt(process.env.AGG_BYTES || '51200', 10);
 // takes HTTP/1.1 for PutRecords as well.
 const { NodeHttpHandler } = require('@smithy/node-http-handler');
 const http = require('http');
+const https = require('https');
 const client = new KinesisClient({
-  requestHandler: new NodeHttpHandler({ httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }) }),
+  requestHandler: new NodeHttpHandler({
+    httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),
+    httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 64 }),
+  }),
 });
 
 function message() {

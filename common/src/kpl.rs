@@ -197,6 +197,9 @@ pub fn deaggregate(data: &[u8]) -> Option<Aggregate> {
 pub struct Aggregator {
     /// Magic prefix followed by the protobuf written so far.
     buf: Vec<u8>,
+    /// What each new `buf` is allocated with: growing one by doubling copies it over and over
+    /// and touches fresh memory each time.
+    capacity: usize,
     keys: HashMap<String, u64>,
     hash_keys: HashMap<String, u64>,
     records: usize,
@@ -204,13 +207,14 @@ pub struct Aggregator {
 
 impl Default for Aggregator {
     fn default() -> Self {
-        Self {
-            buf: MAGIC.to_vec(),
-            keys: HashMap::new(),
-            hash_keys: HashMap::new(),
-            records: 0,
-        }
+        Self::with_capacity(0)
     }
+}
+
+fn magic_buf(capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity.max(MAGIC.len()));
+    buf.extend_from_slice(&MAGIC);
+    buf
 }
 
 fn field_len(len: usize) -> usize {
@@ -233,6 +237,19 @@ fn table_index(table: &mut HashMap<String, u64>, buf: &mut Vec<u8>, tag: u32, ke
 impl Aggregator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An aggregator whose aggregates are built in buffers of `capacity` bytes (they grow past
+    /// it if they must), and whose key tables keep their room from one aggregate to the next:
+    /// for a caller that builds aggregates of a known size one after another.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: magic_buf(capacity),
+            capacity,
+            keys: HashMap::new(),
+            hash_keys: HashMap::new(),
+            records: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -308,9 +325,19 @@ impl Aggregator {
         offset
     }
 
-    /// The aggregated record's bytes; the aggregator is empty again afterwards.
+    /// Drops what was added; the aggregator is empty again, its buffer and tables keeping
+    /// their room.
+    pub fn clear(&mut self) {
+        self.buf.truncate(MAGIC.len());
+        self.keys.clear();
+        self.hash_keys.clear();
+        self.records = 0;
+    }
+
+    /// The aggregated record's bytes; the aggregator is empty again afterwards (with a new
+    /// buffer of its capacity).
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = std::mem::replace(&mut self.buf, MAGIC.to_vec());
+        let mut out = std::mem::replace(&mut self.buf, magic_buf(self.capacity));
         self.keys.clear();
         self.hash_keys.clear();
         self.records = 0;
@@ -340,6 +367,29 @@ mod tests {
         for (d, at) in data.iter().zip(offsets) {
             assert_eq!(&bytes[at..at + d.len()], *d);
         }
+    }
+
+    #[test]
+    fn an_aggregator_reused_after_clear_or_finish_builds_what_a_new_one_builds() {
+        let build = |agg: &mut Aggregator| {
+            agg.add("a", None, b"one");
+            agg.add("b", Some("7"), b"two");
+            agg.add("a", None, b"three");
+            agg.finish()
+        };
+        let expected = build(&mut Aggregator::new());
+        let mut reused = Aggregator::with_capacity(1024);
+        reused.add("stale", Some("1"), b"dropped");
+        reused.clear();
+        assert!(reused.is_empty());
+        assert_eq!(build(&mut reused), expected);
+        assert_eq!(build(&mut reused), expected, "after finish");
+        let again = build(&mut reused);
+        assert_eq!(again, expected);
+        assert!(
+            again.capacity() >= 1024,
+            "built in a buffer of the capacity asked"
+        );
     }
 
     #[test]

@@ -485,6 +485,34 @@ pub async fn split_in_half(client: &aws_sdk_kinesis::Client, stream: &str, shard
         .expect("SplitShard");
 }
 
+/// Splits up to `count` open shards of `stream` at the middle of their ranges, one at a time,
+/// each time waiting until the stream is `ACTIVE` again (a stream being resharded takes no
+/// other split).
+pub async fn split_open_shards(client: &aws_sdk_kinesis::Client, stream: &str, count: usize) {
+    let open: Vec<_> = crate::kinesis::list_shards(client, stream)
+        .await
+        .expect("ListShards")
+        .into_iter()
+        .filter(crate::kinesis::is_open)
+        .take(count)
+        .collect();
+    for shard in open {
+        let (start, end) = crate::kinesis::hash_range(&shard).expect("hash range");
+        client
+            .split_shard()
+            .stream_name(stream)
+            .shard_to_split(shard.shard_id())
+            .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
+            .send()
+            .await
+            .expect("SplitShard");
+        let never = tokio_util::sync::CancellationToken::new();
+        crate::kinesis::wait_for_stream(client, stream, Duration::from_secs(30), &never)
+            .await
+            .expect("ACTIVE again after the split");
+    }
+}
+
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether it held.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -11,5 +11,6 @@ pub mod service;
 pub mod status;
 
 pub use batching::{
-    Ack, Flusher, InvalidConfig, Producer, ProducerConfig, ProducerRecord, Receipt, SendError,
+    Ack, Flusher, InvalidConfig, OutcomeBatch, Outcomes, Producer, ProducerConfig, ProducerRecord,
+    Receipt, SendError,
 };

@@ -5,8 +5,13 @@
 //! With `PRODUCER_INTERVAL_MS=0` it keeps the buffer full: it never waits for one record's
 //! acknowledgement before handing over the next. With `PRODUCER_COUNT=N` it hands over exactly
 //! N messages, waits for their acknowledgements and returns; it is an error if any failed.
+//!
+//! Messages are handed over tagged ([`Producer::enqueue_tagged`]) and their outcomes come back
+//! in batches, one per `PutRecords` answer: the tag finds the message's id and `CreatedOn` for its
+//! log line in [`Handed`].
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,13 +19,11 @@ use chrono::{DateTime, Utc};
 use common::config::ProducerSettings;
 use common::http::Probe;
 use common::message::DataMessage;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::batching::{Producer, ProducerConfig, ProducerRecord, Receipt};
+use crate::batching::{Outcomes, Producer, ProducerConfig, ProducerRecord};
 use crate::metrics::ProducerMetrics;
 use crate::status::ProducerStatus;
 
@@ -114,12 +117,11 @@ async fn run_service(
         metrics: Some(metrics),
         ..ProducerConfig::from_settings(settings)
     };
-    let (producer, flusher) = Producer::start(client, config)?;
-    let (receipts_tx, receipts_rx) = mpsc::channel(16_384);
-    let acks = tokio::spawn(log_acks(receipts_rx, status.clone()));
+    let (producer, flusher, outcomes) = Producer::start_with_outcomes(client, config)?;
+    let handed = Arc::new(Mutex::new(Handed::new(settings.max_buffered_records)));
+    let acks = tokio::spawn(log_acks(outcomes, handed.clone(), status.clone()));
 
-    let handed_over = feed(settings, &producer, &receipts_tx, cancel).await;
-    drop(receipts_tx);
+    let handed_over = feed(settings, &producer, &handed, cancel).await;
     drop(producer);
 
     let unsent = flusher
@@ -136,10 +138,11 @@ async fn run_service(
             "shutdown timeout reached: records still buffered were not sent"
         );
     }
+    // The outcome stream ends with the background task, whether it drained or was stopped.
     let (acknowledged, failed) = acks.await.context("while collecting acknowledgements")?;
     let summary = RunSummary {
         acknowledged,
-        failed: failed - unsent.min(failed),
+        failed,
         unsent,
     };
     tracing::info!(
@@ -164,7 +167,7 @@ async fn run_service(
 async fn feed(
     settings: &ProducerSettings,
     producer: &Producer,
-    receipts: &mpsc::Sender<Handed>,
+    handed: &Mutex<Handed>,
     cancel: &CancellationToken,
 ) -> u64 {
     let mut ticker = (!settings.interval.is_zero()).then(|| {
@@ -190,24 +193,28 @@ async fn feed(
             }
             let mut message = DataMessage::new();
             message.source = settings.source.clone();
-            let key = settings
-                .partition_key
-                .clone()
-                .unwrap_or_else(|| message.id.to_string());
+            let key = settings.partition_key.clone().unwrap_or_else(|| {
+                // The hyphenated form `to_string` gives, without the formatting machinery.
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                message.id.hyphenated().encode_lower(&mut buf).to_owned()
+            });
             let record = to_record(&message, key, &mut scratch);
-            let receipt = tokio::select! {
-                _ = cancel.cancelled() => return handed_over,
-                r = producer.enqueue(record) => r,
-            };
-            match receipt {
-                Ok(receipt) => {
-                    handed_over += 1;
-                    let handed = (message.id, message.created_on, receipt);
-                    if receipts.send(handed).await.is_err() {
-                        return handed_over;
-                    }
+            // Remembered before the record is handed over: its outcome may come at once.
+            let tag = lock(handed).remember(message.id, message.created_on);
+            // Hand-over first: when there is room it is ready at once, and the cancellation
+            // future is never polled (polling it registers a waiter, a lock per message).
+            let result = tokio::select! {
+                biased;
+                r = producer.enqueue_tagged(record, tag) => r,
+                _ = cancel.cancelled() => {
+                    lock(handed).take(tag);
+                    return handed_over;
                 }
+            };
+            match result {
+                Ok(()) => handed_over += 1,
                 Err(err) => {
+                    lock(handed).take(tag);
                     tracing::error!(id = %message.id, error = %err, "message not handed over")
                 }
             }
@@ -225,34 +232,92 @@ fn to_record(message: &DataMessage, key: String, scratch: &mut Vec<u8>) -> Produ
     ProducerRecord::new(key, bytes::Bytes::copy_from_slice(scratch))
 }
 
-/// A message handed to the producer: its id, its `CreatedOn` and the receipt to wait on.
-type Handed = (Uuid, DateTime<Utc>, Receipt);
-
-type Outcome = (Uuid, DateTime<Utc>, Result<crate::Ack, crate::SendError>);
-
-async fn outcome((id, created_on, receipt): Handed) -> Outcome {
-    (id, created_on, receipt.await)
+/// What the service keeps of each message handed over until its outcome is logged: its id and
+/// `CreatedOn`, by tag. Tags count up in the order messages are handed over, so they live in a
+/// ring indexed by tag; the messages still waiting when the ring reaches its limit (a few
+/// retried for long while thousands after them were acknowledged) move to a map, so the ring
+/// never holds more than `limit` slots whatever one record's fate.
+struct Handed {
+    /// The tag of `ring[0]`.
+    first: u64,
+    /// `None` once logged (or never handed over).
+    ring: VecDeque<Option<Message>>,
+    stragglers: HashMap<u64, Message>,
+    limit: usize,
 }
 
-/// Logs each acknowledgement as it arrives; returns (acknowledged, failed).
-async fn log_acks(mut receipts: mpsc::Receiver<Handed>, status: Arc<ProducerStatus>) -> (u64, u64) {
-    let mut pending = FuturesUnordered::new();
+type Message = (Uuid, DateTime<Utc>);
+
+impl Handed {
+    /// Room for twice `max_buffered_records` messages in the ring: the producer holds no more
+    /// than that many at once.
+    fn new(max_buffered_records: usize) -> Self {
+        Self {
+            first: 0,
+            ring: VecDeque::new(),
+            stragglers: HashMap::new(),
+            limit: max_buffered_records.saturating_mul(2).max(2),
+        }
+    }
+
+    /// Keeps a message; returns its tag.
+    fn remember(&mut self, id: Uuid, created_on: DateTime<Utc>) -> u64 {
+        if self.ring.len() >= self.limit {
+            // Move the older half out: the still waiting ones to the map.
+            for _ in 0..self.limit / 2 {
+                if let Some(Some(message)) = self.ring.pop_front() {
+                    self.stragglers.insert(self.first, message);
+                }
+                self.first += 1;
+            }
+        }
+        self.ring.push_back(Some((id, created_on)));
+        self.first + self.ring.len() as u64 - 1
+    }
+
+    /// The message of `tag`, forgotten now; `None` if it was taken already.
+    fn take(&mut self, tag: u64) -> Option<Message> {
+        let Some(i) = tag.checked_sub(self.first) else {
+            return self.stragglers.remove(&tag);
+        };
+        let message = self.ring.get_mut(i as usize)?.take();
+        while let Some(None) = self.ring.front() {
+            self.ring.pop_front();
+            self.first += 1;
+        }
+        message
+    }
+}
+
+fn lock(handed: &Mutex<Handed>) -> std::sync::MutexGuard<'_, Handed> {
+    // Nothing panics while holding it; a poisoned lock still holds consistent data.
+    handed.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Logs each outcome as its batch arrives, until the producer's background task ended; returns
+/// (acknowledged, failed).
+async fn log_acks(
+    mut outcomes: Outcomes,
+    handed: Arc<Mutex<Handed>>,
+    status: Arc<ProducerStatus>,
+) -> (u64, u64) {
     let (mut acked, mut failed) = (0u64, 0u64);
-    let mut open = true;
     let mut last_report = Instant::now();
     let mut acked_at_report = 0u64;
-    loop {
-        tokio::select! {
-            next = receipts.recv(), if open => match next {
-                Some(first) => {
-                    pending.push(outcome(first));
-                    while let Ok(next) = receipts.try_recv() {
-                        pending.push(outcome(next));
-                    }
-                }
-                None => open = false,
-            },
-            Some((id, created_on, result)) = pending.next(), if !pending.is_empty() => match result {
+    while let Some(batch) = outcomes.recv().await {
+        let messages: Vec<Option<Message>> = {
+            let mut handed = lock(&handed);
+            batch
+                .outcomes()
+                .iter()
+                .map(|(tag, _)| handed.take(*tag))
+                .collect()
+        };
+        for ((_, result), message) in batch.outcomes().iter().zip(messages) {
+            let Some((id, created_on)) = message else {
+                continue;
+            };
+            match result {
                 Ok(ack) => {
                     acked += 1;
                     tracing::info!(
@@ -264,9 +329,6 @@ async fn log_acks(mut receipts: mpsc::Receiver<Handed>, status: Arc<ProducerStat
                         "record sent"
                     );
                 }
-                // Records cut off by the shutdown timeout are one count in `producer
-                // stopped` (`unsent`), not one error line each.
-                Err(crate::SendError::Stopped) => failed += 1,
                 Err(err) => {
                     failed += 1;
                     status.error(&id.to_string(), &err.to_string());
@@ -277,9 +339,10 @@ async fn log_acks(mut receipts: mpsc::Receiver<Handed>, status: Arc<ProducerStat
                         "record not sent"
                     );
                 }
-            },
-            else => return (acked, failed),
+            }
         }
+        // The records' room in the buffer goes back now.
+        drop(batch);
         if last_report.elapsed() >= Duration::from_secs(10) {
             let rate = (acked - acked_at_report) as f64 / last_report.elapsed().as_secs_f64();
             tracing::info!(
@@ -292,11 +355,34 @@ async fn log_acks(mut receipts: mpsc::Receiver<Handed>, status: Arc<ProducerStat
             acked_at_report = acked;
         }
     }
+    (acked, failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_found_by_its_tag_once_even_behind_one_that_waits_long() {
+        let mut handed = Handed::new(4); // a ring of 8
+        let now = Utc::now();
+        let ids: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+        let mut tags = Vec::new();
+        for id in &ids {
+            tags.push(handed.remember(*id, now));
+            // Every message but the first is logged at once; the first waits.
+            if tags.len() > 1 {
+                assert_eq!(handed.take(*tags.last().unwrap()), Some((*id, now)));
+            }
+            assert!(handed.ring.len() <= 8, "{} slots", handed.ring.len());
+        }
+        assert_eq!(tags, (0..40).collect::<Vec<u64>>());
+        assert_eq!(handed.stragglers.len(), 1);
+        assert_eq!(handed.take(0), Some((ids[0], now)));
+        assert_eq!(handed.take(0), None);
+        assert_eq!(handed.take(39), None);
+        assert!(handed.stragglers.is_empty());
+    }
 
     /// The producer's byte bound counts a record's length: the allocation behind it must not
     /// be larger (`serde_json::to_vec` grows its buffer by doubling, up to twice the length:

@@ -1,6 +1,7 @@
 //! The `Producer` library as a program uses it, in the test process, against kinesis-mock: bad
 //! records are refused when they are handed over, alone, with an error that says why, and
-//! never take other records down with them or block their caller.
+//! never take other records down with them or block their caller; records handed over tagged
+//! get their outcomes in batches.
 
 use std::time::Duration;
 
@@ -124,6 +125,102 @@ async fn a_record_larger_than_the_byte_bound_is_refused_not_waited_for() {
         .send(ProducerRecord::new("k", vec![b'x'; 900]))
         .await
         .expect("a record that fits is sent");
+    drop(producer);
+    assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
+}
+
+/// Records handed over tagged come back once each, with their tag, in batches (a call's
+/// records together) that carry what a receipt would; and an outcome batch nobody dropped yet
+/// holds its records' room in the buffer, so a caller that does not read outcomes is held
+/// back rather than left to pile them up.
+#[tokio::test]
+async fn tagged_records_come_back_in_batches_that_hold_their_room_until_dropped() {
+    const COUNT: u64 = 300;
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("lib-tagged");
+    testkit::create_stream(&emu.kinesis(), &stream, 2).await;
+    let config = ProducerConfig {
+        aggregation: true,
+        linger: Duration::from_millis(50),
+        max_buffered_records: COUNT as usize,
+        ..ProducerConfig::new(&stream)
+    };
+    let (producer, flusher, mut outcomes) =
+        Producer::start_with_outcomes(emu.kinesis(), config).expect("valid");
+    for tag in 0..COUNT {
+        producer
+            .enqueue_tagged(ProducerRecord::new(format!("key-{tag}"), "data"), tag)
+            .await
+            .expect("taken");
+    }
+    // The buffer is full until the batches are dropped: one more record waits.
+    let mut kept = Vec::new();
+    let mut tags = Vec::new();
+    while tags.len() < COUNT as usize {
+        let batch = tokio::time::timeout(Duration::from_secs(30), outcomes.recv())
+            .await
+            .expect("outcomes within 30 s")
+            .expect("the producer still runs");
+        for (tag, result) in batch.outcomes() {
+            let ack = result.as_ref().expect("acknowledged");
+            assert!(ack.sub_sequence_number.is_some(), "aggregated: {ack:?}");
+            tags.push(*tag);
+        }
+        kept.push(batch);
+    }
+    assert!(
+        kept.len() < COUNT as usize,
+        "{} batches for {COUNT} records",
+        kept.len()
+    );
+    tags.sort_unstable();
+    assert_eq!(tags, (0..COUNT).collect::<Vec<_>>(), "each tag once");
+    {
+        let extra = producer.enqueue_tagged(ProducerRecord::new("extra", "data"), COUNT);
+        tokio::pin!(extra);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut extra)
+                .await
+                .is_err(),
+            "the room of records whose outcome batch is still held was given back"
+        );
+        drop(kept);
+        tokio::time::timeout(Duration::from_secs(10), extra)
+            .await
+            .expect("room once the batches are dropped")
+            .expect("taken");
+    }
+    // A receipt still works on the same producer.
+    producer
+        .send(ProducerRecord::new("receipt", "data"))
+        .await
+        .expect("sent");
+    drop(producer);
+    assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
+    let last = outcomes.recv().await.expect("the extra record's outcome");
+    assert_eq!(last.outcomes()[0].0, COUNT);
+    assert!(
+        outcomes.recv().await.is_none(),
+        "the stream ends with the producer"
+    );
+}
+
+/// A producer started without an outcome stream refuses tagged records instead of losing
+/// their outcomes.
+#[tokio::test]
+async fn tagged_records_need_a_producer_started_with_outcomes() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("lib-untagged");
+    testkit::create_stream(&emu.kinesis(), &stream, 1).await;
+    let (producer, flusher) =
+        Producer::start(emu.kinesis(), ProducerConfig::new(&stream)).expect("valid");
+    match producer
+        .enqueue_tagged(ProducerRecord::new("k", "data"), 1)
+        .await
+    {
+        Err(SendError::Invalid(why)) => assert!(why.contains("start_with_outcomes"), "{why}"),
+        other => panic!("refused expected, got {other:?}"),
+    }
     drop(producer);
     assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
 }

@@ -79,33 +79,6 @@ async fn stored_copies(
     copies
 }
 
-/// Splits every open shard of `stream` whose id is not in `done` at the middle of its range,
-/// one at a time (a stream being resharded takes no other split).
-async fn split_open_shards(client: &aws_sdk_kinesis::Client, stream: &str, count: usize) {
-    let open: Vec<_> = common::kinesis::list_shards(client, stream)
-        .await
-        .expect("ListShards")
-        .into_iter()
-        .filter(common::kinesis::is_open)
-        .take(count)
-        .collect();
-    for shard in open {
-        let (start, end) = common::kinesis::hash_range(&shard).expect("hash range");
-        client
-            .split_shard()
-            .stream_name(stream)
-            .shard_to_split(shard.shard_id())
-            .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
-            .send()
-            .await
-            .expect("SplitShard");
-        let never = tokio_util::sync::CancellationToken::new();
-        common::kinesis::wait_for_stream(client, stream, Duration::from_secs(30), &never)
-            .await
-            .expect("ACTIVE again after the split");
-    }
-}
-
 /// The reproduction: 10 records every 10 ms, aggregated with a linger of 200 ms, while
 /// a 2-shard stream is split twice. Before the producer checked where its aggregates landed,
 /// several hundred of the 4,000 records were acknowledged inside aggregates stored on the wrong
@@ -139,7 +112,7 @@ async fn aggregates_split_under_load_acknowledge_no_record_on_a_shard_it_does_no
         })
         .await;
         assert!(flowing, "{}", producer.dump());
-        split_open_shards(&client, &stream, shards).await;
+        testkit::split_open_shards(&client, &stream, shards).await;
     }
     producer.expect_exit(Duration::from_secs(180), 0);
 

@@ -17,6 +17,9 @@ use super::entry::{Entry, Pending};
 /// The open aggregates, by the shard their members are predicted to land on.
 pub(super) struct Aggregates {
     open: HashMap<Arc<str>, OpenAggregate>,
+    /// Aggregators emptied by a seal, for the next aggregates: their buffer and key tables are
+    /// allocated already (at most one per shard aggregated to at once).
+    spare: Vec<Aggregator>,
     max_bytes: usize,
 }
 
@@ -33,6 +36,7 @@ impl Aggregates {
     pub(super) fn new(max_bytes: usize) -> Self {
         Self {
             open: HashMap::new(),
+            spare: Vec::new(),
             max_bytes,
         }
     }
@@ -53,14 +57,19 @@ impl Aggregates {
             !open.aggregator.is_empty() && open.aggregator.size_with(key, ehk, len) > self.max_bytes
         });
         let sealed = if full {
-            self.open
-                .remove(&shard)
-                .and_then(|open| open.seal(shard.clone()))
+            self.open.remove(&shard).and_then(|open| {
+                let (entry, aggregator) = open.seal(shard.clone());
+                self.spare.push(aggregator);
+                entry
+            })
         } else {
             None
         };
+        let (spare, max_bytes) = (&mut self.spare, self.max_bytes);
         let open = self.open.entry(shard).or_insert_with(|| OpenAggregate {
-            aggregator: Aggregator::new(),
+            aggregator: spare
+                .pop()
+                .unwrap_or_else(|| Aggregator::with_capacity(max_bytes)),
             members: Vec::new(),
             offsets: Vec::new(),
         });
@@ -72,15 +81,23 @@ impl Aggregates {
 
     /// Seals every open aggregate.
     pub(super) fn seal_all(&mut self) -> impl Iterator<Item = Entry> + '_ {
-        self.open
-            .drain()
-            .filter_map(|(shard, open)| open.seal(shard))
+        let spare = &mut self.spare;
+        self.open.drain().filter_map(|(shard, open)| {
+            let (entry, aggregator) = open.seal(shard);
+            spare.push(aggregator);
+            entry
+        })
     }
 
     /// Drops every open aggregate and returns its records, in order per shard (to be grouped
     /// again by a new shard map).
     pub(super) fn take_members(&mut self) -> impl Iterator<Item = Pending> + '_ {
-        self.open.drain().flat_map(|(_, open)| open.members)
+        let spare = &mut self.spare;
+        self.open.drain().flat_map(|(_, mut open)| {
+            open.aggregator.clear();
+            spare.push(open.aggregator);
+            open.members
+        })
     }
 }
 
@@ -89,9 +106,12 @@ impl OpenAggregate {
     /// (as the KPL does). Each member's data becomes a slice of the aggregate, so the buffer
     /// holds the data once (the byte bound counts it once), and the aggregate's allocation is
     /// no more than a quarter larger than the aggregate.
-    fn seal(mut self, shard: Arc<str>) -> Option<Entry> {
+    /// The aggregator comes back emptied, for another aggregate.
+    fn seal(mut self, shard: Arc<str>) -> (Option<Entry>, Aggregator) {
         if self.members.len() <= 1 {
-            return self.members.pop().map(|p| Entry::single(p, Some(shard)));
+            self.aggregator.clear();
+            let entry = self.members.pop().map(|p| Entry::single(p, Some(shard)));
+            return (entry, self.aggregator);
         }
         let encoded = self.aggregator.finish();
         let data = if encoded.capacity() > encoded.len() + encoded.len() / 4 {
@@ -104,7 +124,7 @@ impl OpenAggregate {
             p.record.data = data.slice(*at..*at + p.record.data.len());
         }
         let first = &self.members[0];
-        Some(Entry {
+        let entry = Entry {
             partition_key: first.record.partition_key.clone(),
             // Route by the first member's hash key: the shard all members map to.
             explicit_hash_key: Some(first.hash_key().to_string()),
@@ -120,7 +140,8 @@ impl OpenAggregate {
             aggregated: true,
             attempts: 0,
             last_error: "".into(),
-        })
+        };
+        (Some(entry), self.aggregator)
     }
 }
 

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use super::outcome::{Notify, Resolution};
 use super::record::{Ack, ProducerRecord, SendError};
-use crate::metrics::ProducerMetrics;
 
 /// A record in the buffer with what it holds of the buffer's capacity: the permits return when
-/// it is dropped, whichever way it ended.
+/// it is dropped, or with the outcome batch that reports it (a tagged record).
 pub(super) struct Pending {
     pub(super) record: ProducerRecord,
-    pub(super) done: oneshot::Sender<Result<Ack, SendError>>,
+    pub(super) notify: Notify,
     pub(super) enqueued: Instant,
     pub(super) deadline: Instant,
     /// `PutRecords` calls of entries this record was in before it was taken out of them again
@@ -43,11 +43,6 @@ impl Drop for BufferedGuard {
 }
 
 impl Pending {
-    pub(super) fn finish(self, result: Result<Ack, SendError>) {
-        // The caller may have dropped its receipt: nobody to tell, nothing lost.
-        let _ = self.done.send(result);
-    }
-
     /// The hash key the record routes by.
     pub(super) fn hash_key(&self) -> u128 {
         common::kpl::effective_hash_key(
@@ -103,23 +98,18 @@ impl Entry {
         })
     }
 
-    pub(super) fn fail(self, err: SendError, metrics: Option<&ProducerMetrics>) {
-        if let Some(m) = metrics {
+    pub(super) fn fail(self, err: SendError, out: &mut Resolution<'_>) {
+        if let Some(m) = out.metrics() {
             m.failed(err.code(), self.members.len() as u64);
         }
         for p in self.members {
-            p.finish(Err(err.clone()));
+            out.resolve(p, Err(err.clone()));
         }
     }
 
     /// Resolves every member's receipt with an [`Ack`]: the one place an `Ack` is made.
-    pub(super) fn succeed(
-        self,
-        shard_id: &str,
-        sequence_number: &str,
-        metrics: Option<&ProducerMetrics>,
-    ) {
-        if let Some(m) = metrics {
+    pub(super) fn succeed(self, shard_id: &str, sequence_number: &str, out: &mut Resolution<'_>) {
+        if let Some(m) = out.metrics() {
             let n = self.members.len() as u64;
             m.kinesis_records_put.inc();
             m.user_records_put.inc_by(n);
@@ -128,14 +118,15 @@ impl Entry {
         let aggregated = self.aggregated;
         let (shard_id, sequence_number): (Arc<str>, Arc<str>) =
             (shard_id.into(), sequence_number.into());
+        let attempts = self.attempts;
         for (i, p) in self.members.into_iter().enumerate() {
             let ack = Ack {
                 shard_id: shard_id.clone(),
                 sequence_number: sequence_number.clone(),
                 sub_sequence_number: aggregated.then_some(i as u64),
-                attempts: self.attempts + p.earlier_attempts,
+                attempts: attempts + p.earlier_attempts,
             };
-            p.finish(Ok(ack));
+            out.resolve(p, Ok(ack));
         }
     }
 }
@@ -146,17 +137,27 @@ impl Entry {
 pub(super) fn test_pending(
     record: ProducerRecord,
     deadline: Instant,
-) -> (Pending, oneshot::Receiver<Result<Ack, SendError>>) {
+) -> (
+    Pending,
+    tokio::sync::oneshot::Receiver<Result<Ack, SendError>>,
+) {
+    use std::sync::OnceLock;
     use tokio::sync::Semaphore;
-    let (done, rx) = oneshot::channel();
-    let permit = || Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    // One pair for every test record, as a producer's: an entry merges its members' permits.
+    static BUFFER: OnceLock<(Arc<Semaphore>, Arc<Semaphore>)> = OnceLock::new();
+    let (records, bytes) = BUFFER.get_or_init(|| {
+        let semaphore = || Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        (semaphore(), semaphore())
+    });
+    let permit = |s: &Arc<Semaphore>| s.clone().try_acquire_owned().unwrap();
+    let (done, rx) = tokio::sync::oneshot::channel();
     let pending = Pending {
         record,
-        done,
+        notify: Notify::Receipt(done),
         enqueued: Instant::now(),
         deadline,
         earlier_attempts: 0,
-        _permits: (permit(), permit()),
+        _permits: (permit(records), permit(bytes)),
         _buffered: None,
     };
     (pending, rx)

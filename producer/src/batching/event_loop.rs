@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::aggregation::Aggregates;
 use super::config::ProducerConfig;
 use super::entry::{Entry, Pending};
+use super::outcome::{OutcomeBatch, Reporter};
 use super::put_records::{put_records, Batch, CallOutcome, Landed};
 use super::put_records::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 use super::rate_limit::Backlogs;
@@ -35,6 +36,7 @@ const DRAIN_AT_ONCE: usize = 4096;
 pub(super) struct EventLoop {
     client: Client,
     config: Arc<ProducerConfig>,
+    reporter: Reporter,
     rx: mpsc::UnboundedReceiver<Pending>,
     /// Entries waiting for a call, in the order they were made.
     queue: VecDeque<Entry>,
@@ -71,11 +73,16 @@ impl EventLoop {
         client: Client,
         config: Arc<ProducerConfig>,
         rx: mpsc::UnboundedReceiver<Pending>,
+        outcomes: Option<mpsc::UnboundedSender<OutcomeBatch>>,
     ) -> Self {
         let backlogs = (config.shard_rate_limit_percent > 0)
             .then(|| Backlogs::new(config.shard_rate_limit_percent));
         Self {
             client,
+            reporter: Reporter {
+                metrics: config.metrics.clone(),
+                outcomes,
+            },
             aggregates: Aggregates::new(config.aggregation_max_bytes),
             config,
             rx,
@@ -282,6 +289,8 @@ impl EventLoop {
             .into();
             l.entry
         }));
+        let reporter = self.reporter.clone();
+        let mut out = reporter.resolution();
         for e in expired {
             let attempts = e.attempts
                 + e.members
@@ -302,9 +311,10 @@ impl EventLoop {
                     attempts,
                     last_error,
                 },
-                self.config.metrics.as_ref(),
+                &mut out,
             );
         }
+        drop(out);
         let held_back = self.backlogs.iter().flat_map(Backlogs::iter);
         self.queue
             .iter()
@@ -352,8 +362,7 @@ impl EventLoop {
             return false;
         }
         self.oldest = self.lingering().then(Instant::now);
-        let metrics = self.config.metrics.clone();
-        if let Some(m) = &metrics {
+        if let Some(m) = &self.reporter.metrics {
             for p in batch
                 .entries
                 .iter()
@@ -366,7 +375,7 @@ impl EventLoop {
         }
         let (client, stream) = (self.client.clone(), self.config.stream_name.clone());
         self.calls
-            .spawn(put_records(client, stream, batch, metrics));
+            .spawn(put_records(client, stream, batch, self.reporter.clone()));
         true
     }
 
@@ -386,6 +395,8 @@ impl EventLoop {
     /// next listing (`listed_now`: this map was just listed, so such a shard is treated as one
     /// that does not hold them).
     fn check_landed(&mut self, landed: Vec<Landed>, listed_now: bool) {
+        let reporter = self.reporter.clone();
+        let mut out = reporter.resolution();
         for l in landed {
             let holds_all = self.shard_map.as_ref().and_then(|map| {
                 l.entry.members.iter().try_fold(true, |all, p| {
@@ -393,11 +404,7 @@ impl EventLoop {
                 })
             });
             match holds_all {
-                Some(true) => l.entry.succeed(
-                    &l.shard_id,
-                    &l.sequence_number,
-                    self.config.metrics.as_ref(),
-                ),
+                Some(true) => l.entry.succeed(&l.shard_id, &l.sequence_number, &mut out),
                 Some(false) => self.put_again(l),
                 None if listed_now => self.put_again(l),
                 None => {
@@ -438,6 +445,8 @@ impl EventLoop {
     /// past their time to live fail now.
     fn schedule_retries(&mut self, retry: Vec<Entry>) {
         let now = Instant::now();
+        let reporter = self.reporter.clone();
+        let mut out = reporter.resolution();
         for entry in retry {
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_cap);
             for _ in 1..entry.attempts {
@@ -449,7 +458,7 @@ impl EventLoop {
                     attempts: entry.attempts,
                     last_error: entry.last_error.to_string(),
                 };
-                entry.fail(err, self.config.metrics.as_ref());
+                entry.fail(err, &mut out);
                 continue;
             }
             if let Some(m) = &self.config.metrics {

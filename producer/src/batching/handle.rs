@@ -1,5 +1,6 @@
 //! The handle a program holds: [`Producer`] hands records over (taking room in the buffer, or
-//! waiting for it), [`Receipt`] resolves with the outcome, [`Flusher`] waits for the end.
+//! waiting for it), [`Receipt`] resolves with the outcome (or [`Outcomes`] yields tagged
+//! records' outcomes in batches), [`Flusher`] waits for the end.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use super::config::{InvalidConfig, ProducerConfig};
 use super::entry::{BufferedGuard, Pending};
 use super::event_loop::EventLoop;
+use super::outcome::{Notify, Outcomes};
 use super::record::{validate, Ack, ProducerRecord, SendError};
 
 /// Resolves when the record it was issued for is acknowledged or has definitively failed.
@@ -37,6 +39,8 @@ pub struct Producer {
     records: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     config: Arc<ProducerConfig>,
+    /// Started with an outcome stream: [`Producer::enqueue_tagged`] may be used.
+    tagged: bool,
 }
 
 /// The background task of a producer; await [`Flusher::finish`] after closing.
@@ -50,12 +54,33 @@ impl Producer {
     /// Starts the background task sending to `config.stream_name`, once the configuration is
     /// checked ([`ProducerConfig::validate`]).
     pub fn start(client: Client, config: ProducerConfig) -> Result<(Self, Flusher), InvalidConfig> {
+        Self::start_inner(client, config, None)
+    }
+
+    /// [`Producer::start`] for a caller that hands records over with
+    /// [`Producer::enqueue_tagged`] and reads their outcomes in batches from [`Outcomes`]
+    /// (records handed over with [`Producer::enqueue`] still get their receipt).
+    pub fn start_with_outcomes(
+        client: Client,
+        config: ProducerConfig,
+    ) -> Result<(Self, Flusher, Outcomes), InvalidConfig> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (producer, flusher) = Self::start_inner(client, config, Some(tx))?;
+        Ok((producer, flusher, Outcomes(rx)))
+    }
+
+    fn start_inner(
+        client: Client,
+        config: ProducerConfig,
+        outcomes: Option<mpsc::UnboundedSender<super::OutcomeBatch>>,
+    ) -> Result<(Self, Flusher), InvalidConfig> {
         config.validate()?;
+        let tagged = outcomes.is_some();
         let (tx, rx) = mpsc::unbounded_channel();
         let records = Arc::new(Semaphore::new(config.max_buffered_records));
         let bytes = Arc::new(Semaphore::new(config.max_buffered_bytes));
         let config = Arc::new(config);
-        let task = tokio::spawn(EventLoop::new(client, config.clone(), rx).run());
+        let task = tokio::spawn(EventLoop::new(client, config.clone(), rx, outcomes).run());
         let flusher = Flusher {
             task,
             records: records.clone(),
@@ -67,6 +92,7 @@ impl Producer {
                 records,
                 bytes,
                 config,
+                tagged,
             },
             flusher,
         ))
@@ -75,6 +101,24 @@ impl Producer {
     /// Puts the record in the buffer, waiting while the buffer is full, and returns the receipt
     /// that resolves once Kinesis acknowledged it (or it failed).
     pub async fn enqueue(&self, record: ProducerRecord) -> Result<Receipt, SendError> {
+        let (done, rx) = oneshot::channel();
+        self.hand_over(record, Notify::Receipt(done)).await?;
+        Ok(Receipt(rx))
+    }
+
+    /// Puts the record in the buffer, waiting while the buffer is full; its outcome comes in
+    /// an [`OutcomeBatch`](super::OutcomeBatch) from [`Outcomes`], with `tag`. Only for a
+    /// producer started with [`Producer::start_with_outcomes`] (else `SendError::Invalid`).
+    pub async fn enqueue_tagged(&self, record: ProducerRecord, tag: u64) -> Result<(), SendError> {
+        if !self.tagged {
+            return Err(SendError::Invalid(
+                "enqueue_tagged needs a producer started with Producer::start_with_outcomes".into(),
+            ));
+        }
+        self.hand_over(record, Notify::Tag(tag)).await
+    }
+
+    async fn hand_over(&self, record: ProducerRecord, notify: Notify) -> Result<(), SendError> {
         if let Err(err) = validate(&record, self.config.max_buffered_bytes) {
             if let Some(m) = &self.config.metrics {
                 m.failed(err.code(), 1);
@@ -88,11 +132,10 @@ impl Producer {
         ) else {
             return Err(SendError::Stopped);
         };
-        let (done, rx) = oneshot::channel();
         let now = Instant::now();
         let pending = Pending {
             record,
-            done,
+            notify,
             enqueued: now,
             deadline: now + self.config.record_ttl,
             earlier_attempts: 0,
@@ -103,8 +146,7 @@ impl Producer {
                 .as_ref()
                 .map(|m| BufferedGuard::new(&m.buffered_records)),
         };
-        self.tx.send(pending).map_err(|_| SendError::Stopped)?;
-        Ok(Receipt(rx))
+        self.tx.send(pending).map_err(|_| SendError::Stopped)
     }
 
     /// Enqueues and waits for the acknowledgement.

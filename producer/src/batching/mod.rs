@@ -9,7 +9,9 @@
 //! - **Bounded memory**: [`Producer::enqueue`] waits while the buffer holds
 //!   `max_buffered_records` records or `max_buffered_bytes` bytes (backpressure), each record
 //!   counting its data, its partition key and [`RECORD_OVERHEAD_BYTES`] of bookkeeping; the
-//!   data is held once (an aggregate's members are slices of it).
+//!   data is held once (an aggregate's members are slices of it). A record takes its room
+//!   until its outcome is delivered: its receipt resolved, or (handed over with
+//!   [`Producer::enqueue_tagged`]) until the caller drops the [`OutcomeBatch`] reporting it.
 //!
 //! - **The time to live holds whatever the network does**: a record still queued (held back by
 //!   the rate limiter, say) when its `record_ttl` runs out fails then, and a `PutRecords` call
@@ -40,7 +42,8 @@
 //! run at once.
 //!
 //! How it is put together, one job a module: `handle` (the [`Producer`] a program holds),
-//! `record` and `config` (what goes in and comes out), `entry` (what the buffer holds),
+//! `record` and `config` (what goes in and comes out), `outcome` (receipts, or outcome
+//! batches for tagged records), `entry` (what the buffer holds),
 //! `event_loop` (the background task that owns the buffer: read it top-down), `aggregation`,
 //! `rate_limit` (token buckets and the records they hold back), `shard_map` and `put_records`
 //! (the call and the reading of its answer).
@@ -50,6 +53,7 @@ mod config;
 mod entry;
 mod event_loop;
 mod handle;
+mod outcome;
 mod put_records;
 mod rate_limit;
 mod record;
@@ -57,6 +61,7 @@ mod shard_map;
 
 pub use config::{InvalidConfig, ProducerConfig};
 pub use handle::{Flusher, Producer, Receipt};
+pub use outcome::{OutcomeBatch, Outcomes};
 pub use put_records::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 pub use rate_limit::RateLimiter;
 pub use record::{Ack, ProducerRecord, SendError, RECORD_OVERHEAD_BYTES};

@@ -10,8 +10,8 @@ use common::kinesis::{error_text, is_retryable, is_retryable_code};
 use tokio::time::Instant;
 
 use super::entry::Entry;
+use super::outcome::Reporter;
 use super::record::SendError;
-use crate::metrics::ProducerMetrics;
 
 /// Kinesis limits for one `PutRecords` call.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -71,10 +71,10 @@ pub(super) async fn put_records(
     client: Client,
     stream: String,
     batch: Batch,
-    metrics: Option<ProducerMetrics>,
+    reporter: Reporter,
 ) -> CallOutcome {
     let mut batch = batch.entries;
-    let metrics = metrics.as_ref();
+    let metrics = reporter.metrics.as_ref();
     let started = Instant::now();
     let entries: Vec<PutRecordsRequestEntry> = batch
         .iter_mut()
@@ -118,6 +118,7 @@ pub(super) async fn put_records(
     }
     match result {
         Ok(out) => {
+            let mut resolution = reporter.resolution();
             let results = out.records();
             // Entries failed alike share one error text.
             let mut last_error: Arc<str> = "".into();
@@ -146,11 +147,11 @@ pub(super) async fn put_records(
                                 continue;
                             }
                         }
-                        e.succeed(shard, seq, metrics);
+                        e.succeed(shard, seq, &mut resolution);
                     }
                     (Some(code), _, _) if !is_retryable_code(code) => {
                         let msg = format!("{code}: {}", entry.error_message().unwrap_or_default());
-                        e.fail(SendError::Rejected(msg), metrics);
+                        e.fail(SendError::Rejected(msg), &mut resolution);
                     }
                     (code, _, _) => {
                         let text = format!(
@@ -182,8 +183,9 @@ pub(super) async fn put_records(
         Err(err) => {
             let text = error_text(&err);
             tracing::error!(stream = %stream, records = batch.len(), error = %text, "PutRecords rejected");
+            let mut resolution = reporter.resolution();
             for e in batch {
-                e.fail(SendError::Rejected(text.clone()), metrics);
+                e.fail(SendError::Rejected(text.clone()), &mut resolution);
             }
         }
     }
