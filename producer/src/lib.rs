@@ -8,6 +8,7 @@
 pub mod batching;
 pub mod metrics;
 pub mod service;
+pub mod shard_stats;
 pub mod status;
 
 pub use batching::{

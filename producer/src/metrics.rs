@@ -16,6 +16,10 @@
 //! - `kinesis_producer_buffering_seconds` (BufferingTime): from handing over to the first call.
 //! - `kinesis_producer_put_records_seconds`: duration of each `PutRecords` call.
 //! - `kinesis_producer_user_records_per_kinesis_record` (UserRecordsPerKinesisRecord).
+//!
+//! Per shard, for the status page rather than Prometheus: [`ShardStats`].
+
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +27,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::shard_stats::ShardStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorCode {
@@ -42,6 +48,8 @@ pub struct ProducerMetrics {
     pub buffering_seconds: Histogram,
     pub put_records_seconds: Histogram,
     pub user_records_per_kinesis_record: Histogram,
+    /// What the calls did to each shard (see [`ShardStats`]).
+    pub shards: Arc<ShardStats>,
 }
 
 impl ProducerMetrics {
@@ -60,6 +68,7 @@ impl ProducerMetrics {
             put_records_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 1 to 1024 user records in one Kinesis record.
             user_records_per_kinesis_record: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            shards: Arc::default(),
         };
         let r = registry
             .sub_registry_with_prefix("kinesis_producer")

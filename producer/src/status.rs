@@ -1,6 +1,7 @@
 //! What the producer shows an operator over HTTP besides its metrics: `GET /status` (JSON) and
 //! `GET /` (a page that reads `/status` every two seconds; no external assets, so it works
-//! offline).
+//! offline): totals, charts of the last 15 minutes, and each shard's put rate against its
+//! write limits with its throttles, retries and busiest partition keys ([`ShardStats`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,46 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ProducerMetrics;
+use crate::shard_stats::{ShardRow, SHARD_BYTES_PER_SECOND, SHARD_RECORDS_PER_SECOND};
+
+/// How long the page's charts reach back, and how often a point is taken: the history is a
+/// ring of `HISTORY_POINTS` points of a few numbers each, so its memory is fixed.
+pub const HISTORY_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const HISTORY_STEP: Duration = Duration::from_secs(5);
+const HISTORY_POINTS: usize = (HISTORY_WINDOW.as_secs() / HISTORY_STEP.as_secs()) as usize;
+
+/// One point of the charts: user records per second over the step before `t`.
+#[derive(Debug, Clone, Serialize)]
+struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    t: i64,
+    acknowledged: f64,
+    failed: f64,
+    retries: f64,
+    /// Entries throttled (`ProvisionedThroughputExceededException`) per second.
+    throttles: f64,
+}
+
+/// Cumulative counts a history point is the difference of.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    acknowledged: u64,
+    failed: u64,
+    retries: u64,
+    throttles: u64,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    points: VecDeque<HistoryPoint>,
+    last: Option<(Instant, Totals)>,
+}
+
+#[derive(Debug, Serialize)]
+struct ShardLimits {
+    records_per_second: u64,
+    bytes_per_second: u64,
+}
 
 /// How many recent errors the page shows.
 const RECENT_ERRORS: usize = 20;
@@ -40,6 +81,7 @@ pub struct ProducerStatus {
     failed: AtomicU64,
     /// (when, user records acknowledged so far), one sample a second for the last 10 s.
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    history: Mutex<History>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,7 +99,14 @@ struct StatusDoc {
     per_second: f64,
     buffered: i64,
     in_flight: i64,
+    throttles: u64,
     recent_errors: Vec<RecentError>,
+    /// The charts' points, oldest first, one every [`HISTORY_STEP`] over [`HISTORY_WINDOW`].
+    history: Vec<HistoryPoint>,
+    shard_limits: ShardLimits,
+    /// Shards by shard id: the open shards of the producer's last listing and every shard
+    /// records went to.
+    shards: Vec<ShardRow>,
 }
 
 impl ProducerStatus {
@@ -70,6 +119,7 @@ impl ProducerStatus {
             errors: Mutex::new(VecDeque::new()),
             failed: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::new()),
+            history: Mutex::default(),
         })
     }
 
@@ -102,7 +152,46 @@ impl ProducerStatus {
                 }
                 samples.push_back((Instant::now(), self.metrics.user_records_put.get()));
             }
+            self.metrics.shards.tick();
+            self.record_history(Instant::now());
         }
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            acknowledged: self.metrics.user_records_put.get(),
+            failed: self.failed.load(Ordering::Relaxed),
+            retries: self.metrics.retries.get(),
+            throttles: self.metrics.shards.throttles(),
+        }
+    }
+
+    /// Adds a point to the history when [`HISTORY_STEP`] has passed since the last one.
+    fn record_history(&self, now: Instant) {
+        let Ok(mut history) = self.history.lock() else {
+            return;
+        };
+        let totals = self.totals();
+        let Some((then, before)) = history.last else {
+            history.last = Some((now, totals));
+            return;
+        };
+        let secs = (now - then).as_secs_f64();
+        if secs + 0.1 < HISTORY_STEP.as_secs_f64() {
+            return;
+        }
+        let rate = |a: u64, b: u64| ((a.saturating_sub(b)) as f64 / secs * 10.0).round() / 10.0;
+        if history.points.len() == HISTORY_POINTS {
+            history.points.pop_front();
+        }
+        history.points.push_back(HistoryPoint {
+            t: Utc::now().timestamp_millis(),
+            acknowledged: rate(totals.acknowledged, before.acknowledged),
+            failed: rate(totals.failed, before.failed),
+            retries: rate(totals.retries, before.retries),
+            throttles: rate(totals.throttles, before.throttles),
+        });
+        history.last = Some((now, totals));
     }
 
     fn per_second(&self) -> f64 {
@@ -133,6 +222,17 @@ impl ProducerStatus {
             per_second: (self.per_second() * 10.0).round() / 10.0,
             buffered: self.metrics.buffered_records.get(),
             in_flight: self.metrics.in_flight_calls.get(),
+            throttles: self.metrics.shards.throttles(),
+            history: self
+                .history
+                .lock()
+                .map(|h| h.points.iter().cloned().collect())
+                .unwrap_or_default(),
+            shard_limits: ShardLimits {
+                records_per_second: SHARD_RECORDS_PER_SECOND,
+                bytes_per_second: SHARD_BYTES_PER_SECOND,
+            },
+            shards: self.metrics.shards.rows(),
             recent_errors: self
                 .errors
                 .lock()

@@ -156,19 +156,43 @@ fn healthcheck_without_http_addr_says_there_is_nothing_to_ask() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP_ADDR is not set"));
 }
 
-/// The page itself, in a real headless browser: it shows the stream and its numbers move.
+/// The page itself, in a real headless browser: it shows the stream, its numbers and charts move
+/// without a reload, the shard one partition key makes hot is marked as the hottest against its
+/// write limit with that key, and throttles and retries show on that shard when the proxy
+/// throttles `PutRecords`.
 #[tokio::test]
-async fn the_status_page_shows_the_producer_live_in_a_browser() {
+async fn the_status_page_shows_the_hot_shard_its_key_and_its_throttles_live_in_a_browser() {
     let emu = testkit::shared(Kind::KinesisMock);
     let stream = testkit::unique_name("producer-page");
     testkit::create_stream(&emu.kinesis(), &stream, 2).await;
+    // The shard "hot-key" hashes to, and the other one.
+    let shards = common::kinesis::list_shards(&emu.kinesis(), &stream)
+        .await
+        .expect("list shards");
+    let hash = common::kpl::effective_hash_key("hot-key", None);
+    let (hot, cold): (Vec<_>, Vec<_>) = shards.iter().partition(|s| {
+        common::kinesis::hash_range(s).is_some_and(|(a, b)| (a..=b).contains(&hash))
+    });
+    let (hot, cold) = (
+        hot[0].shard_id().to_string(),
+        cold[0].shard_id().to_string(),
+    );
+    let proxy = FaultProxy::start(&emu.endpoint());
     let addr = format!("127.0.0.1:{}", testkit::free_port());
     let mut producer = ServiceProcess::spawn(
         producer_bin(),
         &testkit::env_with(
-            &emu.endpoint(),
+            &proxy.endpoint(),
             &stream,
-            &[("HTTP_ADDR", &addr), ("PRODUCER_INTERVAL_MS", "100")],
+            &[
+                ("HTTP_ADDR", &addr),
+                ("PRODUCER_INTERVAL_MS", "100"),
+                ("PRODUCER_MESSAGES_PER_TICK", "20"),
+                ("PRODUCER_PARTITION_KEY", "hot-key"),
+                // Throttled calls reach the producer's own retries (and its counts), not the
+                // SDK's.
+                ("AWS_MAX_ATTEMPTS", "1"),
+            ],
         ),
     );
     let ready = testkit::eventually(Duration::from_secs(30), || {
@@ -198,6 +222,121 @@ async fn the_status_page_shows_the_producer_live_in_a_browser() {
     })
     .await;
     assert!(moved, "the acknowledged count stayed at {first}");
+
+    // The hot shard is marked, against its limit, with the key that makes it hot; the other
+    // shard is listed, idle.
+    browser
+        .wait_for("#hottest", &hot, false, Duration::from_secs(30))
+        .expect("the hot shard is named the hottest");
+    let hot_row = format!("#shards tr[data-shard=\"{hot}\"]");
+    let cold_row = format!("#shards tr[data-shard=\"{cold}\"]");
+    browser
+        .wait_for(
+            &format!("{hot_row} .keys"),
+            "hot-key",
+            false,
+            Duration::from_secs(30),
+        )
+        .expect("the hot shard names its partition key");
+    assert_eq!(
+        browser.attr(&hot_row, "class").unwrap().as_deref(),
+        Some("hot")
+    );
+    let number = |t: String| {
+        t.trim()
+            .trim_end_matches('%')
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let rps = number(browser.text(&format!("{hot_row} .rps")).unwrap());
+    let pct = number(browser.text(&format!("{hot_row} .pct")).unwrap());
+    assert!(rps > 0.0, "hot shard at {rps} records/s");
+    // The share of the limit is the rate against 1,000 records a second (the records are
+    // small: the byte limit is further away).
+    assert!(
+        (pct - rps / 10.0).abs() <= 1.0,
+        "{pct} % of the limit for {rps} records/s"
+    );
+    assert_eq!(browser.text(&format!("{cold_row} .rps")).unwrap(), "0");
+    assert_eq!(browser.text(&format!("{cold_row} .keys")).unwrap(), "");
+
+    // The charts move without a reload: a point every 5 s.
+    let points = |browser: &mut testkit::Browser| {
+        browser
+            .attr("#acknowledged-line", "points")
+            .ok()
+            .flatten()
+            .map_or(0, |p| p.split_whitespace().count())
+    };
+    let before = points(&mut browser);
+    let grew = testkit::eventually(Duration::from_secs(40), || {
+        points(&mut browser) >= before + 2
+    })
+    .await;
+    assert!(grew, "the chart did not move from {before} points");
+
+    // Entries throttled one by one, then whole calls: counted on the hot shard, retried.
+    proxy.set(vec![Rule::fail_entries(
+        "ProvisionedThroughputExceededException",
+    )
+    .fraction(0.5)
+    .times(10)]);
+    let throttled = |browser: &mut testkit::Browser| {
+        browser
+            .text(&format!("{hot_row} .throttles"))
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let shown = testkit::eventually(Duration::from_secs(30), || throttled(&mut browser) > 0).await;
+    assert!(shown, "no throttle shown on {hot}\n{}", producer.dump());
+    let entries_throttled = throttled(&mut browser);
+    proxy.set(vec![Rule::throttle().only(&["PutRecords"]).times(3)]);
+    let shown = testkit::eventually(Duration::from_secs(30), || {
+        throttled(&mut browser) > entries_throttled
+    })
+    .await;
+    assert!(
+        shown,
+        "whole calls throttled not shown\n{}",
+        producer.dump()
+    );
+    let retries: u64 = browser
+        .text(&format!("{hot_row} .retries"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retries >= throttled(&mut browser), "{retries} retries");
+    assert_eq!(
+        browser.text(&format!("{cold_row} .throttles")).unwrap(),
+        "0"
+    );
+    // And a few records not sent, for the chart of failures.
+    proxy.set(vec![Rule::error(400, Some("ValidationException"))
+        .only(&["PutRecords"])
+        .times(2)]);
+    // The charts' last points show the throttles and the failures.
+    let charted = testkit::eventually(Duration::from_secs(30), || {
+        http_get(&addr, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|doc| doc["history"].as_array().cloned())
+            .is_some_and(|h| {
+                h.iter().any(|p| p["throttles"].as_f64() > Some(0.0))
+                    && h.iter().any(|p| p["failed"].as_f64() > Some(0.0))
+            })
+    })
+    .await;
+    assert!(charted, "{}", producer.dump());
+    let drawn = testkit::eventually(Duration::from_secs(20), || {
+        browser
+            .attr("#throttles-line", "points")
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.split_whitespace().any(|xy| !xy.ends_with(",162.0")))
+    })
+    .await;
+    assert!(drawn, "the throttles line stayed on zero");
     if let Some(path) = std::env::var_os("SCREENSHOT_DIR") {
         browser
             .screenshot(&Path::new(&path).join("producer-page.png"))

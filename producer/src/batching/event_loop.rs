@@ -514,6 +514,9 @@ impl EventLoop {
     fn shard_map_listed(&mut self, map: Option<ShardMap>) {
         match map {
             Some(map) => {
+                if let Some(m) = &self.config.metrics {
+                    m.shards.open_shards(map.open_shards());
+                }
                 self.shard_map = Some(map);
                 self.refresh_backoff.reset();
                 self.refresh_retry = None;

@@ -17,6 +17,9 @@ use super::record::SendError;
 pub const MAX_BATCH_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 
+/// The error code of a shard over its write limits (an entry's, or a whole call's).
+const THROTTLED: &str = "ProvisionedThroughputExceededException";
+
 /// The entries of one call, within its limits.
 #[derive(Default)]
 pub(super) struct Batch {
@@ -103,7 +106,11 @@ pub(super) async fn put_records(
             Err(_) => {
                 tracing::warn!(stream = %stream, records = batch.len(), "PutRecords did not answer within the records' time to live; abandoned");
                 let why: Arc<str> = "PutRecords did not answer within the record's time to live (Kinesis may still have stored it)".into();
+                let mut tally = metrics.and_then(|m| m.shards.tally());
                 for mut e in batch {
+                    if let Some(t) = &mut tally {
+                        t.retried(e.predicted_shard.as_deref(), e.members.len(), false);
+                    }
                     e.last_error = why.clone();
                     outcome.retry.push(e);
                 }
@@ -119,11 +126,16 @@ pub(super) async fn put_records(
     match result {
         Ok(out) => {
             let mut resolution = reporter.resolution();
+            // Per shard, for the status page: one lock for the whole answer.
+            let mut tally = metrics.and_then(|m| m.shards.tally());
             let results = out.records();
             // Entries failed alike share one error text.
             let mut last_error: Arc<str> = "".into();
             for (i, mut e) in batch.into_iter().enumerate() {
                 let Some(entry) = results.get(i) else {
+                    if let Some(t) = &mut tally {
+                        t.retried(e.predicted_shard.as_deref(), e.members.len(), false);
+                    }
                     e.last_error = "PutRecords answered fewer entries than sent".into();
                     outcome.retry.push(e);
                     continue;
@@ -134,6 +146,13 @@ pub(super) async fn put_records(
                     entry.sequence_number(),
                 ) {
                     (None, Some(shard), Some(seq)) => {
+                        if let Some(t) = &mut tally {
+                            t.acknowledged(
+                                shard,
+                                e.size(),
+                                e.members.iter().map(|p| p.record.partition_key.as_str()),
+                            );
+                        }
                         if e.predicted_shard.as_deref().is_some_and(|p| p != shard) {
                             outcome.shard_map_stale = true;
                             // A lone record routes by its own hash key: wherever Kinesis put
@@ -154,6 +173,13 @@ pub(super) async fn put_records(
                         e.fail(SendError::Rejected(msg), &mut resolution);
                     }
                     (code, _, _) => {
+                        if let Some(t) = &mut tally {
+                            t.retried(
+                                e.predicted_shard.as_deref(),
+                                e.members.len(),
+                                code == Some(THROTTLED),
+                            );
+                        }
                         let text = format!(
                             "{}: {}",
                             code.unwrap_or("NoSequenceNumber"),
@@ -175,7 +201,12 @@ pub(super) async fn put_records(
             let text = error_text(&err);
             tracing::warn!(stream = %stream, records = batch.len(), error = %text, "PutRecords failed, will retry");
             let text: Arc<str> = text.into();
+            let throttled = common::kinesis::error_code(&err) == Some(THROTTLED);
+            let mut tally = metrics.and_then(|m| m.shards.tally());
             for mut e in batch {
+                if let Some(t) = &mut tally {
+                    t.retried(e.predicted_shard.as_deref(), e.members.len(), throttled);
+                }
                 e.last_error = text.clone();
                 outcome.retry.push(e);
             }

@@ -48,6 +48,11 @@ impl ShardMap {
         Self { ranges, listed }
     }
 
+    /// The open shards' ids, by starting hash key.
+    pub fn open_shards(&self) -> impl Iterator<Item = &str> {
+        self.ranges.iter().map(|(_, _, id)| &**id)
+    }
+
     /// Whether `shard_id` is an open shard of the map.
     pub fn is_open(&self, shard_id: &str) -> bool {
         self.ranges.iter().any(|(_, _, id)| &**id == shard_id)
