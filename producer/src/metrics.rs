@@ -16,8 +16,13 @@
 //! - `kinesis_producer_buffering_seconds` (BufferingTime): from handing over to the first call.
 //! - `kinesis_producer_put_records_seconds`: duration of each `PutRecords` call.
 //! - `kinesis_producer_user_records_per_kinesis_record` (UserRecordsPerKinesisRecord).
+//! - `kinesis_producer_shard_records_put_total{shard_id}`,
+//!   `kinesis_producer_shard_bytes_put_total{shard_id}`: Kinesis records and their bytes (data
+//!   and partition key) acknowledged on each shard, against its write limits.
+//! - `kinesis_producer_shard_throttles_total{shard_id}`: entries throttled on each shard.
 //!
-//! Per shard, for the status page rather than Prometheus: [`ShardStats`].
+//! `shard_id` is bounded by [`crate::shard_stats::MAX_SHARDS`]; the status page's per-shard view
+//! (rates, busiest partition keys) is [`ShardStats`].
 
 use std::sync::Arc;
 
@@ -28,7 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::shard_stats::ShardStats;
+use crate::shard_stats::{ShardFamilies, ShardStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorCode {
@@ -55,6 +60,7 @@ pub struct ProducerMetrics {
 impl ProducerMetrics {
     /// Creates the metrics and registers them under `kinesis_producer_` with `stream`.
     pub fn register(registry: &mut Registry, stream: &str) -> Self {
+        let families = ShardFamilies::default();
         let metrics = Self {
             user_records_put: Counter::default(),
             kinesis_records_put: Counter::default(),
@@ -68,7 +74,7 @@ impl ProducerMetrics {
             put_records_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 1 to 1024 user records in one Kinesis record.
             user_records_per_kinesis_record: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-            shards: Arc::default(),
+            shards: Arc::new(ShardStats::exported(families.clone())),
         };
         let r = registry
             .sub_registry_with_prefix("kinesis_producer")
@@ -122,6 +128,21 @@ impl ProducerMetrics {
             "user_records_per_kinesis_record",
             "User records carried by each acknowledged Kinesis record",
             metrics.user_records_per_kinesis_record.clone(),
+        );
+        r.register(
+            "shard_records_put",
+            "Kinesis records acknowledged on each shard (against its limit of 1,000 a second)",
+            families.records,
+        );
+        r.register(
+            "shard_bytes_put",
+            "Bytes (data and partition key) acknowledged on each shard (against its limit of 1 MiB a second)",
+            families.bytes,
+        );
+        r.register(
+            "shard_throttles",
+            "PutRecords entries throttled on each shard (ProvisionedThroughputExceededException), each retried",
+            families.throttles,
         );
         // Every code a failure can carry starts at 0, so that the first failure shows as an
         // increase (a series that appears at 1 shows none): the kinds of failure, and the AWS

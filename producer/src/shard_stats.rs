@@ -8,6 +8,10 @@
 //! allocation once the slots' strings have grown to the keys' length), so the key counts are
 //! estimates, scaled back up.
 //!
+//! The records, bytes and throttles are also Prometheus counters by `shard_id` when the stats
+//! come from [`ProducerMetrics::register`](crate::metrics::ProducerMetrics::register) (each
+//! shard's counters are looked up once, when the shard is first seen).
+//!
 //! Memory is bounded: at most [`MAX_SHARDS`] shards are kept (records of others count under
 //! [`OTHER_SHARDS`]), each with [`KEY_SLOTS`] partition keys of at most 256 bytes (the Kinesis
 //! limit) and [`RATE_SAMPLES`] samples for its rate.
@@ -15,6 +19,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 
 /// Kinesis write limits of one shard.
@@ -98,6 +105,28 @@ struct Shard {
     keys: KeySlots,
     /// The last complete window's top keys.
     last_keys: Vec<KeyCount>,
+    exported: Option<ShardCounters>,
+}
+
+/// The shard's Prometheus counters.
+#[derive(Debug)]
+struct ShardCounters {
+    records: Counter,
+    bytes: Counter,
+    throttles: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard_id: String,
+}
+
+/// The per-shard Prometheus counter families (`kinesis_producer_shard_*_total{shard_id}`).
+#[derive(Clone, Debug, Default)]
+pub struct ShardFamilies {
+    pub records: Family<ShardLabel, Counter>,
+    pub bytes: Family<ShardLabel, Counter>,
+    pub throttles: Family<ShardLabel, Counter>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,7 +173,11 @@ impl Default for Inner {
 }
 
 /// The shard `id` (or [`OTHER_SHARDS`] past the bound), added at zero when new.
-fn shard<'a>(shards: &'a mut BTreeMap<String, Shard>, id: &str) -> &'a mut Shard {
+fn shard<'a>(
+    shards: &'a mut BTreeMap<String, Shard>,
+    families: Option<&ShardFamilies>,
+    id: &str,
+) -> &'a mut Shard {
     let id = if shards.len() < MAX_SHARDS || shards.contains_key(id) {
         id
     } else {
@@ -154,6 +187,16 @@ fn shard<'a>(shards: &'a mut BTreeMap<String, Shard>, id: &str) -> &'a mut Shard
         // Its first sample at zero, so that its rate shows from the next tick.
         let mut new = Shard::default();
         new.samples.push_back((0, 0));
+        new.exported = families.map(|f| {
+            let label = ShardLabel {
+                shard_id: id.to_string(),
+            };
+            ShardCounters {
+                records: f.records.get_or_create(&label).clone(),
+                bytes: f.bytes.get_or_create(&label).clone(),
+                throttles: f.throttles.get_or_create(&label).clone(),
+            }
+        });
         shards.insert(id.to_string(), new);
     }
     shards.get_mut(id).expect("inserted above")
@@ -163,10 +206,11 @@ fn shard<'a>(shards: &'a mut BTreeMap<String, Shard>, id: &str) -> &'a mut Shard
 #[derive(Debug, Default)]
 pub struct ShardStats {
     inner: Mutex<Inner>,
+    families: Option<ShardFamilies>,
 }
 
 /// The counts locked for one `PutRecords` answer.
-pub struct Tally<'a>(MutexGuard<'a, Inner>);
+pub struct Tally<'a>(MutexGuard<'a, Inner>, Option<&'a ShardFamilies>);
 
 impl Tally<'_> {
     /// An entry acknowledged on `shard`: one Kinesis record of `bytes`, carrying user records
@@ -178,9 +222,13 @@ impl Tally<'_> {
         keys: impl ExactSizeIterator<Item = &'k str>,
     ) {
         let inner = &mut *self.0;
-        let s = self::shard(&mut inner.shards, shard);
+        let s = self::shard(&mut inner.shards, self.1, shard);
         s.records += 1;
         s.bytes += bytes as u64;
+        if let Some(c) = &s.exported {
+            c.records.inc();
+            c.bytes.inc_by(bytes as u64);
+        }
         s.user_records += keys.len() as u64;
         for key in keys {
             // xorshift64: a few instructions a record.
@@ -198,25 +246,37 @@ impl Tally<'_> {
     /// `records` user records of an entry bound for `shard` (`None`: not predicted) to be put
     /// again; `throttled` when Kinesis said the shard's limit was exceeded.
     pub fn retried(&mut self, shard: Option<&str>, records: usize, throttled: bool) {
-        let s = self::shard(&mut self.0.shards, shard.unwrap_or(UNKNOWN_SHARD));
+        let s = self::shard(&mut self.0.shards, self.1, shard.unwrap_or(UNKNOWN_SHARD));
         s.retries += records as u64;
         if throttled {
             s.throttles += 1;
+            if let Some(c) = &s.exported {
+                c.throttles.inc();
+            }
         }
     }
 }
 
 impl ShardStats {
+    /// Stats that also count in these Prometheus families.
+    pub fn exported(families: ShardFamilies) -> Self {
+        Self {
+            inner: Mutex::default(),
+            families: Some(families),
+        }
+    }
+
     /// Locks the counts for one answer; `None` if a holder panicked.
     pub fn tally(&self) -> Option<Tally<'_>> {
-        self.inner.lock().ok().map(Tally)
+        let families = self.families.as_ref();
+        self.inner.lock().ok().map(|inner| Tally(inner, families))
     }
 
     /// Shards the shard map lists as open, shown (at zero) before any record reached them.
     pub fn open_shards<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         if let Ok(mut inner) = self.inner.lock() {
             for id in ids {
-                shard(&mut inner.shards, id);
+                shard(&mut inner.shards, self.families.as_ref(), id);
             }
         }
     }

@@ -92,6 +92,9 @@ async fn health_readiness_metrics_and_status_tell_what_the_producer_does() {
         "kinesis_producer_buffering_seconds_bucket",
         "kinesis_producer_put_records_seconds_bucket",
         "kinesis_producer_user_records_per_kinesis_record_bucket",
+        "kinesis_producer_shard_records_put_total",
+        "kinesis_producer_shard_bytes_put_total",
+        "kinesis_producer_shard_throttles_total",
     ] {
         assert!(
             metrics
@@ -312,6 +315,18 @@ async fn the_status_page_shows_the_hot_shard_its_key_and_its_throttles_live_in_a
         browser.text(&format!("{cold_row} .throttles")).unwrap(),
         "0"
     );
+    // Prometheus counts them on that shard too.
+    let metrics = get(&addr, "/metrics").1;
+    let on = |shard: &str| {
+        metric_value(
+            &metrics,
+            &format!(
+                "kinesis_producer_shard_throttles_total{{stream=\"{stream}\",shard_id=\"{shard}\"}}"
+            ),
+        )
+    };
+    assert!(on(&hot) >= Some(1.0), "{metrics}");
+    assert_eq!(on(&cold), Some(0.0), "{metrics}");
     // And a few records not sent, for the chart of failures.
     proxy.set(vec![Rule::error(400, Some("ValidationException"))
         .only(&["PutRecords"])
