@@ -89,13 +89,14 @@ impl KeySlots {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// Kinesis records acknowledged (an aggregate counts once, as for the write limit).
+    /// Kinesis records the shard stored (an aggregate counts once, as for the write limit; one
+    /// stored on the wrong side of a split too, though its members are put again).
     records: u64,
     /// Their bytes, data and partition key, as Kinesis counts them for the limit.
     bytes: u64,
-    /// User records acknowledged.
+    /// User records those Kinesis records carry.
     user_records: u64,
-    /// Entries answered `ProvisionedThroughputExceededException`, and records in calls
+    /// Entries answered `ProvisionedThroughputExceededException`, and the entries of calls
     /// throttled whole.
     throttles: u64,
     /// User records to be put again, whatever the reason (throttles included).
