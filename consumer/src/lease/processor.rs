@@ -171,6 +171,14 @@ impl CheckpointError {
 
 const NOTHING_DELIVERED: &str = "no record was delivered yet";
 
+/// An error [`RecordProcessor::process_records`] returns to stop the shard at once instead of
+/// applying the failure policy: the batch is not processed, the lease is released, and the
+/// shard is taken again later (by this worker after a backoff) from its checkpoint. For a
+/// processor that cannot go on at all, such as a child process that died.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShardFailed(pub String);
+
 #[derive(Debug, Default)]
 struct Progress {
     /// Last user record handed to the processor, and not in a batch whose processing failed

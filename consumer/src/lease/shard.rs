@@ -217,6 +217,7 @@ async fn process<P: RecordProcessor>(
             {
                 Delivery::Done => {}
                 Delivery::Cancelled => return shutdown(processor, &checkpointer).await,
+                Delivery::Failed(reason) => return ShardOutcome::Failed(reason),
                 Delivery::Halted(reason) => {
                     // Keep the lease (the renewer goes on), read nothing more, until stopped.
                     drop(reader);
