@@ -367,3 +367,140 @@ async fn a_bad_property_stops_the_start_with_one_line_naming_it() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn two_daemons_share_the_leases_and_one_takes_over_after_kill_9() {
+    let _serial = SERIAL.lock().await;
+    let app = App::new("ml-share", 4).await;
+    let command = kclpy_command();
+    let a = app.daemon(&app.properties("a", &command, &[]));
+    let mut b = app.daemon(&app.properties("b", &command, &[]));
+    settle_two_by_two(&app.setup, ("a", &a), ("b", &b)).await;
+    let before: Vec<String> = (0..20).map(|i| format!("shared-{i}")).collect();
+    for d in &before {
+        app.put(d).await;
+    }
+    wait_processed(&[&a, &b], &before, Duration::from_secs(60)).await;
+    let mine = |daemon: &ServiceProcess| {
+        child_lines(daemon)
+            .iter()
+            .filter(|l| l.starts_with("processed "))
+            .count()
+    };
+    assert!(
+        mine(&a) > 0 && mine(&b) > 0,
+        "both daemons processed records"
+    );
+    // Each child checkpoints after its batch: wait until a's are written.
+    let a_shards = app.setup.owned_by("a").await;
+    let checkpointed = testkit::eventually(Duration::from_secs(10), || {
+        let lines = a.lines();
+        a_shards
+            .iter()
+            .all(|shard| after_last_child_checkpoint(&lines, shard))
+    })
+    .await;
+    assert!(checkpointed, "{}", a.dump());
+
+    a.signal("KILL");
+    let killed = Instant::now();
+    let after: Vec<String> = (0..20).map(|i| format!("takeover-{i}")).collect();
+    for d in &after {
+        app.put(d).await;
+    }
+    wait_processed(&[&a, &b], &after, Duration::from_secs(60)).await;
+    let taken = app.setup.owned_by("b").await;
+    assert_eq!(
+        taken.len(),
+        4,
+        "b holds every lease: {:?}",
+        app.setup.owners().await
+    );
+    eprintln!(
+        "after kill -9 of one daemon, the other processed every new record within {} ms",
+        killed.elapsed().as_millis()
+    );
+    stop_timed(&mut b);
+    let counts = processed(&[&a, &b]);
+    for d in before.iter().chain(&after) {
+        assert_eq!(counts.get(d), Some(&1), "{d}: {counts:?}");
+    }
+}
+
+/// Whether the last `processed` line of `shard` in `lines` (a daemon's log) is followed by a
+/// `checkpoint` of that shard.
+fn after_last_child_checkpoint(lines: &[String], shard: &str) -> bool {
+    let mut pending = false;
+    for line in lines {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if event["shard_id"] != shard {
+            continue;
+        }
+        match event["message"].as_str() {
+            Some("child stderr")
+                if event["line"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("processed ")) =>
+            {
+                pending = true
+            }
+            Some("checkpoint") => pending = false,
+            _ => {}
+        }
+    }
+    !pending
+}
+
+#[tokio::test]
+async fn the_kclpy_sample_app_runs_unchanged() {
+    let _serial = SERIAL.lock().await;
+    let app = App::new("ml-sample", 1).await;
+    // amazon-kclpy's own samples/sample_kclpy_app.py, as its sdist ships it.
+    let sample = repo().join(".venv/share/amazon-kclpy-samples/sample_kclpy_app.py");
+    assert!(
+        sample.exists(),
+        "{} missing: run scripts/dev-venv.sh",
+        sample.display()
+    );
+    let command = format!(
+        "{} {}",
+        repo().join(".venv/bin/python").display(),
+        sample.display()
+    );
+    let props = app.properties("s", &command, &[]);
+    let http = format!("127.0.0.1:{}", testkit::free_port());
+    let mut env = app.env();
+    env.push(("HTTP_ADDR".into(), http.clone()));
+    let mut daemon = app.daemon_with_env(&props, env);
+    let mut last = String::new();
+    for i in 0..5 {
+        last = app.put(&format!("sample-{i}")).await.1;
+    }
+    // The sample checkpoints every 60 s or when asked to stop: wait until it has the records.
+    let handed = testkit::eventually(Duration::from_secs(60), || {
+        testkit::http_get(&http, "/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("kinesis_consumer_records_processed_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+                >= 5.0
+        })
+    })
+    .await;
+    assert!(handed, "{}", daemon.dump());
+    stop_timed(&mut daemon);
+    // Its shutdown_requested checkpointed the last record delivered...
+    let checkpoints = field(&daemon.events("checkpoint"), "sequence_number");
+    assert_eq!(checkpoints.last(), Some(&last), "{}", daemon.dump());
+    // ... and what it wrote to standard error reached the log.
+    let said = child_lines(&daemon).join("\n");
+    for i in 0..5 {
+        assert!(
+            said.contains(&format!("Partition Key: sample-{i}")),
+            "{said}"
+        );
+    }
+    assert!(said.contains("Shutdown has been requested"), "{said}");
+}
