@@ -504,3 +504,31 @@ async fn the_kclpy_sample_app_runs_unchanged() {
     }
     assert!(said.contains("Shutdown has been requested"), "{said}");
 }
+
+#[tokio::test]
+async fn reads_that_bring_nothing_reach_the_child_when_the_properties_ask() {
+    let _serial = SERIAL.lock().await;
+    let app = App::new("ml-empty", 1).await;
+    let props = app.properties(
+        "e",
+        &kclpy_command(),
+        &["callProcessRecordsEvenForEmptyRecordList = true"],
+    );
+    let mut daemon = app.daemon(&props);
+    let empty = |d: &ServiceProcess| {
+        child_lines(d)
+            .iter()
+            .filter(|l| l.starts_with("empty batch "))
+            .count()
+    };
+    let seen = testkit::eventually(Duration::from_secs(60), || empty(&daemon) >= 2).await;
+    assert!(seen, "{}", daemon.dump());
+    app.put("after-empty").await;
+    wait_processed(
+        &[&daemon],
+        &["after-empty".to_string()],
+        Duration::from_secs(60),
+    )
+    .await;
+    stop_timed(&mut daemon);
+}

@@ -2,7 +2,7 @@
 """A record processor on the real amazon-kclpy (its v3 API), for consumer/tests/multilang.rs.
 
 Writes one line to standard error per event ("processed SHARD SEQUENCE SUB DATA",
-"initialized SHARD SEQUENCE", "shutdown requested SHARD", ...), which the daemon forwards to
+"initialized SHARD SEQUENCE", "empty batch SHARD", "shutdown requested SHARD", ...), which the daemon forwards to
 its log, and checkpoints after every batch (a checkpoint with no sequence number: the last
 record delivered). A record whose data starts with "crash-once", "hang-once" or
 "garbage-once" makes it exit, hang or write a line that is not the protocol, the first time
@@ -39,6 +39,8 @@ class App(processor.RecordProcessorBase):
         log("initialized {} {}".format(self.shard, initialize_input.sequence_number))
 
     def process_records(self, process_records_input):
+        if not process_records_input.records:
+            log("empty batch " + self.shard)
         for record in process_records_input.records:
             data = record.binary_data.decode("utf-8", "replace")
             if data.startswith("crash-once") and first_time(data):

@@ -131,6 +131,13 @@ pub trait RecordProcessor: Send + 'static {
         &mut self,
         checkpointer: &Checkpointer,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Whether [`RecordProcessor::process_records`] is also called for a read that brought no
+    /// new record (the Java KCL's `callProcessRecordsEvenForEmptyRecordList`), outside the
+    /// failure policy: an `Err` then fails the shard. Default: no.
+    fn process_empty_batches(&self) -> bool {
+        false
+    }
 }
 
 /// Makes a processor for each lease the worker takes.

@@ -49,6 +49,8 @@ pub struct ChildConfig {
     pub command: Vec<String>,
     /// `timeoutInSeconds`: the longest wait for each message of the child.
     pub timeout: Option<Duration>,
+    /// `callProcessRecordsEvenForEmptyRecordList`.
+    pub empty_batches: bool,
 }
 
 /// Makes a [`ChildProcessor`] for each lease taken.
@@ -87,6 +89,7 @@ pub struct ChildProcessor {
 struct Child {
     process: tokio::process::Child,
     pid: u32,
+    shard_id: String,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     /// Forwards standard error to the log until it closes.
@@ -175,6 +178,7 @@ impl ChildProcessor {
         Ok(self.child.insert(Child {
             process,
             pid,
+            shard_id: self.shard_id.clone(),
             stdin,
             stdout: BufReader::new(stdout),
             stderr,
@@ -321,12 +325,12 @@ impl Child {
         drop(self.stdin);
         match tokio::time::timeout(EXIT_WAIT, self.process.wait()).await {
             Ok(Ok(status)) => {
-                tracing::info!(pid = self.pid, status = %status, "child process exited")
+                tracing::info!(shard_id = %self.shard_id, pid = self.pid, status = %status, "child process exited")
             }
             _ => {
                 let _ = self.process.start_kill();
                 let _ = tokio::time::timeout(EXIT_WAIT, self.process.wait()).await;
-                tracing::info!(pid = self.pid, "child process killed");
+                tracing::info!(shard_id = %self.shard_id, pid = self.pid, "child process killed");
             }
         }
         if tokio::time::timeout(EXIT_WAIT, &mut self.stderr)
@@ -479,5 +483,9 @@ impl RecordProcessor for ChildProcessor {
             .await;
         self.finish().await;
         result.map_err(Into::into)
+    }
+
+    fn process_empty_batches(&self) -> bool {
+        self.config.empty_batches
     }
 }

@@ -44,6 +44,7 @@ pub async fn run(
     let factory = ChildProcessorFactory::new(ChildConfig {
         command: settings.command,
         timeout: settings.timeout,
+        empty_batches: settings.empty_batches,
     });
     crate::serve(
         settings.consumer,

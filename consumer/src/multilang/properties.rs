@@ -21,6 +21,9 @@ pub struct MultiLangSettings {
     pub command: Vec<String>,
     /// `timeoutInSeconds`: the longest a child may take to answer a message.
     pub timeout: Option<Duration>,
+    /// `callProcessRecordsEvenForEmptyRecordList`: `processRecords` also for reads that
+    /// brought nothing.
+    pub empty_batches: bool,
     /// `regionName`.
     pub region: Option<String>,
     /// `kinesisEndpoint`, `dynamoDBEndpoint`.
@@ -262,15 +265,11 @@ pub fn from_properties(
                 .ok_or_else(|| invalid("timeoutInSeconds", v, "1 to 86400"))?,
         ),
     };
+    let empty_batches = get("callProcessRecordsEvenForEmptyRecordList")
+        .map(|v| boolean("callProcessRecordsEvenForEmptyRecordList", v))
+        .transpose()?
+        .unwrap_or(false);
     let mut unimplemented = Vec::new();
-    if let Some(v) = get("callProcessRecordsEvenForEmptyRecordList") {
-        if boolean("callProcessRecordsEvenForEmptyRecordList", v)? {
-            unimplemented.push((
-                "callProcessRecordsEvenForEmptyRecordList".to_string(),
-                "empty batches are not delivered",
-            ));
-        }
-    }
     let region = get("regionName").map(String::from);
     let kinesis_endpoint = get("kinesisEndpoint")
         .map(|v| url("kinesisEndpoint", v))
@@ -317,6 +316,7 @@ pub fn from_properties(
         consumer,
         command,
         timeout,
+        empty_batches,
         region,
         kinesis_endpoint,
         dynamodb_endpoint,
@@ -361,6 +361,7 @@ regionName = us-east-1
         assert_eq!(s.consumer.retrieval, common::config::Retrieval::FanOut);
         assert_eq!(s.region.as_deref(), Some("us-east-1"));
         assert!(s.unimplemented.is_empty(), "{:?}", s.unimplemented);
+        assert!(!s.empty_batches);
     }
 
     #[test]
@@ -376,6 +377,7 @@ idleTimeBetweenReadsInMillis = 700
 shardSyncIntervalMillis = 30000
 initialPositionInStreamExtended = 1700000000
 timeoutInSeconds = 30
+callProcessRecordsEvenForEmptyRecordList = TRUE
 kinesisEndpoint = http://localhost:4566
 dynamoDBEndpoint = http://localhost:4567
 ";
@@ -398,6 +400,7 @@ dynamoDBEndpoint = http://localhost:4567
         // Polling keys set, no retrievalMode: polling, as the Java daemon decides.
         assert_eq!(s.consumer.retrieval, common::config::Retrieval::Polling);
         assert_eq!(s.timeout, Some(Duration::from_secs(30)));
+        assert!(s.empty_batches);
         assert_eq!(s.kinesis_endpoint.as_deref(), Some("http://localhost:4566"));
         assert_eq!(
             s.dynamodb_endpoint.as_deref(),
@@ -411,18 +414,14 @@ dynamoDBEndpoint = http://localhost:4567
     #[test]
     fn unimplemented_keys_are_named_once_each() {
         let text = format!(
-            "{KCLPY_SAMPLE}metricsLevel = NONE\nAWSCredentialsProvider = ProfileCredentialsProvider|dev\ncallProcessRecordsEvenForEmptyRecordList = true\n"
+            "{KCLPY_SAMPLE}metricsLevel = NONE\nAWSCredentialsProvider = ProfileCredentialsProvider|dev\ncallProcessRecordsEvenForEmptyRecordList = true\nmaxActiveThreads = 4\n"
         );
         let s = from_properties(&props(&text), env()).unwrap();
         let mut keys: Vec<&str> = s.unimplemented.iter().map(|(k, _)| k.as_str()).collect();
         keys.sort();
         assert_eq!(
             keys,
-            vec![
-                "AWSCredentialsProvider",
-                "callProcessRecordsEvenForEmptyRecordList",
-                "metricsLevel"
-            ]
+            vec!["AWSCredentialsProvider", "maxActiveThreads", "metricsLevel"]
         );
     }
 
