@@ -34,7 +34,7 @@ use crate::lease::{
 
 /// The longest wait for the child's answer to `shutdownRequested` or `leaseLost`: within the
 /// worker's shutdown budget, with room to release the leases after.
-const ENDING_WAIT: Duration = Duration::from_millis(2500);
+const ENDING_WAIT: Duration = Duration::from_millis(2000);
 
 /// How long a child that was told its last action may take to exit after its input closes.
 const EXIT_WAIT: Duration = Duration::from_millis(500);
@@ -75,6 +75,7 @@ impl RecordProcessorFactory for ChildProcessorFactory {
             shard_id: shard_id.to_string(),
             config: self.config.clone(),
             child: None,
+            pending: None,
         }
     }
 }
@@ -84,6 +85,8 @@ pub struct ChildProcessor {
     shard_id: String,
     config: Arc<ChildConfig>,
     child: Option<Child>,
+    /// The action whose status has not come yet, if any.
+    pending: Option<&'static str>,
 }
 
 struct Child {
@@ -133,6 +136,8 @@ enum ChildError {
 enum Checkpoints<'a> {
     /// None (`initialize`, `leaseLost`): the Java daemon answers `InvalidStateException`.
     Refused,
+    /// The lease is gone (an action interrupted by its loss): `ShutdownException`.
+    Lost,
     Shard(&'a Checkpointer),
     /// At `shardEnded`: a request without a sequence number ends the shard (`SHARD_END` is
     /// written when the action is done).
@@ -200,64 +205,14 @@ impl ChildProcessor {
                 action,
             });
         };
-        if child.write(message).await.is_err() {
-            return Err(child.exited(action).await);
-        }
-        loop {
-            let line = match wait {
-                Some(limit) => match tokio::time::timeout(limit, child.read_line()).await {
-                    Ok(line) => line,
-                    Err(_) => {
-                        return Err(ChildError::Timeout {
-                            pid: child.pid,
-                            action,
-                            waited: limit,
-                        })
-                    }
-                },
-                None => child.read_line().await,
-            };
-            let Some(line) = line else {
-                return Err(child.exited(action).await);
-            };
-            let parsed = FromChild::parse(&line).map_err(|error| ChildError::NotProtocol {
-                pid: child.pid,
-                action,
-                error,
-            })?;
-            match parsed {
-                None => {}
-                Some(FromChild::Status { response_for }) if response_for == action => return Ok(()),
-                Some(FromChild::Status { response_for }) => {
-                    return Err(ChildError::WrongStatus {
-                        pid: child.pid,
-                        answered: response_for,
-                        action,
-                    })
-                }
-                Some(FromChild::Checkpoint {
-                    sequence_number,
-                    sub_sequence_number,
-                }) => {
-                    let error = answer_checkpoint(
-                        checkpoints,
-                        sequence_number.as_deref(),
-                        sub_sequence_number,
-                    )
-                    .await;
-                    let answer = ToChild::Checkpoint {
-                        sequence_number,
-                        sub_sequence_number,
-                        error: error.map(String::from),
-                    };
-                    if child.write(&answer).await.is_err() {
-                        return Err(child.exited(action).await);
-                    }
-                }
-            }
-        }
+        // Set until the status comes: a shard task dropped in between (the lease lost) leaves
+        // it set, and `lease_lost` waits for that status first.
+        self.pending = Some(action);
+        child.send(message, action, wait).await?;
+        child.await_status(action, checkpoints, wait).await?;
+        self.pending = None;
+        Ok(())
     }
-
     /// Kills the child (if still running) and hands its cause over as the shard's failure.
     async fn fail(&mut self, error: ChildError) -> anyhow::Error {
         if let Some(child) = self.child.take() {
@@ -285,6 +240,94 @@ impl ChildProcessor {
 }
 
 impl Child {
+    /// Writes `message`, within `wait` when given (a child that stopped reading fills the
+    /// pipe).
+    async fn send(
+        &mut self,
+        message: &ToChild,
+        action: &'static str,
+        wait: Option<Duration>,
+    ) -> Result<(), ChildError> {
+        let written = match wait {
+            Some(limit) => match tokio::time::timeout(limit, self.write(message)).await {
+                Ok(written) => written,
+                Err(_) => {
+                    return Err(ChildError::Timeout {
+                        pid: self.pid,
+                        action,
+                        waited: limit,
+                    })
+                }
+            },
+            None => self.write(message).await,
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.exited(action).await),
+        }
+    }
+
+    /// Reads the child's lines until its status for `action`, answering its checkpoint
+    /// requests; each line within `wait` when given.
+    async fn await_status(
+        &mut self,
+        action: &'static str,
+        checkpoints: &mut Checkpoints<'_>,
+        wait: Option<Duration>,
+    ) -> Result<(), ChildError> {
+        loop {
+            let line = match wait {
+                Some(limit) => match tokio::time::timeout(limit, self.read_line()).await {
+                    Ok(line) => line,
+                    Err(_) => {
+                        return Err(ChildError::Timeout {
+                            pid: self.pid,
+                            action,
+                            waited: limit,
+                        })
+                    }
+                },
+                None => self.read_line().await,
+            };
+            let Some(line) = line else {
+                return Err(self.exited(action).await);
+            };
+            let parsed = FromChild::parse(&line).map_err(|error| ChildError::NotProtocol {
+                pid: self.pid,
+                action,
+                error,
+            })?;
+            match parsed {
+                None => {}
+                Some(FromChild::Status { response_for }) if response_for == action => return Ok(()),
+                Some(FromChild::Status { response_for }) => {
+                    return Err(ChildError::WrongStatus {
+                        pid: self.pid,
+                        answered: response_for,
+                        action,
+                    })
+                }
+                Some(FromChild::Checkpoint {
+                    sequence_number,
+                    sub_sequence_number,
+                }) => {
+                    let error = answer_checkpoint(
+                        checkpoints,
+                        sequence_number.as_deref(),
+                        sub_sequence_number,
+                    )
+                    .await;
+                    let answer = ToChild::Checkpoint {
+                        sequence_number,
+                        sub_sequence_number,
+                        error: error.map(String::from),
+                    };
+                    self.send(&answer, action, wait).await?;
+                }
+            }
+        }
+    }
+
     async fn write(&mut self, message: &ToChild) -> std::io::Result<()> {
         let mut line = message.to_line();
         line.push('\n');
@@ -374,6 +417,7 @@ async fn answer_checkpoint(
 ) -> Option<&'static str> {
     let checkpointer = match checkpoints {
         Checkpoints::Refused => return Some("InvalidStateException"),
+        Checkpoints::Lost => return Some("ShutdownException"),
         Checkpoints::ShardEnd(_, ended) if sequence_number.is_none() => {
             *ended = true;
             return None;
@@ -444,10 +488,18 @@ impl RecordProcessor for ChildProcessor {
             return;
         }
         let wait = Some(self.ending_wait());
-        if let Err(err) = self
-            .exchange(&ToChild::LeaseLost, &mut Checkpoints::Refused, wait)
-            .await
-        {
+        let ended = async {
+            // The loss stopped the shard task in the middle of an action: let the child finish
+            // it (its checkpoints refused) before telling it.
+            if let (Some(action), Some(child)) = (self.pending.take(), self.child.as_mut()) {
+                child
+                    .await_status(action, &mut Checkpoints::Lost, wait)
+                    .await?;
+            }
+            self.exchange(&ToChild::LeaseLost, &mut Checkpoints::Refused, wait)
+                .await
+        };
+        if let Err(err) = ended.await {
             tracing::warn!(shard_id = %self.shard_id, error = %err, "child process failed on leaseLost");
         }
         self.finish().await;
@@ -487,5 +539,89 @@ impl RecordProcessor for ChildProcessor {
 
     fn process_empty_batches(&self) -> bool {
         self.config.empty_batches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A processor running `script` with `python3 -c`.
+    fn processor(script: &str, timeout: Option<Duration>) -> ChildProcessor {
+        ChildProcessorFactory::new(ChildConfig {
+            command: vec!["python3".into(), "-c".into(), script.into()],
+            timeout,
+            empty_batches: false,
+        })
+        .create("shardId-000000000000")
+    }
+
+    /// Reads one message a line; for `processRecords`, asks for a checkpoint, then answers its
+    /// status; writes every action it got (and the checkpoint answer's error) to `$OUT`.
+    const CHILD: &str = r#"
+import json, os, sys
+out = open(os.environ["OUT"], "a")
+for line in sys.stdin:
+    message = json.loads(line)
+    out.write(message["action"] + "\n"); out.flush()
+    if message["action"] == "processRecords":
+        sys.stdout.write(json.dumps({"action": "checkpoint", "sequenceNumber": None}) + "\n")
+        sys.stdout.flush()
+        answer = json.loads(sys.stdin.readline())
+        out.write("checkpoint error " + str(answer.get("error")) + "\n"); out.flush()
+    sys.stdout.write("\n" + json.dumps({"action": "status", "responseFor": message["action"]}) + "\n")
+    sys.stdout.flush()
+"#;
+
+    #[tokio::test]
+    async fn a_lost_lease_lets_the_action_in_hand_finish_then_says_lease_lost() {
+        let out = std::env::temp_dir().join(format!("multilang-child-{}", uuid::Uuid::new_v4()));
+        let script = CHILD.replace(
+            "os.environ[\"OUT\"]",
+            &format!("{:?}", out.display().to_string()),
+        );
+        let mut p = processor(&script, Some(Duration::from_secs(5)));
+        p.spawn().expect("spawn");
+        let message = ToChild::process_records(&[], None);
+        let child = p.child.as_mut().expect("child");
+        child
+            .send(&message, "processRecords", None)
+            .await
+            .expect("send");
+        // The shard task was dropped here, its status not read: the lease is lost.
+        p.pending = Some("processRecords");
+        p.lease_lost().await;
+        assert!(p.child.is_none());
+        let said = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(
+            said.lines().collect::<Vec<_>>(),
+            vec![
+                "processRecords",
+                "checkpoint error ShutdownException",
+                "leaseLost"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_that_stops_reading_is_timed_out_while_written_to() {
+        // Never reads its input: a large message fills the pipe.
+        let mut p = processor(
+            "import time; time.sleep(60)",
+            Some(Duration::from_millis(500)),
+        );
+        p.spawn().expect("spawn");
+        let big = ToChild::Shutdown {
+            reason: "x".repeat(4 << 20),
+        };
+        let started = std::time::Instant::now();
+        let err = p
+            .exchange(&big, &mut Checkpoints::Refused, p.timeout())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChildError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        p.finish().await;
     }
 }
