@@ -490,6 +490,31 @@ async fn the_kclpy_sample_app_runs_unchanged() {
     })
     .await;
     assert!(handed, "{}", daemon.dump());
+    // The status page lists the child (pid, shard, state), and the health checks answer.
+    let (code, body) = testkit::http_get(&http, "/status").expect("status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let children = status["children"].as_array().cloned().unwrap_or_default();
+    assert_eq!(children.len(), 1, "{body}");
+    let started = daemon.events("child process started");
+    assert_eq!(
+        children[0]["pid"],
+        started.last().expect("started")["pid"],
+        "{body}"
+    );
+    assert_eq!(children[0]["shard_id"], "shardId-000000000000", "{body}");
+    assert!(
+        ["idle", "processRecords"].contains(&children[0]["state"].as_str().unwrap_or_default()),
+        "{body}"
+    );
+    assert_eq!(
+        testkit::http_get(&http, "/healthz").map(|(c, _)| c),
+        Some(200)
+    );
+    assert_eq!(
+        testkit::http_get(&http, "/readyz").map(|(c, _)| c),
+        Some(200)
+    );
     stop_timed(&mut daemon);
     // Its shutdown_requested checkpointed the last record delivered...
     let checkpoints = field(&daemon.events("checkpoint"), "sequence_number");

@@ -208,9 +208,11 @@ impl ChildProcessor {
         // Set until the status comes: a shard task dropped in between (the lease lost) leaves
         // it set, and `lease_lost` waits for that status first.
         self.pending = Some(action);
+        child.report(action);
         child.send(message, action, wait).await?;
         child.await_status(action, checkpoints, wait).await?;
         self.pending = None;
+        child.report("idle");
         Ok(())
     }
     /// Kills the child (if still running) and hands its cause over as the shard's failure.
@@ -236,6 +238,16 @@ impl ChildProcessor {
         self.config
             .timeout
             .map_or(ENDING_WAIT, |t| t.min(ENDING_WAIT))
+    }
+}
+
+/// A processor dropped with its child running (its shard task aborted): the child is killed
+/// (`kill_on_drop`), and leaves the status page.
+impl Drop for ChildProcessor {
+    fn drop(&mut self) {
+        if let (Some(child), Some(o)) = (&self.child, crate::observe::observer()) {
+            o.child_gone(&self.shard_id, child.pid);
+        }
     }
 }
 
@@ -328,6 +340,13 @@ impl Child {
         }
     }
 
+    /// Shows the child's state on the status page.
+    fn report(&self, state: &'static str) {
+        if let Some(o) = crate::observe::observer() {
+            o.child_state(&self.shard_id, self.pid, state);
+        }
+    }
+
     async fn write(&mut self, message: &ToChild) -> std::io::Result<()> {
         let mut line = message.to_line();
         line.push('\n');
@@ -365,6 +384,9 @@ impl Child {
     /// Closes its input (a KCL child exits at its end), gives it [`EXIT_WAIT`] to exit, then
     /// kills it; forwards what is left of its standard error.
     async fn stop(mut self) {
+        if let Some(o) = crate::observe::observer() {
+            o.child_gone(&self.shard_id, self.pid);
+        }
         drop(self.stdin);
         match tokio::time::timeout(EXIT_WAIT, self.process.wait()).await {
             Ok(Ok(status)) => {
