@@ -8,7 +8,9 @@
 //!    order: KPL aggregates are unpacked, and what the checkpoint covers is skipped, by the
 //!    library. An `Err` applies the worker's failure policy ([`super::FailurePolicy`]); by
 //!    default the same batch is offered again after a pause, for ever (nothing is skipped), so
-//!    make processing idempotent.
+//!    make processing idempotent. A [`ShardFailed`] error instead releases the lease: the shard
+//!    is read again later from its checkpoint. With
+//!    [`RecordProcessor::process_empty_batches`], reads that brought nothing are delivered too.
 //! 3. Exactly one ending:
 //!    - [`RecordProcessor::shard_ended`]: every record was processed; after it returns `Ok` the
 //!      worker checkpoints the lease at `SHARD_END`, which lets the children start.
