@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs the pinned emulators (npm) and dev tools
-# (PyPI, into .venv) and the status page test driver (npm: playwright-core), then runs every
-# test of the workspace. Needs Rust, Node.js, Python 3, Go (to build promtool) and Chromium
-# (Debian's `chromium`, installed with apt-get when this runs as root, or CHROMIUM_PATH); a
-# missing tool stops it at once with one line saying how to get it.
+# (PyPI, into .venv), the KCL client libraries for the multilang suite (npm aws-kcl, PyPI
+# amazon-kclpy) and the status page test driver (npm: playwright-core), then runs every test of
+# the workspace. Needs Rust, Node.js, Python 3, Go (to build promtool) and Chromium (Debian's
+# `chromium`, installed with apt-get when this runs as root, or CHROMIUM_PATH); a missing tool
+# stops it at once with one line saying how to get it.
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
 # Without arguments (as CI runs it) the Prometheus alert rules are checked and unit-tested with
@@ -46,9 +47,11 @@ fi
 
 echo "==> installing the emulators pinned in emulators/package-lock.json" >&2
 npm ci --prefix emulators --no-audit --no-fund --loglevel=error >&2
+echo "==> installing the Node.js KCL pinned in multilang/package-lock.json" >&2
+npm ci --prefix multilang --no-audit --no-fund --loglevel=error >&2
 echo "==> installing the status page test driver pinned in browser/package-lock.json" >&2
 npm ci --prefix browser --no-audit --no-fund --loglevel=error >&2
-echo "==> installing the dev tools pinned in requirements-dev.txt into .venv" >&2
+echo "==> installing the dev tools pinned in requirements-dev.txt and amazon-kclpy into .venv" >&2
 scripts/dev-venv.sh >/dev/null
 
 if (($# == 0)); then

@@ -21,10 +21,20 @@ use crate::config::AwsTimeouts;
 
 /// Loads the shared SDK configuration, failing with one line when no region is configured.
 pub async fn load() -> anyhow::Result<SdkConfig> {
+    load_in_region(None).await
+}
+
+/// [`load`], with `region` (when given) instead of the one the standard chain finds: the
+/// MultiLangDaemon's `regionName`.
+pub async fn load_in_region(region: Option<String>) -> anyhow::Result<SdkConfig> {
     // Whole-call throttling and transient errors are retried by the SDK (standard mode, 3
     // attempts, tunable with AWS_MAX_ATTEMPTS / AWS_RETRY_MODE); the services' own loops retry
     // on top of that, and where the SDK cannot (the failed entries of a partial PutRecords).
-    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    let config = loader.load().await;
     if config.region().is_none() {
         anyhow::bail!(
             "no AWS region configured: set AWS_REGION (for example AWS_REGION=us-east-1) or a profile with a region"
@@ -43,23 +53,46 @@ fn timeout_config(attempt: Duration, call: Duration) -> TimeoutConfig {
 
 /// A Kinesis client for the given SDK configuration, with the Kinesis deadlines.
 pub fn kinesis(config: &SdkConfig, timeouts: &AwsTimeouts) -> aws_sdk_kinesis::Client {
-    let conf = aws_sdk_kinesis::config::Builder::from(config)
-        .timeout_config(timeout_config(
-            timeouts.kinesis_attempt,
-            timeouts.kinesis_call,
-        ))
-        .build();
+    kinesis_at(config, timeouts, None)
+}
+
+/// [`kinesis`], at `endpoint` when given (the MultiLangDaemon's `kinesisEndpoint`, which wins
+/// over the `AWS_ENDPOINT_URL*` variables).
+pub fn kinesis_at(
+    config: &SdkConfig,
+    timeouts: &AwsTimeouts,
+    endpoint: Option<&str>,
+) -> aws_sdk_kinesis::Client {
+    let mut conf = aws_sdk_kinesis::config::Builder::from(config).timeout_config(timeout_config(
+        timeouts.kinesis_attempt,
+        timeouts.kinesis_call,
+    ));
+    if let Some(url) = endpoint {
+        conf = conf.endpoint_url(url);
+    }
+    let conf = conf.build();
     aws_sdk_kinesis::Client::from_conf(conf)
 }
 
 /// A DynamoDB client (the consumer's lease table), with the DynamoDB deadlines.
 pub fn dynamodb(config: &SdkConfig, timeouts: &AwsTimeouts) -> aws_sdk_dynamodb::Client {
-    let conf = aws_sdk_dynamodb::config::Builder::from(config)
-        .timeout_config(timeout_config(
-            timeouts.dynamodb_attempt,
-            timeouts.dynamodb_call,
-        ))
-        .build();
+    dynamodb_at(config, timeouts, None)
+}
+
+/// [`dynamodb`], at `endpoint` when given (the MultiLangDaemon's `dynamoDBEndpoint`).
+pub fn dynamodb_at(
+    config: &SdkConfig,
+    timeouts: &AwsTimeouts,
+    endpoint: Option<&str>,
+) -> aws_sdk_dynamodb::Client {
+    let mut conf = aws_sdk_dynamodb::config::Builder::from(config).timeout_config(timeout_config(
+        timeouts.dynamodb_attempt,
+        timeouts.dynamodb_call,
+    ));
+    if let Some(url) = endpoint {
+        conf = conf.endpoint_url(url);
+    }
+    let conf = conf.build();
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 

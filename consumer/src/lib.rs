@@ -11,12 +11,15 @@
 //! - [`record`]: decoding and logging; a record that is not a `DataMessage` is logged as a
 //!   warning naming its shard and sequence number, and skipped.
 //! - [`metrics`] and [`observe`]: Prometheus metrics, readiness and the live status page.
+//! - [`multilang`]: `consumer multilang FILE`, a drop-in for the KCL's MultiLangDaemon: leased
+//!   mode with a child process per lease, spoken to by the daemon's JSON-lines protocol.
 //!
 //! Run it with `cargo run -p consumer` (see the README for the variables).
 
 pub mod fanout;
 pub mod lease;
 pub mod metrics;
+pub mod multilang;
 pub mod observe;
 pub mod polling;
 pub mod reader;
@@ -30,16 +33,40 @@ use common::http::Probe;
 use common::telemetry::RecentEvents;
 use tokio_util::sync::CancellationToken;
 
+use crate::lease::RecordProcessorFactory;
 use crate::metrics::ConsumerMetrics;
 use crate::observe::Observer;
 
 /// Runs the consumer until `cancel` fires, with AWS clients built from `sdk` (the standard
 /// chain: `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL_DYNAMODB` and all), and the HTTP server
 /// (metrics, health, status) on `HTTP_ADDR` for as long as it runs. `recent` holds the last
-/// warnings and errors logged, for the status page.
+/// warnings and errors logged, for the status page. In leased mode each record is logged
+/// ([`lease::LoggingProcessorFactory`]).
 pub async fn run(
     settings: ConsumerSettings,
     sdk: &aws_config::SdkConfig,
+    cancel: CancellationToken,
+    recent: RecentEvents,
+) -> anyhow::Result<()> {
+    let kinesis = common::aws::kinesis(sdk, &settings.shared.timeouts);
+    let dynamodb = common::aws::dynamodb(sdk, &settings.shared.timeouts);
+    serve(
+        settings,
+        kinesis,
+        dynamodb,
+        lease::LoggingProcessorFactory,
+        cancel,
+        recent,
+    )
+    .await
+}
+
+/// [`run`] with the given clients and, in leased mode, a processor from `factory` per lease.
+pub async fn serve<F: RecordProcessorFactory>(
+    settings: ConsumerSettings,
+    kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    factory: F,
     cancel: CancellationToken,
     recent: RecentEvents,
 ) -> anyhow::Result<()> {
@@ -66,19 +93,32 @@ pub async fn run(
         registry,
         routes,
         |stop| observer.sample(stop),
-        run_service(&settings, sdk, worker_id, &probe, cancel),
+        run_service(
+            &settings,
+            Clients { kinesis, dynamodb },
+            factory,
+            worker_id,
+            &probe,
+            cancel,
+        ),
     )
     .await
 }
 
-async fn run_service(
+struct Clients {
+    kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+async fn run_service<F: RecordProcessorFactory>(
     settings: &ConsumerSettings,
-    sdk: &aws_config::SdkConfig,
+    clients: Clients,
+    factory: F,
     worker_id: Option<String>,
     probe: &Probe,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = common::aws::kinesis(sdk, &settings.shared.timeouts);
+    let client = clients.kinesis;
     let stream = &settings.shared.stream_name;
     probe.set_not_ready(format!("waiting for stream {stream} to become ACTIVE"));
     match common::kinesis::wait_for_stream(
@@ -104,14 +144,11 @@ async fn run_service(
                 "waiting for lease table {}",
                 settings.lease.application_name
             ));
-            lease::run(
-                settings,
-                worker_id.unwrap_or_default(),
-                client,
-                common::aws::dynamodb(sdk, &settings.shared.timeouts),
-                cancel,
-            )
-            .await
+            let config =
+                lease::WorkerConfig::from_settings(settings, worker_id.unwrap_or_default());
+            lease::Worker::new(config, client, clients.dynamodb, factory)
+                .run(cancel)
+                .await
         }
     }
 }

@@ -99,6 +99,18 @@ struct Seen {
     history: VecDeque<HistoryPoint>,
     /// The last shard listing, sorted by shard id.
     keyspace: Vec<KeyspaceShard>,
+    /// `consumer multilang`: the child process of each shard.
+    children: BTreeMap<String, ChildRow>,
+}
+
+/// A child process of `consumer multilang`, as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildRow {
+    pub shard_id: String,
+    pub pid: u32,
+    /// The action it is busy with (`initialize`, `processRecords`, ...), or `idle`.
+    pub state: &'static str,
+    pub since: String,
 }
 
 /// A shard this worker stopped reading because its records kept failing.
@@ -148,6 +160,8 @@ struct StatusDoc {
     leases: Vec<LeaseRow>,
     /// Shards held but stopped by the failure policy (`CONSUMER_ON_FAILURE=stop`).
     stopped_shards: Vec<StoppedShard>,
+    /// `consumer multilang`: one child process per shard held.
+    children: Vec<ChildRow>,
     recent_errors: Vec<common::telemetry::RecentEvent>,
     /// The charts: one point every [`HISTORY_STEP`] over the last [`HISTORY_WINDOW`].
     history: Vec<HistoryPoint>,
@@ -268,6 +282,30 @@ impl Observer {
         }
     }
 
+    /// `consumer multilang`: the child process `pid` of `shard_id` is now in `state`.
+    pub fn child_state(&self, shard_id: &str, pid: u32, state: &'static str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.children.insert(
+                shard_id.to_string(),
+                ChildRow {
+                    shard_id: shard_id.to_string(),
+                    pid,
+                    state,
+                    since: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                },
+            );
+        }
+    }
+
+    /// `consumer multilang`: the child process `pid` of `shard_id` is gone.
+    pub fn child_gone(&self, shard_id: &str, pid: u32) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.children.get(shard_id).is_some_and(|c| c.pid == pid) {
+                s.children.remove(shard_id);
+            }
+        }
+    }
+
     pub fn behind(&self, shard_id: &str, millis: i64) {
         self.metrics.behind(shard_id, millis);
         if let Ok(mut s) = self.state.lock() {
@@ -317,7 +355,7 @@ impl Observer {
 
     fn document(&self) -> StatusDoc {
         let readiness = self.probe.readiness();
-        let (mut leases, workers, scanned_at, shards, stopped, history, keyspace) =
+        let (mut leases, workers, scanned_at, shards, stopped, history, keyspace, children) =
             match self.state.lock() {
                 Ok(s) => (
                     s.leases.clone(),
@@ -327,6 +365,7 @@ impl Observer {
                     s.stopped.values().cloned().collect(),
                     s.history.iter().cloned().collect(),
                     s.keyspace.clone(),
+                    s.children.values().cloned().collect(),
                 ),
                 Err(_) => Default::default(),
             };
@@ -367,6 +406,7 @@ impl Observer {
             workers,
             leases,
             stopped_shards: stopped,
+            children,
             recent_errors: self.recent.recent(),
             history,
             keyspace,

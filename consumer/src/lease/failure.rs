@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::processor::{
     CheckpointError, Checkpointer, KinesisClientRecord, ProcessRecordsInput, RecordProcessor,
+    ShardFailed,
 };
 use crate::reader::{Failure, Failures};
 
@@ -39,6 +40,8 @@ pub(crate) enum Delivery {
     Cancelled,
     /// Given up on with [`OnFailure::Stop`]: the shard must stop, keeping its lease.
     Halted(String),
+    /// The processor returned [`ShardFailed`]: the shard stops and its lease is released.
+    Failed(String),
 }
 
 /// A Kinesis record may hold 1 MiB of data plus partition key: a failed record whose data
@@ -103,6 +106,9 @@ impl Deliverer<'_> {
                     Err(err) => {
                         // Not processed: no checkpoint may pass it until it is.
                         checkpointer.rewind_delivered(before);
+                        if err.downcast_ref::<ShardFailed>().is_some() {
+                            return Delivery::Failed(format!("{err:#}"));
+                        }
                         format!("{err:#}")
                     }
                 };

@@ -50,7 +50,7 @@ pub use failure::{FailurePolicy, OnFailure};
 pub use processor::{
     CheckpointError, Checkpointer, InitializationInput, KinesisClientRecord,
     LoggingProcessorFactory, PreparedCheckpointer, ProcessRecordsInput, RecordProcessor,
-    RecordProcessorFactory,
+    RecordProcessorFactory, ShardFailed,
 };
 pub use worker::{Worker, WorkerConfig};
 

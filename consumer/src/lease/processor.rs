@@ -8,7 +8,9 @@
 //!    order: KPL aggregates are unpacked, and what the checkpoint covers is skipped, by the
 //!    library. An `Err` applies the worker's failure policy ([`super::FailurePolicy`]); by
 //!    default the same batch is offered again after a pause, for ever (nothing is skipped), so
-//!    make processing idempotent.
+//!    make processing idempotent. A [`ShardFailed`] error instead releases the lease: the shard
+//!    is read again later from its checkpoint. With
+//!    [`RecordProcessor::process_empty_batches`], reads that brought nothing are delivered too.
 //! 3. Exactly one ending:
 //!    - [`RecordProcessor::shard_ended`]: every record was processed; after it returns `Ok` the
 //!      worker checkpoints the lease at `SHARD_END`, which lets the children start.
@@ -131,6 +133,13 @@ pub trait RecordProcessor: Send + 'static {
         &mut self,
         checkpointer: &Checkpointer,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Whether [`RecordProcessor::process_records`] is also called for a read that brought no
+    /// new record (the Java KCL's `callProcessRecordsEvenForEmptyRecordList`), outside the
+    /// failure policy: an `Err` then fails the shard. Default: no.
+    fn process_empty_batches(&self) -> bool {
+        false
+    }
 }
 
 /// Makes a processor for each lease the worker takes.
@@ -170,6 +179,14 @@ impl CheckpointError {
 }
 
 const NOTHING_DELIVERED: &str = "no record was delivered yet";
+
+/// An error [`RecordProcessor::process_records`] returns to stop the shard at once instead of
+/// applying the failure policy: the batch is not processed, the lease is released, and the
+/// shard is taken again later (by this worker after a backoff) from its checkpoint. For a
+/// processor that cannot go on at all, such as a child process that died.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShardFailed(pub String);
 
 #[derive(Debug, Default)]
 struct Progress {

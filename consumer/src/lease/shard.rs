@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::failure::{Deliverer, Delivery, FailurePolicy};
 use super::held::{HeldLease, LeaseWriteError};
-use super::processor::{Checkpointer, InitializationInput, KinesisClientRecord, RecordProcessor};
+use super::processor::{
+    Checkpointer, InitializationInput, KinesisClientRecord, ProcessRecordsInput, RecordProcessor,
+};
 use super::sync::{parents_done, pending_parents};
 use super::table::{Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable};
 use crate::reader::{ReadError, StartPosition};
@@ -217,6 +219,7 @@ async fn process<P: RecordProcessor>(
             {
                 Delivery::Done => {}
                 Delivery::Cancelled => return shutdown(processor, &checkpointer).await,
+                Delivery::Failed(reason) => return ShardOutcome::Failed(reason),
                 Delivery::Halted(reason) => {
                     // Keep the lease (the renewer goes on), read nothing more, until stopped.
                     drop(reader);
@@ -229,6 +232,15 @@ async fn process<P: RecordProcessor>(
                     }
                     return shutdown(processor, &checkpointer).await;
                 }
+            }
+        } else if processor.process_empty_batches() {
+            let input = ProcessRecordsInput {
+                records: &[],
+                millis_behind_latest: batch.millis_behind_latest,
+                checkpointer: &checkpointer,
+            };
+            if let Err(err) = processor.process_records(input).await {
+                return ShardOutcome::Failed(format!("{err:#}"));
             }
         }
         if let Some(children) = batch.ended {
