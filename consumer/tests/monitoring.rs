@@ -130,8 +130,13 @@ async fn the_dashboard_and_the_alert_rules_name_only_metrics_the_services_export
             ("HTTP_ADDR", producer_addr.as_str()),
         ]),
     );
+    // The per-shard series appear once the producer has counted a put on a shard (its
+    // counters are brought up to date once a second).
     let flowing = testkit::eventually(Duration::from_secs(60), || {
-        consumer.held_leases().len() == 2 && consumer.events("record received").len() >= 5
+        consumer.held_leases().len() == 2
+            && consumer.events("record received").len() >= 5
+            && http_get(&producer_addr, "/metrics")
+                .is_some_and(|(_, m)| m.contains("kinesis_producer_shard_records_put_total{"))
     })
     .await;
     assert!(flowing, "{}\n{}", consumer.dump(), producer.dump());
