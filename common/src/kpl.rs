@@ -64,6 +64,20 @@ pub fn effective_hash_key(partition_key: &str, explicit_hash_key: Option<&str>) 
         .unwrap_or_else(|| hash_key(partition_key))
 }
 
+/// Whether some member of `aggregate` hashes outside the shard's inclusive `hash_range` (never,
+/// when the range is unknown). Kinesis stores an aggregate by one hash key, so such an
+/// aggregate was built from a stale shard map: the Java KCL drops it whole, and the producers
+/// that check where their aggregates land (this workspace's, the KPL) put its members again.
+pub fn is_misplaced(hash_range: Option<(u128, u128)>, aggregate: &Aggregate) -> bool {
+    let Some((start, end)) = hash_range else {
+        return false;
+    };
+    aggregate.iter().any(|m| {
+        let hash = effective_hash_key(m.partition_key, m.explicit_hash_key);
+        hash < start || hash > end
+    })
+}
+
 /// A decoded aggregated record: the key tables once, and the members pointing into them.
 ///
 /// Members borrow their keys from the tables ([`Aggregate::iter`]) rather than copying them, so

@@ -473,6 +473,22 @@ pub async fn create_single_shard_stream(client: &aws_sdk_kinesis::Client, name: 
         .to_string()
 }
 
+/// Every shard of `stream` (open and closed) with its inclusive hash key range.
+pub async fn shard_ranges(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> HashMap<String, (u128, u128)> {
+    crate::kinesis::list_shards(client, stream)
+        .await
+        .expect("ListShards")
+        .iter()
+        .map(|s| {
+            let range = crate::kinesis::hash_range(s).expect("hash range");
+            (s.shard_id().to_string(), range)
+        })
+        .collect()
+}
+
 /// Splits a full-range shard into two halves of the hash key space.
 pub async fn split_in_half(client: &aws_sdk_kinesis::Client, stream: &str, shard_id: &str) {
     client

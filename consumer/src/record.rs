@@ -88,7 +88,7 @@ impl KinesisClientRecord {
 /// Unpacks Kinesis records into user records, in order: each KPL aggregate into its members
 /// (each with the record's sequence number and its own sub-sequence number), any other record
 /// as itself. An aggregate with a member whose hash key falls outside `hash_range` (the
-/// shard's, inclusive) is skipped with a warning (see [`is_misplaced`]).
+/// shard's, inclusive) is skipped with a warning (see [`kpl::is_misplaced`]).
 pub fn deaggregate(
     shard_id: &str,
     hash_range: Option<(u128, u128)>,
@@ -114,7 +114,7 @@ pub fn deaggregate(
             continue;
         };
         drop(data);
-        if is_misplaced(hash_range, &aggregate) {
+        if kpl::is_misplaced(hash_range, &aggregate) {
             warn_misplaced(shard_id, &sequence_number, aggregate.len());
             continue;
         }
@@ -219,7 +219,7 @@ pub fn user_records(record: &Record) -> UserRecords<'_> {
 }
 
 /// Logs every user record of `record` (see [`log_user_record`]), skipping an aggregate with a
-/// member outside `hash_range` (see [`is_misplaced`]); returns how many were valid.
+/// member outside `hash_range` (see [`kpl::is_misplaced`]); returns how many were valid.
 pub fn log_record_in_range(
     shard_id: &str,
     hash_range: Option<(u128, u128)>,
@@ -228,7 +228,7 @@ pub fn log_record_in_range(
     let observer = crate::observe::observer();
     let users = user_records(record);
     if let UserRecords::Aggregated { aggregate, .. } = &users {
-        if is_misplaced(hash_range, aggregate) {
+        if kpl::is_misplaced(hash_range, aggregate) {
             warn_misplaced(shard_id, record.sequence_number(), aggregate.len());
             return 0;
         }
@@ -242,20 +242,6 @@ pub fn log_record_in_range(
             log_user_record(shard_id, user)
         })
         .count()
-}
-
-/// Whether some member of `aggregate` hashes outside the shard's inclusive `hash_range` (never,
-/// when the range is unknown). Kinesis stores an aggregate by one hash key, so such an
-/// aggregate was built from a stale shard map: the Java KCL drops it whole, and the producers
-/// that check where their aggregates land (this workspace's, the KPL) put its members again.
-pub fn is_misplaced(hash_range: Option<(u128, u128)>, aggregate: &kpl::Aggregate) -> bool {
-    let Some((start, end)) = hash_range else {
-        return false;
-    };
-    aggregate.iter().any(|m| {
-        let hash = kpl::effective_hash_key(m.partition_key, m.explicit_hash_key);
-        hash < start || hash > end
-    })
 }
 
 fn warn_misplaced(shard_id: &str, sequence_number: &str, user_records: usize) {

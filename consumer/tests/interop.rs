@@ -669,25 +669,13 @@ async fn a_java_kcl_application_resumes_from_our_checkpoints_and_unpacks_our_agg
 /// Members stored in aggregates of which some member hashes outside the range of the shard
 /// the aggregate is stored on: the copies the Java KCL skips (with the whole aggregate).
 async fn misplaced_members(client: &aws_sdk_kinesis::Client, stream: &str) -> usize {
-    let ranges: HashMap<String, (u128, u128)> = common::kinesis::list_shards(client, stream)
-        .await
-        .expect("ListShards")
-        .iter()
-        .map(|s| {
-            let range = common::kinesis::hash_range(s).expect("hash range");
-            (s.shard_id().to_string(), range)
-        })
-        .collect();
+    let ranges = testkit::shard_ranges(client, stream).await;
     let mut misplaced = 0;
     for (shard, record) in testkit::read_stream(client, stream).await {
         let Some(aggregate) = common::kpl::deaggregate(record.data().as_ref()) else {
             continue;
         };
-        let (start, end) = ranges[&shard];
-        if aggregate.iter().any(|m| {
-            let hash = common::kpl::effective_hash_key(m.partition_key, m.explicit_hash_key);
-            hash < start || hash > end
-        }) {
+        if common::kpl::is_misplaced(Some(ranges[&shard]), &aggregate) {
             misplaced += aggregate.len();
         }
     }

@@ -32,15 +32,7 @@ async fn stored_copies(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
 ) -> HashMap<String, Vec<Copy>> {
-    let ranges: HashMap<String, (u128, u128)> = common::kinesis::list_shards(client, stream)
-        .await
-        .expect("ListShards")
-        .iter()
-        .map(|s| {
-            let range = common::kinesis::hash_range(s).expect("hash range");
-            (s.shard_id().to_string(), range)
-        })
-        .collect();
+    let ranges = testkit::shard_ranges(client, stream).await;
     let mut copies: HashMap<String, Vec<Copy>> = HashMap::new();
     for (shard, record) in testkit::read_stream(client, stream).await {
         let id = |data: &[u8]| {
@@ -62,11 +54,7 @@ async fn stored_copies(
                 });
             continue;
         };
-        let (start, end) = ranges[&shard];
-        let misplaced = aggregate.iter().any(|m| {
-            let hash = kpl::effective_hash_key(m.partition_key, m.explicit_hash_key);
-            hash < start || hash > end
-        });
+        let misplaced = kpl::is_misplaced(Some(ranges[&shard]), &aggregate);
         for (i, member) in aggregate.iter().enumerate() {
             copies.entry(id(member.data)).or_default().push(Copy {
                 shard: shard.clone(),
