@@ -34,6 +34,7 @@
 //! moving; leases are renewed every third of that, the table scanned every half of it, and the
 //! `leaseOwner` index read every 500 ms.
 
+pub mod assignment;
 pub mod balance;
 pub mod cleanup;
 pub mod failure;
