@@ -40,6 +40,7 @@ pub mod cleanup;
 pub mod failure;
 mod held;
 pub mod item;
+pub mod leader;
 pub mod machine;
 pub mod processor;
 mod shard;

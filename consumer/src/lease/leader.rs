@@ -1,0 +1,529 @@
+//! The Java KCL 3.x leader election (`DynamoDBLockBasedLeaderDecider` over the
+//! amazon-dynamodb-lock-client), so that our workers and Java workers of one application elect
+//! one leader, which assigns leases ([`super::assignment`]).
+//!
+//! The lock is one item, key `Leader`, with `ownerName` (the worker id), `leaseDuration` (a
+//! string of milliseconds), `recordVersionNumber` (a fresh UUID at every write) and
+//! `entityType` `LEADER`. Where it lives ([`Layout`]): since KCL 3.5 in the lease table
+//! (`leaseKey = Leader`); applications that started on 3.0-3.4 and have not finished their table
+//! migration keep it in `<application>-CoordinatorState` (`key = Leader`).
+//!
+//! The protocol, as the lock client runs it ([`Election`] is its pure part):
+//! - **Acquire** an absent lock with a put conditional on `attribute_not_exists`; a released
+//!   one (`isReleased`) with a put conditional on its version.
+//! - **Expiry is judged by an unchanged version**: another worker's lock may be taken only
+//!   once this worker has seen the same `recordVersionNumber` for the lock's `leaseDuration`
+//!   (no clocks compared across machines); then a put conditional on that version.
+//! - **Heartbeat**: the holder writes a new version (and `leaseDuration`) every heartbeat
+//!   period, conditional on the version it wrote last and on `ownerName`.
+//! - **Release**: a delete conditional on the version and owner (the KCL releases on shutdown).
+//!
+//! A worker counts itself leader until `leaseDuration` after it *sent* its last write that went
+//! through: any other worker counts from when it *saw* that version, which is later.
+//!
+//! Every call goes through the DynamoDB client built in `common::aws`, with its per-attempt
+//! and per-operation timeouts.
+
+use std::collections::HashMap;
+use std::ops::Add;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use common::aws::{classify, ErrorKind};
+use common::kinesis::error_text;
+
+use super::item::{ENTITY_TYPE, LEASE_KEY};
+
+/// The lock's key, in either layout.
+pub const LEADER_KEY: &str = "Leader";
+/// `entityType` of the lock item.
+pub const LEADER_ENTITY_TYPE: &str = "LEADER";
+const OWNER_NAME: &str = "ownerName";
+const LEASE_DURATION: &str = "leaseDuration";
+const RECORD_VERSION: &str = "recordVersionNumber";
+const IS_RELEASED: &str = "isReleased";
+/// Key attribute of the 3.0-3.4 `<application>-CoordinatorState` table.
+const COORDINATOR_STATE_KEY: &str = "key";
+/// The table-migration record (KCL 3.5) and the status that moves the lock into the lease table.
+const TABLE_MIGRATION_KEY: &str = "TableMigration3.5";
+const TABLE_MIGRATION_STATUS: &str = "tm";
+const TABLE_MIGRATION_COMPLETE: &str = "TABLE_MIGRATION_STATUS_COMPLETE";
+
+/// Where the lock item lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// KCL 3.5: in the lease table, `leaseKey = Leader`.
+    LeaseTable(String),
+    /// KCL 3.0-3.4: in `<application>-CoordinatorState`, `key = Leader`.
+    CoordinatorState(String),
+}
+
+impl Layout {
+    pub fn table(&self) -> &str {
+        match self {
+            Layout::LeaseTable(t) | Layout::CoordinatorState(t) => t,
+        }
+    }
+
+    fn key_attribute(&self) -> &'static str {
+        match self {
+            Layout::LeaseTable(_) => LEASE_KEY,
+            Layout::CoordinatorState(_) => COORDINATOR_STATE_KEY,
+        }
+    }
+
+    /// `lease-table` or `coordinator-state`, for logs and `/status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::LeaseTable(_) => "lease-table",
+            Layout::CoordinatorState(_) => "coordinator-state",
+        }
+    }
+}
+
+/// The lock item as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub owner: String,
+    pub lease_duration: Duration,
+    pub version: String,
+    pub released: bool,
+}
+
+/// The condition of an acquiring put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// No lock item: `attribute_not_exists`.
+    Absent,
+    /// A released or expired lock: `recordVersionNumber` = this.
+    Version(String),
+}
+
+/// What to do after reading the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Put the lock with this worker as owner.
+    Acquire(Acquire),
+    /// This worker holds it: write a new version over this one.
+    Heartbeat(String),
+    /// Another worker holds it (for now).
+    Follow(String),
+}
+
+/// One worker's view of the election, with no I/O: the version it has watched and since when,
+/// and the lock it holds. `T` is the driver's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Election<T> {
+    me: String,
+    /// Another worker's lock version, and when this worker first saw it.
+    watched: Option<(String, T)>,
+    /// The version this worker last wrote, when that write was sent, and the lock's duration.
+    held: Option<(String, T, Duration)>,
+}
+
+impl<T> Election<T>
+where
+    T: Copy + Ord + Add<Duration, Output = T>,
+{
+    pub fn new(me: &str) -> Self {
+        Self {
+            me: me.to_string(),
+            watched: None,
+            held: None,
+        }
+    }
+
+    /// Decides from the lock as a consistent read showed it at `now`.
+    pub fn on_read(&mut self, read: Option<Lock>, now: T) -> Decision {
+        let Some(lock) = read else {
+            self.held = None;
+            self.watched = None;
+            return Decision::Acquire(Acquire::Absent);
+        };
+        if lock.released {
+            self.held = None;
+            self.watched = None;
+            return Decision::Acquire(Acquire::Version(lock.version));
+        }
+        if lock.owner == self.me
+            && self
+                .held
+                .as_ref()
+                .is_some_and(|(v, _, _)| *v == lock.version)
+        {
+            return Decision::Heartbeat(lock.version);
+        }
+        // Someone else's (or a version we did not write: another process with our id, or a
+        // previous run of this worker): expired only once seen unchanged for its duration.
+        self.held = None;
+        match &self.watched {
+            Some((v, since)) if *v == lock.version => {
+                if now >= *since + lock.lease_duration {
+                    return Decision::Acquire(Acquire::Version(lock.version));
+                }
+            }
+            _ => self.watched = Some((lock.version.clone(), now)),
+        }
+        Decision::Follow(lock.owner)
+    }
+
+    /// An acquiring put or a heartbeat sent at `sent` went through with `version`.
+    pub fn on_written(&mut self, version: String, sent: T, lease_duration: Duration) {
+        self.watched = None;
+        self.held = Some((version, sent, lease_duration));
+    }
+
+    /// A write's condition failed: someone else holds the lock now.
+    pub fn on_conflict(&mut self) {
+        self.held = None;
+    }
+
+    /// The lock was released by this worker.
+    pub fn on_released(&mut self) {
+        self.held = None;
+    }
+
+    /// Whether this worker leads at `now`: its last write that went through was sent less than
+    /// the lock's duration ago.
+    pub fn is_leader(&self, now: T) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|(_, sent, duration)| now < *sent + *duration)
+    }
+
+    /// The version this worker holds, to release it.
+    pub fn held_version(&self) -> Option<&str> {
+        self.held.as_ref().map(|(v, _, _)| v.as_str())
+    }
+}
+
+/// A failed lock call.
+#[derive(Debug, thiserror::Error)]
+#[error("leader lock in {table}: {operation}: {message}")]
+pub struct LockError {
+    pub table: String,
+    pub operation: &'static str,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The lock's calls on DynamoDB, for one layout.
+#[derive(Debug, Clone)]
+pub struct LockTable {
+    client: Client,
+    layout: Layout,
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+impl LockTable {
+    pub fn new(client: Client, layout: Layout) -> Self {
+        Self { client, layout }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Finds where an application keeps its lock: the `<application>-CoordinatorState` table
+    /// when it exists and the table migration is not `COMPLETE` (the lease table holds the
+    /// migration record then), the lease table otherwise.
+    pub async fn detect(
+        client: &Client,
+        lease_table: &str,
+        application: &str,
+    ) -> Result<Layout, LockError> {
+        let legacy = format!("{application}-CoordinatorState");
+        let migrated = client
+            .get_item()
+            .table_name(lease_table)
+            .key(LEASE_KEY, s(TABLE_MIGRATION_KEY))
+            .consistent_read(true)
+            .send()
+            .await;
+        match migrated {
+            Ok(out) => {
+                let complete = out.item().and_then(|i| i.get(TABLE_MIGRATION_STATUS))
+                    == Some(&s(TABLE_MIGRATION_COMPLETE));
+                if complete {
+                    return Ok(Layout::LeaseTable(lease_table.to_string()));
+                }
+            }
+            Err(err) => {
+                return Err(LockError {
+                    table: lease_table.to_string(),
+                    operation: "GetItem",
+                    kind: classify(&err),
+                    message: error_text(&err),
+                })
+            }
+        }
+        let found = client
+            .get_item()
+            .table_name(&legacy)
+            .key(COORDINATOR_STATE_KEY, s(LEADER_KEY))
+            .send()
+            .await;
+        match found {
+            Ok(_) => Ok(Layout::CoordinatorState(legacy)),
+            Err(err) if classify(&err) == ErrorKind::NotFound => {
+                Ok(Layout::LeaseTable(lease_table.to_string()))
+            }
+            Err(err) => Err(LockError {
+                table: legacy,
+                operation: "GetItem",
+                kind: classify(&err),
+                message: error_text(&err),
+            }),
+        }
+    }
+
+    fn error(&self, operation: &'static str, kind: ErrorKind, message: String) -> LockError {
+        LockError {
+            table: self.layout.table().to_string(),
+            operation,
+            kind,
+            message,
+        }
+    }
+
+    /// The lock item, read consistently; `None` when there is none.
+    pub async fn read(&self) -> Result<Option<Lock>, LockError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.layout.table())
+            .key(self.layout.key_attribute(), s(LEADER_KEY))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem", classify(&e), error_text(&e)))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let text = |name: &str| match item.get(name) {
+            Some(AttributeValue::S(v)) => Some(v.clone()),
+            Some(AttributeValue::N(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let (Some(owner), Some(version)) = (text(OWNER_NAME), text(RECORD_VERSION)) else {
+            return Err(self.error(
+                "GetItem",
+                ErrorKind::Invalid,
+                "the lock item has no ownerName or recordVersionNumber".into(),
+            ));
+        };
+        let lease_duration = text(LEASE_DURATION)
+            .and_then(|d| d.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                self.error(
+                    "GetItem",
+                    ErrorKind::Invalid,
+                    "the lock item's leaseDuration is not a number of milliseconds".into(),
+                )
+            })?;
+        Ok(Some(Lock {
+            owner,
+            lease_duration,
+            version,
+            released: item.contains_key(IS_RELEASED),
+        }))
+    }
+
+    /// Puts the lock with `me` as owner; `Ok(Some(version))` when it went through, `Ok(None)`
+    /// when its condition failed.
+    pub async fn acquire(
+        &self,
+        me: &str,
+        how: &Acquire,
+        lease_duration: Duration,
+    ) -> Result<Option<String>, LockError> {
+        let version = uuid::Uuid::new_v4().to_string();
+        let mut item: HashMap<String, AttributeValue> = HashMap::new();
+        item.insert(self.layout.key_attribute().into(), s(LEADER_KEY));
+        item.insert(OWNER_NAME.into(), s(me));
+        item.insert(
+            LEASE_DURATION.into(),
+            s(&lease_duration.as_millis().to_string()),
+        );
+        item.insert(RECORD_VERSION.into(), s(&version));
+        item.insert(ENTITY_TYPE.into(), s(LEADER_ENTITY_TYPE));
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(self.layout.table())
+            .set_item(Some(item))
+            .expression_attribute_names("#k", self.layout.key_attribute());
+        put = match how {
+            Acquire::Absent => put.condition_expression("attribute_not_exists(#k)"),
+            Acquire::Version(v) => put
+                .condition_expression("attribute_exists(#k) AND #v = :v")
+                .expression_attribute_names("#v", RECORD_VERSION)
+                .expression_attribute_values(":v", s(v)),
+        };
+        match put.send().await {
+            Ok(_) => Ok(Some(version)),
+            Err(err) if classify(&err) == ErrorKind::ConditionFailed => Ok(None),
+            Err(err) => Err(self.error("PutItem", classify(&err), error_text(&err))),
+        }
+    }
+
+    /// Writes a new version over `version`, conditional on it and on `ownerName = me`.
+    pub async fn heartbeat(
+        &self,
+        me: &str,
+        version: &str,
+        lease_duration: Duration,
+    ) -> Result<Option<String>, LockError> {
+        let next = uuid::Uuid::new_v4().to_string();
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.layout.table())
+            .key(self.layout.key_attribute(), s(LEADER_KEY))
+            .update_expression("SET #d = :d, #v = :next")
+            .condition_expression("attribute_exists(#k) AND #v = :v AND #o = :o")
+            .expression_attribute_names("#k", self.layout.key_attribute())
+            .expression_attribute_names("#d", LEASE_DURATION)
+            .expression_attribute_names("#v", RECORD_VERSION)
+            .expression_attribute_names("#o", OWNER_NAME)
+            .expression_attribute_values(":d", s(&lease_duration.as_millis().to_string()))
+            .expression_attribute_values(":next", s(&next))
+            .expression_attribute_values(":v", s(version))
+            .expression_attribute_values(":o", s(me))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(next)),
+            Err(err) if classify(&err) == ErrorKind::ConditionFailed => Ok(None),
+            Err(err) => Err(self.error("UpdateItem", classify(&err), error_text(&err))),
+        }
+    }
+
+    /// Deletes the lock, conditional on `version` and `ownerName = me` (the lock client's
+    /// release with `deleteLockOnRelease`, the KCL's setting).
+    pub async fn release(&self, me: &str, version: &str) -> Result<bool, LockError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(self.layout.table())
+            .key(self.layout.key_attribute(), s(LEADER_KEY))
+            .condition_expression("attribute_exists(#k) AND #v = :v AND #o = :o")
+            .expression_attribute_names("#k", self.layout.key_attribute())
+            .expression_attribute_names("#v", RECORD_VERSION)
+            .expression_attribute_names("#o", OWNER_NAME)
+            .expression_attribute_values(":v", s(version))
+            .expression_attribute_values(":o", s(me))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) if classify(&err) == ErrorKind::ConditionFailed => Ok(false),
+            Err(err) => Err(self.error("DeleteItem", classify(&err), error_text(&err))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn lock(owner: &str, version: &str) -> Lock {
+        Lock {
+            owner: owner.into(),
+            lease_duration: at(1000),
+            version: version.into(),
+            released: false,
+        }
+    }
+
+    #[test]
+    fn an_absent_or_released_lock_is_acquired_at_once() {
+        let mut e = Election::new("me");
+        assert_eq!(e.on_read(None, at(0)), Decision::Acquire(Acquire::Absent));
+        let mut released = lock("other", "v1");
+        released.released = true;
+        assert_eq!(
+            e.on_read(Some(released), at(0)),
+            Decision::Acquire(Acquire::Version("v1".into()))
+        );
+    }
+
+    #[test]
+    fn another_workers_lock_is_taken_only_after_its_version_stood_for_its_duration() {
+        let mut e = Election::new("me");
+        assert_eq!(
+            e.on_read(Some(lock("other", "v1")), at(0)),
+            Decision::Follow("other".into())
+        );
+        assert_eq!(
+            e.on_read(Some(lock("other", "v1")), at(999)),
+            Decision::Follow("other".into())
+        );
+        // A heartbeat: the count starts again.
+        assert_eq!(
+            e.on_read(Some(lock("other", "v2")), at(1500)),
+            Decision::Follow("other".into())
+        );
+        assert_eq!(
+            e.on_read(Some(lock("other", "v2")), at(2400)),
+            Decision::Follow("other".into())
+        );
+        assert_eq!(
+            e.on_read(Some(lock("other", "v2")), at(2500)),
+            Decision::Acquire(Acquire::Version("v2".into()))
+        );
+    }
+
+    #[test]
+    fn the_holder_heartbeats_and_leads_until_its_duration_after_the_last_write_sent() {
+        let mut e = Election::new("me");
+        e.on_read(None, at(0));
+        e.on_written("v1".into(), at(0), at(1000));
+        assert!(e.is_leader(at(999)));
+        assert!(!e.is_leader(at(1000)));
+        assert_eq!(
+            e.on_read(Some(lock("me", "v1")), at(300)),
+            Decision::Heartbeat("v1".into())
+        );
+        e.on_written("v2".into(), at(300), at(1000));
+        assert!(e.is_leader(at(1200)));
+        // Taken over (our heartbeats failed long enough): we follow at once.
+        assert_eq!(
+            e.on_read(Some(lock("other", "v3")), at(1400)),
+            Decision::Follow("other".into())
+        );
+        assert!(!e.is_leader(at(1400)));
+    }
+
+    #[test]
+    fn a_lock_in_our_name_that_we_did_not_write_is_waited_out() {
+        // A previous run of this worker, or a second process with its id.
+        let mut e = Election::new("me");
+        assert_eq!(
+            e.on_read(Some(lock("me", "old")), at(0)),
+            Decision::Follow("me".into())
+        );
+        assert!(!e.is_leader(at(0)));
+        assert_eq!(
+            e.on_read(Some(lock("me", "old")), at(1000)),
+            Decision::Acquire(Acquire::Version("old".into()))
+        );
+    }
+
+    #[test]
+    fn a_lost_race_leaves_no_leadership() {
+        let mut e = Election::new("me");
+        e.on_read(None, at(0));
+        e.on_conflict();
+        assert!(!e.is_leader(at(1)));
+    }
+}
