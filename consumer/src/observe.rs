@@ -91,6 +91,8 @@ struct Seen {
     /// Every lease of the application, from the last lease-table scan (leased mode).
     leases: Vec<LeaseRow>,
     workers: Vec<String>,
+    /// Leader mode: who leads, as this worker last read the lock.
+    leader: Option<crate::lease::leader::LeaderStatus>,
     scanned_at: Option<DateTime<Utc>>,
     shards: BTreeMap<String, ShardSeen>,
     /// Shards stopped by the failure policy, with why.
@@ -157,6 +159,9 @@ struct StatusDoc {
     not_ready_reason: Option<String>,
     scanned_at: Option<String>,
     workers: Vec<String>,
+    /// Leader mode (`CONSUMER_LEASE_ASSIGNMENT=leader`): the KCL 3.x leader as last read from
+    /// its lock (worker id, since when, `lease-table` or `coordinator-state`); absent otherwise.
+    leader: Option<crate::lease::leader::LeaderStatus>,
     leases: Vec<LeaseRow>,
     /// Shards held but stopped by the failure policy (`CONSUMER_ON_FAILURE=stop`).
     stopped_shards: Vec<StoppedShard>,
@@ -209,6 +214,13 @@ impl Observer {
             s.leases = leases;
             s.workers = workers;
             s.scanned_at = Some(Utc::now());
+        }
+    }
+
+    /// Who leads (leader mode), as the last election round read the lock.
+    pub fn leader_seen(&self, leader: Option<crate::lease::leader::LeaderStatus>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.leader = leader;
         }
     }
 
@@ -359,7 +371,7 @@ impl Observer {
             match self.state.lock() {
                 Ok(s) => (
                     s.leases.clone(),
-                    s.workers.clone(),
+                    (s.workers.clone(), s.leader.clone()),
                     s.scanned_at,
                     s.shards.clone(),
                     s.stopped.values().cloned().collect(),
@@ -403,7 +415,8 @@ impl Observer {
             ready: readiness.is_ok(),
             not_ready_reason: readiness.err(),
             scanned_at: scanned_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            workers,
+            workers: workers.0,
+            leader: workers.1,
             leases,
             stopped_shards: stopped,
             children,

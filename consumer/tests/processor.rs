@@ -219,6 +219,7 @@ impl App {
                 completed_interval: Duration::from_secs(300),
                 garbage_interval: Duration::from_secs(1800),
             },
+            assignment: common::config::LeaseAssignment::Count,
         };
         let cancel = CancellationToken::new();
         let worker = Worker::new(config, kinesis, self.dynamo.clone(), factory);

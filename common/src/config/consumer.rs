@@ -43,9 +43,30 @@ pub struct LeaseSettings {
     /// How long the new owner of a lease taken from a live worker waits for the old owner to
     /// checkpoint and let go (never less than `failover`); zero: no graceful handoff.
     pub handoff_timeout: Duration,
+    /// Who decides which worker holds which lease.
+    pub assignment: LeaseAssignment,
     /// Lease cleanup: how often it looks, how often it deletes the leases of shards read to
     /// their end, and of shards that no longer exist.
     pub cleanup: LeaseCleanupSettings,
+}
+
+/// Who decides which worker holds which lease (`CONSUMER_LEASE_ASSIGNMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAssignment {
+    /// Every worker takes expired and unowned leases and steals towards
+    /// `ceil(leases / live workers)` (the KCL 2.x way, and the KCL 3.4.3 lease-count strategy).
+    Count,
+    /// The KCL 3.x way: the workers elect a leader through a DynamoDB lock item; the leader
+    /// assigns leases by load (throughput, CPU) to every worker that publishes fresh worker
+    /// metrics, Java or ours; the others take only what is assigned to them.
+    Leader {
+        /// The lock's `leaseDuration`: another worker takes the lock once it has seen the
+        /// same version for this long (KCL: `dynamoDbLockBasedLeaderLeaseDurationInMillis`).
+        lease_duration: Duration,
+        /// How often the holder writes a new version, and the others read the lock (KCL:
+        /// `dynamoDbLockBasedLeaderHeartbeatPeriodInMillis`).
+        heartbeat: Duration,
+    },
 }
 
 /// When leases of finished or vanished shards are deleted (the Java KCL's `LeaseCleanupConfig`).
@@ -329,6 +350,27 @@ impl ConsumerSettings {
                         )
                     }
                     t => t,
+                },
+                assignment: match raw.choice(
+                    &CONSUMER_LEASE_ASSIGNMENT,
+                    &[("count", false), ("leader", true)],
+                )? {
+                    false => LeaseAssignment::Count,
+                    true => {
+                        let lease_duration =
+                            raw.millis(&CONSUMER_LEADER_LEASE_DURATION_MS, 1000, 3_600_000)?;
+                        let heartbeat = raw.millis(&CONSUMER_LEADER_HEARTBEAT_MS, 100, 3_600_000)?;
+                        if heartbeat >= lease_duration {
+                            return Err(raw.invalid(
+                                &CONSUMER_LEADER_HEARTBEAT_MS,
+                                &heartbeat.as_millis().to_string(),
+                            ));
+                        }
+                        LeaseAssignment::Leader {
+                            lease_duration,
+                            heartbeat,
+                        }
+                    }
                 },
                 cleanup: LeaseCleanupSettings {
                     interval: raw.millis(&CONSUMER_LEASE_CLEANUP_MS, 100, 86_400_000)?,

@@ -325,3 +325,51 @@ fn every_declared_name_is_unique() {
     names.dedup();
     assert_eq!(names.len(), before);
 }
+
+#[test]
+fn lease_assignment_defaults_to_count_and_leader_takes_its_lock_timings() {
+    let c = ConsumerSettings::from_raw(&raw(&[])).unwrap();
+    assert_eq!(c.lease.assignment, LeaseAssignment::Count);
+    let c = ConsumerSettings::from_raw(&raw(&[("CONSUMER_LEASE_ASSIGNMENT", "leader")])).unwrap();
+    assert_eq!(
+        c.lease.assignment,
+        LeaseAssignment::Leader {
+            lease_duration: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(30),
+        }
+    );
+    let c = ConsumerSettings::from_raw(&raw(&[
+        ("CONSUMER_LEASE_ASSIGNMENT", "LEADER"),
+        ("CONSUMER_LEADER_LEASE_DURATION_MS", "6000"),
+        ("CONSUMER_LEADER_HEARTBEAT_MS", "1000"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        c.lease.assignment,
+        LeaseAssignment::Leader {
+            lease_duration: Duration::from_secs(6),
+            heartbeat: Duration::from_secs(1),
+        }
+    );
+    for (vars, bad) in [
+        (vec![("CONSUMER_LEASE_ASSIGNMENT", "load")], "CONSUMER_LEASE_ASSIGNMENT"),
+        (
+            vec![
+                ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+                ("CONSUMER_LEADER_LEASE_DURATION_MS", "2000"),
+                ("CONSUMER_LEADER_HEARTBEAT_MS", "2000"),
+            ],
+            "CONSUMER_LEADER_HEARTBEAT_MS",
+        ),
+        (
+            vec![
+                ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+                ("CONSUMER_LEADER_LEASE_DURATION_MS", "999"),
+            ],
+            "CONSUMER_LEADER_LEASE_DURATION_MS",
+        ),
+    ] {
+        let err = ConsumerSettings::from_raw(&raw(&vars)).unwrap_err();
+        assert_eq!(err.var(), bad, "{err}");
+    }
+}

@@ -182,6 +182,21 @@ pub const CONSUMER_HANDOFF_TIMEOUT_MS: VarSpec = var(
     Some("30000"),
     "0 (a lease taken from a live worker starts at once, without a graceful handoff) or a whole number of milliseconds from 1000 to 3600000",
 );
+pub const CONSUMER_LEASE_ASSIGNMENT: VarSpec = var(
+    "CONSUMER_LEASE_ASSIGNMENT",
+    Some("count"),
+    "count (each worker takes and steals towards an even lease count) or leader (KCL 3.x: elect a leader, which assigns leases by load; the others follow)",
+);
+pub const CONSUMER_LEADER_LEASE_DURATION_MS: VarSpec = var(
+    "CONSUMER_LEADER_LEASE_DURATION_MS",
+    Some("120000"),
+    "a whole number of milliseconds from 1000 to 3600000, more than CONSUMER_LEADER_HEARTBEAT_MS",
+);
+pub const CONSUMER_LEADER_HEARTBEAT_MS: VarSpec = var(
+    "CONSUMER_LEADER_HEARTBEAT_MS",
+    Some("30000"),
+    "a whole number of milliseconds from 100 to 3600000, less than CONSUMER_LEADER_LEASE_DURATION_MS",
+);
 pub const CONSUMER_LEASE_CLEANUP_MS: VarSpec = var(
     "CONSUMER_LEASE_CLEANUP_MS",
     Some("60000"),
@@ -291,6 +306,9 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
     CONSUMER_WORKER_ID,
     CONSUMER_FAILOVER_MS,
     CONSUMER_HANDOFF_TIMEOUT_MS,
+    CONSUMER_LEASE_ASSIGNMENT,
+    CONSUMER_LEADER_LEASE_DURATION_MS,
+    CONSUMER_LEADER_HEARTBEAT_MS,
     CONSUMER_LEASE_CLEANUP_MS,
     CONSUMER_COMPLETED_LEASE_CLEANUP_MS,
     CONSUMER_GARBAGE_LEASE_CLEANUP_MS,

