@@ -61,6 +61,8 @@ fn main() {
         steals: knob("MODEL_STEALS", 1) as u8,
         quiet_from: knob("MODEL_QUIET_FROM", 3) as u8,
         horizon: knob("MODEL_HORIZON", 12) as u8,
+        leader: false,
+        assigns: 0,
     };
     eprintln!("{model:?}");
     let started = std::time::Instant::now();

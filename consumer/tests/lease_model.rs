@@ -67,6 +67,20 @@ fn model(processes: &[&str], shards: Vec<ShardSpec>, faults: u8) -> LeaseModel {
         steals: 1,
         quiet_from: 3,
         horizon: 6,
+        leader: false,
+        assigns: 0,
+    }
+}
+
+/// Workers that follow a leader (`CONSUMER_LEASE_ASSIGNMENT=leader`): the same processes,
+/// taking only what is theirs, and leaders assigning (`assigns` assignments in all, each
+/// direct or with a handoff, marked by our leader or not, as a Java leader's are not).
+fn led(processes: &[&str], shards: Vec<ShardSpec>, faults: u8, assigns: u8) -> LeaseModel {
+    LeaseModel {
+        steals: 0,
+        leader: true,
+        assigns,
+        ..model(processes, shards, faults)
     }
 }
 
@@ -102,4 +116,24 @@ fn two_workers_through_a_split() {
 #[test]
 fn three_workers_one_shard_with_a_fault() {
     check(model(&["a", "b", "c"], vec![shard(&[], true)], 1), 16, true);
+}
+
+/// A leader assigns the shard, then moves it to the other worker with a graceful handoff (or
+/// two leaders at once, by a lock that was judged expired): never read by two at once.
+#[test]
+fn led_two_workers_one_shard() {
+    check(led(&["a", "b"], vec![shard(&[], true)], 0, 2), 18, true);
+}
+
+/// Under a leader, a crash, a SIGTERM or a restart on one shard.
+#[test]
+fn led_two_workers_one_shard_with_a_fault() {
+    check(led(&["a", "b"], vec![shard(&[], true)], 1, 2), 16, true);
+}
+
+/// Under a leader, two live processes with one worker id: a lease assigned to that id (marked
+/// by our leader, taken at once) is taken by one of them only.
+#[test]
+fn led_two_processes_with_one_worker_id() {
+    check(led(&["a", "a"], vec![shard(&[], true)], 1, 1), 16, false);
 }

@@ -23,6 +23,16 @@
 //!   a child only once every parent is at `SHARD_END` as scanned. Which lease a process takes,
 //!   and whether it steals, is left free (balancing chooses one of these), within a budget of
 //!   steals.
+//! - **A leader** (`leader`: the KCL 3.x mode): workers take only what [`follow_rule`] allows
+//!   (leases the table shows as theirs), and any live worker may act as a leader (the lock's
+//!   exclusivity is not relied on: two may assign at once) within a budget of assignments:
+//!   from its last scan, it assigns an unowned or expired lease directly (conditional on the
+//!   counter and owner scanned: `leaseOwner = to`, `checkpointOwner` removed, counter up), or
+//!   moves a live worker's lease with a graceful handoff (conditional on the owner scanned and
+//!   no `checkpointOwner`: `leaseOwner = to`, `checkpointOwner` = the old owner, counter left
+//!   alone), marking it `handedOverBy` or not (our leader marks it, a Java leader does not).
+//!   Liveness is not checked in this mode: it rests on the leader's passes going on, which a
+//!   budget cuts short.
 //! - **Faults**: a process crashes (kill -9), is stopped (SIGTERM: its tasks finish, then each
 //!   lease is handed to a live worker or released), or restarts, within a budget of faults and
 //!   only before `quiet_from`, so that liveness can be checked after the last one. Two
@@ -34,7 +44,7 @@
 use std::time::Duration;
 
 use consumer::lease::machine::{
-    take_rule, Action, Event, LeaseMachine, Op, Ownership, State, TaskEnd, Timing,
+    follow_rule, take_rule, Action, Event, LeaseMachine, Op, Ownership, State, TaskEnd, Timing,
 };
 use stateright::{Model, Property};
 
@@ -62,6 +72,10 @@ pub struct LeaseModel {
     pub quiet_from: u8,
     /// The clock stops here.
     pub horizon: u8,
+    /// Workers follow a leader's assignments (see the module doc).
+    pub leader: bool,
+    /// How many assignments the leaders make in all.
+    pub assigns: u8,
 }
 
 const FAILOVER: u8 = 3;
@@ -150,6 +164,7 @@ pub struct World {
     pub procs: Vec<Proc>,
     faults_left: u8,
     steals_left: u8,
+    assigns_left: u8,
     /// Per shard, a bit per record processed successfully.
     processed: Vec<u8>,
     /// Per shard, the tick its last parent reached `SHARD_END` (0 for a shard without parents):
@@ -166,6 +181,9 @@ pub enum Step {
     Expire(usize, usize),
     PollHandoff(usize, usize),
     Take(usize, usize),
+    /// Process `.0`, as a leader, assigns lease `.1` to worker id `.2` (an index into
+    /// `processes`), with a handoff (`.3`), marked `handedOverBy` (`.4`); applied at once.
+    Assign(usize, usize, usize, bool, bool),
     /// DynamoDB applies the write in flight (or refuses it) and the answer arrives.
     Answer(usize, usize),
     /// The answer is lost (a timeout): the write was applied or not.
@@ -216,6 +234,10 @@ impl LeaseModel {
             .iter()
             .all(|&q| p.seen[q].as_ref().is_some_and(|x| x.item.checkpoint == END));
         let expired = w.now - seen.since > FAILOVER;
+        if self.leader {
+            return follow_rule(&seen.item.own, &self.processes[i], expired)
+                .filter(|_| parents_ended);
+        }
         match take_rule(&seen.item.own, &self.processes[i], expired, self.handoffs)? {
             Op::TakeWithHandoff if w.steals_left == 0 => None,
             op if parents_ended => Some(op),
@@ -381,6 +403,7 @@ impl Model for LeaseModel {
             procs: self.processes.iter().map(|_| Proc::new(n)).collect(),
             faults_left: self.faults,
             steals_left: self.steals,
+            assigns_left: self.assigns,
             processed: vec![0; n],
             available_at: vec![0; n],
             violation: None,
@@ -414,6 +437,13 @@ impl Model for LeaseModel {
             }
             if p.stopping && p.slots.iter().all(Option::is_none) {
                 out.push(Step::Exit(i));
+            }
+            if self.leader && w.assigns_left > 0 && !p.stopping {
+                for s in 0..n {
+                    for step in self.assignments(w, i, s) {
+                        out.push(step);
+                    }
+                }
             }
             for s in 0..n {
                 match &p.slots[s] {
@@ -569,6 +599,27 @@ impl Model for LeaseModel {
                     renew_waiting: false,
                 });
             }
+            Step::Assign(by, s, to, handoff, mark) => {
+                let seen = &last.procs[by].seen[s].as_ref()?.item.own;
+                let item = &w.table[s].own;
+                let to = self.processes[to].clone();
+                w.assigns_left -= 1;
+                if handoff {
+                    if item.owner == seen.owner && item.checkpoint_owner.is_none() {
+                        let old = item.owner.clone();
+                        let next = &mut w.table[s].own;
+                        next.owner = Some(to);
+                        next.checkpoint_owner = old;
+                        next.handed_over = mark;
+                    }
+                } else if item.counter == seen.counter && item.owner == seen.owner {
+                    let next = &mut w.table[s].own;
+                    next.owner = Some(to);
+                    next.checkpoint_owner = None;
+                    next.counter += 1;
+                    next.handed_over = mark;
+                }
+            }
             Step::Answer(p, s) => {
                 self.apply_write(&mut w, p, s);
                 let slot = w.procs[p].slots[s].as_mut()?;
@@ -692,6 +743,9 @@ impl Model for LeaseModel {
             Property::always(
                 "every shard is held again once faults stop",
                 |m: &LeaseModel, w: &World| {
+                    if m.leader {
+                        return true;
+                    }
                     // Checked at the end of time, with every timer fired, when the last fault
                     // is at least `SETTLE` ticks back: a shard that could be worked on (not
                     // ended, parents ended) since `SETTLE` ticks before has a live holder.
@@ -730,6 +784,44 @@ impl Model for LeaseModel {
 }
 
 impl LeaseModel {
+    /// The assignments process `i`, as a leader, may make of lease `s` from its last scan: an
+    /// unowned or expired lease directly, a live one with a handoff, to any worker id but its
+    /// actual owner, marked or not.
+    fn assignments(&self, w: &World, i: usize, s: usize) -> Vec<Step> {
+        let p = &w.procs[i];
+        let Some(seen) = p.seen[s].as_ref() else {
+            return Vec::new();
+        };
+        let parents_ended = self.shards[s]
+            .parents
+            .iter()
+            .all(|&q| p.seen[q].as_ref().is_some_and(|x| x.item.checkpoint == END));
+        if seen.item.checkpoint == END || !parents_ended {
+            return Vec::new();
+        }
+        let own = &seen.item.own;
+        let expired = own.owner.is_none() || w.now - seen.since > FAILOVER;
+        let actual = own.checkpoint_owner.as_ref().or(own.owner.as_ref());
+        let mut out = Vec::new();
+        for to in 0..self.processes.len() {
+            // One step per worker id.
+            if self.processes[..to].contains(&self.processes[to]) {
+                continue;
+            }
+            if actual == Some(&self.processes[to]) && !(expired && own.checkpoint_owner.is_some()) {
+                continue;
+            }
+            let handoff = !expired;
+            if handoff && (own.checkpoint_owner.is_some() || !self.handoffs) {
+                continue;
+            }
+            for mark in [false, true] {
+                out.push(Step::Assign(i, s, to, handoff, mark));
+            }
+        }
+        out
+    }
+
     /// A renewal that waited for the write in flight goes out now that it is answered.
     fn renew_if_waiting(&self, w: &mut World, p: usize, s: usize) {
         if let Some(slot) = w.procs[p].slots[s].as_mut() {
