@@ -7,8 +7,10 @@
 # stops it at once with one line saying how to get it.
 # Usage: scripts/test.sh [extra cargo test arguments]
 #
-# Without arguments (as CI runs it) the Prometheus alert rules are checked and unit-tested with
-# promtool first (monitoring/check.sh, which builds the pinned promtool on first use), the
+# Without arguments (as CI runs it) the documentation's relative links and their #fragments are
+# checked first (scripts/check-links.sh: lychee, offline, built from crates.io on first use
+# into ~/.cache/kinesis-tools), then the Prometheus alert rules are checked and unit-tested with
+# promtool (monitoring/check.sh, which builds the pinned promtool on first use), the
 # documentation examples run after the workspace tests, and the consumer's
 # Kinesis suites (polling, aggregation, leased)
 # then run a second time against kinesis-mock 0.5.2, the engine LocalStack 4.14.0 installs, so
@@ -43,6 +45,12 @@ elif ! command -v chromium >/dev/null; then
   else
     missing "Chromium (the status page tests drive it)" "apt-get install chromium as root, or set CHROMIUM_PATH to a Chromium or Chrome binary"
   fi
+fi
+
+if (($# == 0)); then
+  # First: it needs nothing but cargo, takes seconds once lychee is built, and a broken link
+  # should not wait for the whole suite.
+  scripts/check-links.sh
 fi
 
 echo "==> installing the emulators pinned in emulators/package-lock.json" >&2

@@ -14,7 +14,7 @@
 //! - [`multilang`]: `consumer multilang FILE`, a drop-in for the KCL's MultiLangDaemon: leased
 //!   mode with a child process per lease, spoken to by the daemon's JSON-lines protocol.
 //!
-//! Run it with `cargo run -p consumer` (see the README for the variables).
+//! Run it with `cargo run -p consumer` (docs/configuration.md lists the variables).
 
 pub mod fanout;
 pub mod lease;

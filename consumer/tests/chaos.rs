@@ -6,7 +6,7 @@
 //! It asserts what a user would: every record the producer reported sent was received by some
 //! worker (0 lost), every SIGTERM ends its worker with exit 0 within 5 s, and no process
 //! panicked. It reports the number of records delivered twice (at least once delivery allows
-//! them; the figure is for the README).
+//! them; the figures are in docs/testing.md).
 //!
 //! Short in CI. For a soak run:
 //!

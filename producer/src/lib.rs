@@ -1,7 +1,7 @@
 //! The producer: a batching Kinesis producer library ([`batching`]) and the timer-driven demo
 //! service built on it ([`service`]).
 //!
-//! Run it with `cargo run -p producer` (see the README for the variables). Every message it
+//! Run it with `cargo run -p producer` (docs/configuration.md lists the variables). Every message it
 //! logs as `record sent` carries the shard id and sequence number Kinesis returned for it;
 //! a message that could not be sent is logged as `record not sent` with the reason.
 

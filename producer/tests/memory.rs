@@ -3,7 +3,7 @@
 //! check that the byte bound holds for small records, and a measurement (ignored by plain
 //! `cargo test`) with the service's own messages and with 8 KB ones (`PRODUCER_SOURCE`): run
 //! `cargo test --release -p producer --test memory -- --ignored --nocapture`, which prints
-//! one line per configuration (README, "The producer", bounded memory).
+//! one line per configuration (docs/benchmarks.md, "Producer memory").
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,8 @@
 //! This module (`vars.rs`) is the single list of the variables the services read. Each one is a [`VarSpec`]
 //! constant; the typed loaders below can only read a variable through its constant, so a name
 //! that is not declared here cannot be read anywhere. The docker-compose test checks the
-//! compose file against these lists, and the README documents exactly these names.
+//! compose file against these lists, and docs/configuration.md documents exactly these names
+//! (`common/tests/docs.rs` checks it).
 //!
 //! Everything is read once at startup and validated into typed structs. A bad value is a
 //! [`ConfigError`] whose one-line message names the variable, the value and what is allowed.

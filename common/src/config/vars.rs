@@ -325,7 +325,8 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
 ];
 
 /// Variables read not by this module but by the AWS SDK's standard chain and by the log filter.
-/// They are listed so that the compose test and the README can tell a valid name from a typo.
+/// They are listed so that the compose test and docs/configuration.md can tell a valid name from
+/// a typo.
 pub const STANDARD_VARS: &[&str] = &[
     "AWS_REGION",
     "AWS_DEFAULT_REGION",

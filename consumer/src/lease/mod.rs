@@ -15,6 +15,8 @@
 //!   bisection, maximum record age; then stop, skip or a failure stream).
 //! - [`machine`]: the life of one lease at one worker, one state machine with no I/O
 //!   (model-checked by `tests/lease_model.rs`).
+//! - [`worker_metrics`]: the Java KCL 3.x worker-metrics item (`lut`, `sts`, `opr`, `sup`/`slu`),
+//!   its validity and freshness as a KCL leader judges them, and which table holds it.
 //! - `held`, `shard`, [`worker`]: driving the machine (the writes it asks for), taking and
 //!   processing.
 //!
@@ -47,6 +49,7 @@ mod shard;
 pub mod sync;
 pub mod table;
 pub mod worker;
+pub mod worker_metrics;
 
 pub use failure::{FailurePolicy, OnFailure};
 pub use processor::{

@@ -1,8 +1,8 @@
 //! The MultiLangDaemon's properties file, read into this consumer's settings.
 //!
-//! Each key the daemon's users rely on maps to one of the consumer's settings (the README's
-//! table); the mapped values override the same `CONSUMER_*` variables, and every other
-//! variable (`HTTP_ADDR`, `LOG_FORMAT`, `CONSUMER_HANDOFF_TIMEOUT_MS`, the AWS variables...)
+//! Each key the daemon's users rely on maps to one of the consumer's settings (the table in
+//! docs/multilang.md); the mapped values override the same `CONSUMER_*` variables, and every
+//! other variable (`HTTP_ADDR`, `LOG_FORMAT`, `CONSUMER_HANDOFF_TIMEOUT_MS`, the AWS variables...)
 //! works as in leased mode. A key this consumer does not implement is reported once by name
 //! ([`MultiLangSettings::unimplemented`]); a bad value stops the start with an error naming
 //! the key.

@@ -61,7 +61,7 @@ impl ProducerConfig {
     /// Refuses a configuration that cannot work: one that would never send (no call slot, no
     /// room for a record, no time to live), a stream name Kinesis refuses, aggregates Kinesis
     /// would refuse, or times so long that deadlines overflow. The bounds are those of the
-    /// service's variables (README, "Configuration") where it has one, with the byte bound
+    /// service's variables (docs/configuration.md) where it has one, with the byte bound
     /// free to go below 1 MiB: a record larger than it is refused when handed over.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         const DAY: Duration = Duration::from_secs(86_400);
