@@ -34,6 +34,11 @@ use common::aws::{classify, ErrorKind};
 use common::kinesis::error_text;
 
 use super::item::{ENTITY_TYPE, LEASE_KEY};
+use super::worker_metrics::{
+    effective_migration_status, is_worker_metrics_item, legacy_coordinator_state_table,
+    legacy_worker_metrics_table, MetricsLayout, TableMigrationStatus, WorkerMetrics,
+    COORDINATOR_STATE_KEY, TABLE_MIGRATION_KEY, TABLE_MIGRATION_STATUS,
+};
 
 /// The lock's key, in either layout.
 pub const LEADER_KEY: &str = "Leader";
@@ -43,12 +48,6 @@ const OWNER_NAME: &str = "ownerName";
 const LEASE_DURATION: &str = "leaseDuration";
 const RECORD_VERSION: &str = "recordVersionNumber";
 const IS_RELEASED: &str = "isReleased";
-/// Key attribute of the 3.0-3.4 `<application>-CoordinatorState` table.
-const COORDINATOR_STATE_KEY: &str = "key";
-/// The table-migration record (KCL 3.5) and the status that moves the lock into the lease table.
-const TABLE_MIGRATION_KEY: &str = "TableMigration3.5";
-const TABLE_MIGRATION_STATUS: &str = "tm";
-const TABLE_MIGRATION_COMPLETE: &str = "TABLE_MIGRATION_STATUS_COMPLETE";
 
 /// Where the lock item lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,55 +227,51 @@ impl LockTable {
         &self.layout
     }
 
-    /// Finds where an application keeps its lock: the `<application>-CoordinatorState` table
-    /// when it exists and the table migration is not `COMPLETE` (the lease table holds the
-    /// migration record then), the lease table otherwise.
+    /// Finds where an application keeps its lock, as the KCL 3.5 routes its lock client: the
+    /// lease table once the table migration is `COMPLETE` (or when there is no
+    /// `<application>-CoordinatorState` table: a new application, or one from 2.x), that
+    /// legacy table otherwise ([`effective_migration_status`]).
     pub async fn detect(
         client: &Client,
         lease_table: &str,
         application: &str,
     ) -> Result<Layout, LockError> {
-        let legacy = format!("{application}-CoordinatorState");
-        let migrated = client
+        let legacy = legacy_coordinator_state_table(application);
+        let read = client
             .get_item()
-            .table_name(lease_table)
-            .key(LEASE_KEY, s(TABLE_MIGRATION_KEY))
+            .table_name(&legacy)
+            .key(COORDINATOR_STATE_KEY, s(TABLE_MIGRATION_KEY))
             .consistent_read(true)
             .send()
             .await;
-        match migrated {
-            Ok(out) => {
-                let complete = out.item().and_then(|i| i.get(TABLE_MIGRATION_STATUS))
-                    == Some(&s(TABLE_MIGRATION_COMPLETE));
-                if complete {
-                    return Ok(Layout::LeaseTable(lease_table.to_string()));
-                }
-            }
+        let (exists, record) = match read {
+            Ok(out) => (
+                true,
+                out.item()
+                    .and_then(|i| match i.get(TABLE_MIGRATION_STATUS) {
+                        Some(AttributeValue::S(v)) => TableMigrationStatus::parse(v),
+                        _ => None,
+                    }),
+            ),
+            Err(err) if classify(&err) == ErrorKind::NotFound => (false, None),
             Err(err) => {
                 return Err(LockError {
-                    table: lease_table.to_string(),
+                    table: legacy,
                     operation: "GetItem",
                     kind: classify(&err),
                     message: error_text(&err),
                 })
             }
-        }
-        let found = client
-            .get_item()
-            .table_name(&legacy)
-            .key(COORDINATOR_STATE_KEY, s(LEADER_KEY))
-            .send()
-            .await;
-        match found {
+        };
+        // This worker never migrates tables itself: `migrate_all_to_lease_table` is false.
+        match effective_migration_status(exists, record, false) {
+            Ok(TableMigrationStatus::Complete) => Ok(Layout::LeaseTable(lease_table.to_string())),
             Ok(_) => Ok(Layout::CoordinatorState(legacy)),
-            Err(err) if classify(&err) == ErrorKind::NotFound => {
-                Ok(Layout::LeaseTable(lease_table.to_string()))
-            }
             Err(err) => Err(LockError {
                 table: legacy,
                 operation: "GetItem",
-                kind: classify(&err),
-                message: error_text(&err),
+                kind: ErrorKind::Invalid,
+                message: err.to_string(),
             }),
         }
     }
@@ -428,6 +423,69 @@ impl LockTable {
     }
 }
 
+/// Every worker-metrics item of the application, as the leader reads them each pass (the
+/// KCL's `MigrationAwareLAMDataManager`): the lease table's, and the legacy
+/// `<application>-WorkerMetricStats` table's unless the lock lives in the lease table (the
+/// migration is complete). Unreadable items are skipped with a warning.
+pub async fn read_worker_metrics(
+    client: &Client,
+    lock: &Layout,
+    lease_table: &str,
+    application: &str,
+) -> Result<Vec<WorkerMetrics>, LockError> {
+    let mut sources = vec![(lease_table.to_string(), MetricsLayout::LeaseTable)];
+    if matches!(lock, Layout::CoordinatorState(_)) {
+        sources.push((
+            legacy_worker_metrics_table(application),
+            MetricsLayout::LegacyTable,
+        ));
+    }
+    let mut out = Vec::new();
+    for (table, layout) in sources {
+        let mut start = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(&table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                // A legacy table that is not there: nothing to read in it.
+                Err(err)
+                    if layout == MetricsLayout::LegacyTable
+                        && classify(&err) == ErrorKind::NotFound =>
+                {
+                    break
+                }
+                Err(err) => {
+                    return Err(LockError {
+                        table,
+                        operation: "Scan",
+                        kind: classify(&err),
+                        message: error_text(&err),
+                    })
+                }
+            };
+            for item in page.items() {
+                if layout == MetricsLayout::LeaseTable && !is_worker_metrics_item(item) {
+                    continue;
+                }
+                match WorkerMetrics::from_item(item, layout) {
+                    Ok(m) => out.push(m),
+                    Err(err) => tracing::warn!(table = %table, error = %err, "unreadable worker-metrics item skipped"),
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Who leads, as this worker last read the lock (for `/status` and the status page).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LeaderStatus {
@@ -475,6 +533,15 @@ impl Leadership {
             last_write: None,
             leader: None,
         }
+    }
+
+    /// Where the lock lives, once found.
+    pub fn layout(&self) -> Option<&Layout> {
+        self.lock.as_ref().map(LockTable::layout)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Whether this worker leads now.

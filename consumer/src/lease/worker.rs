@@ -659,9 +659,40 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         }
     }
 
-    /// The workers eligible for leases: a fresh, valid worker-metrics item each.
+    /// The workers eligible for leases (the KCL's rules, [`super::worker_metrics`]): a valid
+    /// worker-metrics item updated within [`super::worker_metrics::EXPIRY`]. A worker whose
+    /// newest value of a metric failed is left out by [`assignment::assign`].
     async fn worker_loads(&self) -> Vec<WorkerLoad> {
-        Vec::new()
+        let Some(leadership) = self.leadership.as_ref() else {
+            return Vec::new();
+        };
+        let Some(layout) = leadership.layout() else {
+            return Vec::new();
+        };
+        let read = super::leader::read_worker_metrics(
+            leadership.client(),
+            layout,
+            self.table.name(),
+            &self.config.application_name,
+        )
+        .await;
+        let metrics = match read {
+            Ok(metrics) => metrics,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading worker metrics failed: nobody is eligible this pass");
+                return Vec::new();
+            }
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        metrics
+            .into_iter()
+            .filter(|m| m.is_valid() && !m.is_expired(now_ms, super::worker_metrics::EXPIRY))
+            .map(|m| WorkerLoad {
+                worker_id: m.worker_id,
+                stats: m.metric_stats.unwrap_or_default(),
+                operating_range: m.operating_range.unwrap_or_default(),
+            })
+            .collect()
     }
 
     fn held_keys(&self) -> HashSet<String> {
