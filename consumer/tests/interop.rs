@@ -789,3 +789,271 @@ async fn a_java_kcl_application_started_after_splits_under_load_processes_every_
     );
     assert!(children > 0, "nothing was read from a child shard: {logs}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// One application, Java and Rust workers side by side (KCL 3.x leader, worker metrics,
+// load-aware assignment). Our workers run `CONSUMER_LEASE_ASSIGNMENT=leader`; both kinds use a
+// leader lock of 6 s with a 1 s heartbeat (the KCL defaults, 120 s and 30 s, would make these
+// tests minutes long), and the failover time above (3 s): an assignment pass every 6 s.
+
+const LEADER_LEASE_MS: &str = "6000";
+const LEADER_HEARTBEAT_MS: &str = "1000";
+/// The leader's assignment interval (twice the failover time).
+const PASS: Duration = Duration::from_secs(6);
+
+/// Our consumer following (or being) the KCL 3.x leader.
+fn our_led_consumer(stream: &str, app: &str, worker: &str) -> ServiceProcess {
+    let mut env =
+        testkit::service_env_with_dynamo(&kinesis().0.endpoint(), &dynamo().endpoint(), stream);
+    env.extend(
+        [
+            ("CONSUMER_MODE", "leased"),
+            ("CONSUMER_APPLICATION_NAME", app),
+            ("CONSUMER_WORKER_ID", worker),
+            ("CONSUMER_FAILOVER_MS", FAILOVER_MS),
+            ("CONSUMER_POLL_INTERVAL_MS", "200"),
+            ("CONSUMER_SHARD_SYNC_MS", "1000"),
+            ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+            ("CONSUMER_LEADER_LEASE_DURATION_MS", LEADER_LEASE_MS),
+            ("CONSUMER_LEADER_HEARTBEAT_MS", LEADER_HEARTBEAT_MS),
+            ("CONSUMER_WORKER_METRICS_INTERVAL_MS", "1500"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    ServiceProcess::spawn(consumer_bin(), &env)
+}
+
+/// The Java KCL application with the same leader-lock timings.
+fn java_led(stream: &str, app: &str, worker: &str) -> ServiceProcess {
+    kcl_app(
+        stream,
+        app,
+        worker,
+        &[
+            ("LEADER_LEASE_MS", LEADER_LEASE_MS),
+            ("LEADER_HEARTBEAT_MS", LEADER_HEARTBEAT_MS),
+        ],
+    )
+}
+
+/// Who holds the leader lock (in the lease table, or in `<app>-CoordinatorState`).
+async fn leader_of(app: &str) -> Option<String> {
+    if let Some(item) = items(app).await.into_iter().find(|i| {
+        s(i, "leaseKey").as_deref() == Some("Leader")
+            && s(i, "entityType").as_deref() == Some("LEADER")
+    }) {
+        return s(&item, "ownerName");
+    }
+    let legacy = dynamo()
+        .dynamodb()
+        .get_item()
+        .table_name(format!("{app}-CoordinatorState"))
+        .key("key", AttributeValue::S("Leader".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .ok()?;
+    legacy.item().and_then(|i| s(i, "ownerName"))
+}
+
+/// Worker id -> the leases (shard ids) it owns, from the lease items only.
+async fn lease_owners(app: &str) -> BTreeMap<String, Vec<String>> {
+    let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in items(app).await {
+        let is_lease = s(&item, "entityType").is_none_or(|t| t == "LEASE");
+        if let (true, Some(owner), Some(key)) =
+            (is_lease, s(&item, "leaseOwner"), s(&item, "leaseKey"))
+        {
+            owners.entry(owner).or_default().push(key);
+        }
+    }
+    owners
+}
+
+/// Waits for an async condition, checked every 200 ms, up to `limit`.
+async fn wait_until<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Our producer putting `count` DataMessages at about 50 a second, unaggregated.
+fn load(stream: &str, count: usize) -> ServiceProcess {
+    ServiceProcess::spawn(
+        &producer_bin(),
+        &testkit::env_with(
+            &kinesis().0.endpoint(),
+            stream,
+            &[
+                ("PRODUCER_COUNT", &count.to_string()),
+                ("PRODUCER_INTERVAL_MS", "100"),
+                ("PRODUCER_MESSAGES_PER_TICK", "5"),
+            ],
+        ),
+    )
+}
+
+/// Every id the producer acknowledged, once it has exited.
+fn sent_ids(producer: &mut ServiceProcess) -> HashSet<String> {
+    producer.expect_exit(Duration::from_secs(180), 0);
+    field(&producer.events("record sent"), "id")
+        .into_iter()
+        .collect()
+}
+
+/// Mixed fleet: one Java KCL 3.5 worker and one of ours on one table, 8 shards, under load.
+/// Both hold leases within two assignment passes of both being up, whoever leads; every record
+/// acknowledged is processed.
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn a_mixed_fleet_shares_one_table_under_one_leader() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    let stream = testkit::unique_name("mixed-fleet");
+    testkit::create_stream(&client, &stream, 8).await;
+    let app = testkit::unique_name("mixed-app");
+    let mut producer = load(&stream, 1500);
+    let ours = our_led_consumer(&stream, &app, "rust-worker");
+    let java = java_led(&stream, &app, "java-worker");
+    let both_up = testkit::eventually(Duration::from_secs(60), || {
+        !java.events("started").is_empty() && !ours.events("consumer started").is_empty()
+    })
+    .await;
+    assert!(both_up, "{}", save_logs("mixed-start", &[&ours, &java]));
+    let up_at = std::time::Instant::now();
+    // Worker metrics first (each kind publishes every 1.5 s here), then a pass or two.
+    let shared = wait_until(Duration::from_secs(60), || async {
+        let owners = lease_owners(&app).await;
+        owners.get("rust-worker").is_some_and(|l| !l.is_empty())
+            && owners.get("java-worker").is_some_and(|l| !l.is_empty())
+    })
+    .await;
+    let took = up_at.elapsed();
+    let leader = leader_of(&app).await;
+    let owners = lease_owners(&app).await;
+    assert!(
+        shared,
+        "leases {owners:?}, leader {leader:?}: {}",
+        save_logs("mixed-share", &[&ours, &java])
+    );
+    assert!(
+        took <= 2 * PASS + Duration::from_secs(15),
+        "both held leases only {took:?} after both were up"
+    );
+    let sent = sent_ids(&mut producer);
+    let all = testkit::eventually(Duration::from_secs(90), || {
+        let mut got = ids(&ours_received(&ours));
+        got.extend(ids(&java_received(&java)));
+        got.is_superset(&sent)
+    })
+    .await;
+    let mut got = ids(&ours_received(&ours));
+    got.extend(ids(&java_received(&java)));
+    let lost: Vec<&String> = sent.difference(&got).collect();
+    assert!(
+        all,
+        "{} of {} lost: {}",
+        lost.len(),
+        sent.len(),
+        save_logs("mixed-lost", &[&ours, &java])
+    );
+    eprintln!(
+        "mixed fleet: leader {leader:?}; both held leases {took:?} after both were up: {:?}; \
+         {} records sent, all processed (ours {}, Java {})",
+        owners.iter().map(|(w, l)| (w, l.len())).collect::<BTreeMap<_, _>>(),
+        sent.len(),
+        ours_received(&ours).len(),
+        java_received(&java).len()
+    );
+}
+
+/// Leadership moves: the leader is killed (-9), the other kind takes the lock once its version
+/// stood for the lock's duration, and goes on assigning: the dead worker's leases end up with
+/// the survivor. Both directions: ours leading first, then a Java worker leading.
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn the_other_kind_takes_the_lead_when_the_leader_is_killed() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    for ours_first in [true, false] {
+        let stream = testkit::unique_name("leader-moves");
+        testkit::create_stream(&client, &stream, 4).await;
+        let app = testkit::unique_name("leader-app");
+        // The first one started leads: the lock is free.
+        let (first, second, first_id, second_id) = if ours_first {
+            let ours = our_led_consumer(&stream, &app, "rust-worker");
+            let led = wait_until(Duration::from_secs(60), || async {
+                leader_of(&app).await.as_deref() == Some("rust-worker")
+            })
+            .await;
+            assert!(led, "{}", save_logs("leader-ours", &[&ours]));
+            (ours, java_led(&stream, &app, "java-worker"), "rust-worker", "java-worker")
+        } else {
+            let java = java_led(&stream, &app, "java-worker");
+            let led = wait_until(Duration::from_secs(90), || async {
+                leader_of(&app).await.as_deref() == Some("java-worker")
+            })
+            .await;
+            assert!(led, "{}", save_logs("leader-java", &[&java]));
+            (java, our_led_consumer(&stream, &app, "rust-worker"), "java-worker", "rust-worker")
+        };
+        let shared = wait_until(Duration::from_secs(60), || async {
+            let owners = lease_owners(&app).await;
+            owners.get(first_id).is_some_and(|l| !l.is_empty())
+                && owners.get(second_id).is_some_and(|l| !l.is_empty())
+        })
+        .await;
+        assert!(
+            shared,
+            "{:?}: {}",
+            lease_owners(&app).await,
+            save_logs("leader-share", &[&first, &second])
+        );
+        first.signal("KILL");
+        let killed_at = std::time::Instant::now();
+        let took_lock = wait_until(Duration::from_secs(60), || async {
+            leader_of(&app).await.as_deref() == Some(second_id)
+        })
+        .await;
+        let lock_after = killed_at.elapsed();
+        assert!(
+            took_lock,
+            "leader still {:?}: {}",
+            leader_of(&app).await,
+            save_logs("leader-take", &[&first, &second])
+        );
+        let all_leases = wait_until(Duration::from_secs(60), || async {
+            let owners = lease_owners(&app).await;
+            owners.len() == 1 && owners.get(second_id).is_some_and(|l| l.len() == 4)
+        })
+        .await;
+        let leases_after = killed_at.elapsed();
+        assert!(
+            all_leases,
+            "{:?}: {}",
+            lease_owners(&app).await,
+            save_logs("leader-assign", &[&first, &second])
+        );
+        eprintln!(
+            "{first_id} killed: {second_id} took the lock after {lock_after:?} (lock duration \
+             {LEADER_LEASE_MS} ms) and held all 4 leases after {leases_after:?}"
+        );
+        let mut second = second;
+        if ours_first {
+            stop_java(&mut second);
+        } else {
+            second.stop();
+        }
+    }
+}

@@ -120,6 +120,10 @@ public final class KclApp {
         // for a test's time scale (the default is every 30 s).
         leases.workerUtilizationAwareAssignmentConfig()
                 .workerMetricsReporterFreqInMillis(Math.max(1000, failoverMs / 2));
+        // The leader lock's timings (KCL defaults: 120 s and 30 s), shortened by tests that
+        // move the leadership.
+        leases.dynamoDbLockBasedLeaderLeaseDurationInMillis(Env.number("LEADER_LEASE_MS", 120_000));
+        leases.dynamoDbLockBasedLeaderHeartbeatPeriodInMillis(Env.number("LEADER_HEARTBEAT_MS", 30_000));
         Scheduler scheduler = new Scheduler(
                 configs.checkpointConfig(),
                 configs.coordinatorConfig().parentShardPollIntervalMillis(1000),
