@@ -971,7 +971,10 @@ async fn a_mixed_fleet_shares_one_table_under_one_leader() {
     eprintln!(
         "mixed fleet: leader {leader:?}; both held leases {took:?} after both were up: {:?}; \
          {} records sent, all processed (ours {}, Java {})",
-        owners.iter().map(|(w, l)| (w, l.len())).collect::<BTreeMap<_, _>>(),
+        owners
+            .iter()
+            .map(|(w, l)| (w, l.len()))
+            .collect::<BTreeMap<_, _>>(),
         sent.len(),
         ours_received(&ours).len(),
         java_received(&java).len()
@@ -998,7 +1001,12 @@ async fn the_other_kind_takes_the_lead_when_the_leader_is_killed() {
             })
             .await;
             assert!(led, "{}", save_logs("leader-ours", &[&ours]));
-            (ours, java_led(&stream, &app, "java-worker"), "rust-worker", "java-worker")
+            (
+                ours,
+                java_led(&stream, &app, "java-worker"),
+                "rust-worker",
+                "java-worker",
+            )
         } else {
             let java = java_led(&stream, &app, "java-worker");
             let led = wait_until(Duration::from_secs(90), || async {
@@ -1006,7 +1014,12 @@ async fn the_other_kind_takes_the_lead_when_the_leader_is_killed() {
             })
             .await;
             assert!(led, "{}", save_logs("leader-java", &[&java]));
-            (java, our_led_consumer(&stream, &app, "rust-worker"), "java-worker", "rust-worker")
+            (
+                java,
+                our_led_consumer(&stream, &app, "rust-worker"),
+                "java-worker",
+                "rust-worker",
+            )
         };
         let shared = wait_until(Duration::from_secs(60), || async {
             let owners = lease_owners(&app).await;

@@ -359,7 +359,8 @@ impl ConsumerSettings {
                     true => {
                         let lease_duration =
                             raw.millis(&CONSUMER_LEADER_LEASE_DURATION_MS, 1000, 3_600_000)?;
-                        let heartbeat = raw.millis(&CONSUMER_LEADER_HEARTBEAT_MS, 100, 3_600_000)?;
+                        let heartbeat =
+                            raw.millis(&CONSUMER_LEADER_HEARTBEAT_MS, 100, 3_600_000)?;
                         if heartbeat >= lease_duration {
                             return Err(raw.invalid(
                                 &CONSUMER_LEADER_HEARTBEAT_MS,

@@ -352,7 +352,10 @@ fn lease_assignment_defaults_to_count_and_leader_takes_its_lock_timings() {
         }
     );
     for (vars, bad) in [
-        (vec![("CONSUMER_LEASE_ASSIGNMENT", "load")], "CONSUMER_LEASE_ASSIGNMENT"),
+        (
+            vec![("CONSUMER_LEASE_ASSIGNMENT", "load")],
+            "CONSUMER_LEASE_ASSIGNMENT",
+        ),
         (
             vec![
                 ("CONSUMER_LEASE_ASSIGNMENT", "leader"),

@@ -578,7 +578,10 @@ mod tests {
         assert!(out.iter().all(|a| !a.handoff));
         apply(&mut leases, &out);
         // No throughput known yet: the extrapolation is by lease count.
-        assert_eq!(counts(&leases), BTreeMap::from([("a".into(), 4), ("b".into(), 4)]));
+        assert_eq!(
+            counts(&leases),
+            BTreeMap::from([("a".into(), 4), ("b".into(), 4)])
+        );
     }
 
     #[test]
@@ -671,9 +674,20 @@ mod tests {
             let out = assign(&leases, &workers, pass % 3 == 0, &config, &mut rng);
             apply(&mut leases, &out);
         }
-        let hot = leases.iter().find(|l| l.key == "s0").unwrap().owner.clone().unwrap();
+        let hot = leases
+            .iter()
+            .find(|l| l.key == "s0")
+            .unwrap()
+            .owner
+            .clone()
+            .unwrap();
         let c = counts(&leases);
-        let others_min = c.iter().filter(|(w, _)| **w != hot).map(|(_, n)| *n).min().unwrap();
+        let others_min = c
+            .iter()
+            .filter(|(w, _)| **w != hot)
+            .map(|(_, n)| *n)
+            .min()
+            .unwrap();
         assert!(c[&hot] < others_min, "{c:?}, hot on {hot}");
     }
 
@@ -690,7 +704,12 @@ mod tests {
                 .map(|i| {
                     let o: Option<usize> = gen.gen_bool(0.8).then(|| gen.gen_range(0..5));
                     let kbps = gen.gen_bool(0.7).then(|| gen.gen_range(0.0..2000.0));
-                    lease(&format!("s{i}"), o.map(|o| ids[o]), kbps, o.is_some_and(|o| o >= 3))
+                    lease(
+                        &format!("s{i}"),
+                        o.map(|o| ids[o]),
+                        kbps,
+                        o.is_some_and(|o| o >= 3),
+                    )
                 })
                 .collect();
             let workers: Vec<WorkerLoad> = (0..3)

@@ -474,7 +474,9 @@ pub async fn read_worker_metrics(
                 }
                 match WorkerMetrics::from_item(item, layout) {
                     Ok(m) => out.push(m),
-                    Err(err) => tracing::warn!(table = %table, error = %err, "unreadable worker-metrics item skipped"),
+                    Err(err) => {
+                        tracing::warn!(table = %table, error = %err, "unreadable worker-metrics item skipped")
+                    }
                 }
             }
             match page.last_evaluated_key() {
@@ -552,13 +554,11 @@ impl Leadership {
     /// Who leads, as last read.
     pub fn status(&self) -> Option<LeaderStatus> {
         let layout = self.lock.as_ref()?.layout().name();
-        self.leader
-            .as_ref()
-            .map(|(worker_id, since)| LeaderStatus {
-                worker_id: worker_id.clone(),
-                since: since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                layout,
-            })
+        self.leader.as_ref().map(|(worker_id, since)| LeaderStatus {
+            worker_id: worker_id.clone(),
+            since: since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            layout,
+        })
     }
 
     fn saw_leader(&mut self, who: &str) {
@@ -632,8 +632,7 @@ impl Leadership {
     /// Gives the lock up if this worker holds it (the KCL does at shutdown), so that another
     /// worker leads at its next round rather than after the lock's duration.
     pub async fn release(&mut self) {
-        let (Some(lock), Some(version)) = (self.lock.as_ref(), self.election.held_version())
-        else {
+        let (Some(lock), Some(version)) = (self.lock.as_ref(), self.election.held_version()) else {
             return;
         };
         if !self.is_leader() {
@@ -642,7 +641,9 @@ impl Leadership {
         match lock.release(&self.me, version).await {
             Ok(true) => tracing::info!(worker_id = %self.me, "leadership released"),
             Ok(false) => {}
-            Err(err) => tracing::warn!(error = %err, "releasing the leader lock failed; it will expire"),
+            Err(err) => {
+                tracing::warn!(error = %err, "releasing the leader lock failed; it will expire")
+            }
         }
         self.election.on_released();
     }

@@ -568,7 +568,9 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         }
         if leading && Instant::now() >= self.next_pass {
             self.next_pass = Instant::now() + self.assignment_interval();
-            let variance = self.passes % AssignmentConfig::default().variance_every == 0;
+            let variance = self
+                .passes
+                .is_multiple_of(AssignmentConfig::default().variance_every);
             self.passes = self.passes.wrapping_add(1);
             self.assignment_pass(variance).await;
         }
@@ -959,10 +961,9 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                     .iter()
                     .filter(|v| v.owner.as_deref() == Some(self.me()) && !held.contains(&v.key))
                     .filter(|v| {
-                        !self
-                            .cooling
+                        self.cooling
                             .get(&v.key)
-                            .is_some_and(|(until, _)| *until > now)
+                            .is_none_or(|(until, _)| *until <= now)
                     })
                     .map(|v| v.key.clone())
                     .collect(),
