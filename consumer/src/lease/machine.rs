@@ -646,3 +646,34 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(owner: Option<&str>, handed_over: bool) -> Ownership {
+        Ownership {
+            owner: owner.map(str::to_string),
+            checkpoint_owner: None,
+            counter: 3,
+            handed_over,
+        }
+    }
+
+    #[test]
+    fn a_follower_takes_only_what_the_table_shows_as_its_own() {
+        // Unowned, or another worker's: the leader's to assign, expired or not.
+        for expired in [false, true] {
+            assert_eq!(follow_rule(&item(None, false), "me", expired), None);
+            assert_eq!(follow_rule(&item(Some("other"), true), "me", expired), None);
+        }
+        // Marked by our leader (or a stopping worker): at once.
+        assert_eq!(follow_rule(&item(Some("me"), true), "me", false), Some(Op::Take));
+        // A Java leader's assignment, or a second process with our id: once expired.
+        assert_eq!(follow_rule(&item(Some("me"), false), "me", false), None);
+        assert_eq!(
+            follow_rule(&item(Some("me"), false), "me", true),
+            Some(Op::TakeExpired)
+        );
+    }
+}
