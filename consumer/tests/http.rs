@@ -1,6 +1,7 @@
 //! The consumer's HTTP server (`HTTP_ADDR`): metrics that agree with its logs in both modes, and
 //! the live status page in a real headless browser showing every lease of a running leased
-//! application and updating when a worker leaves.
+//! application and updating when a worker leaves; in leader mode, who leads, and the lead
+//! moving at once when the leader stops.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -340,4 +341,76 @@ async fn the_consumer_page_charts_move_and_its_keyspace_shows_a_split_under_load
             .screenshot(&Path::new(&dir).join("consumer-page.png"))
             .expect("screenshot");
     }
+}
+
+/// Leader mode (`CONSUMER_LEASE_ASSIGNMENT=leader`): `/status` shows who holds the KCL 3.x
+/// leader lock, since when, and where it lives; a leader stopped by SIGTERM deletes its lock,
+/// so the other worker leads at its next read rather than after the lock's duration.
+#[tokio::test]
+async fn the_status_shows_who_leads_and_the_lead_moves_when_the_leader_stops() {
+    let kinesis_emu = testkit::shared(Kind::KinesisMock);
+    let dynamo_emu = testkit::shared(Kind::Dynalite);
+    let stream = testkit::unique_name("leader-status");
+    let app = testkit::unique_name("leader-app");
+    testkit::create_stream(&kinesis_emu.kinesis(), &stream, 2).await;
+    let worker = |id: &str, addr: &str| {
+        let mut env = testkit::service_env_with_dynamo(
+            &kinesis_emu.endpoint(),
+            &dynamo_emu.endpoint(),
+            &stream,
+        );
+        for (k, v) in [
+            ("CONSUMER_MODE", "leased"),
+            ("CONSUMER_APPLICATION_NAME", app.as_str()),
+            ("CONSUMER_WORKER_ID", id),
+            ("CONSUMER_FAILOVER_MS", "3000"),
+            ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+            // Long enough that only the release explains a quick move.
+            ("CONSUMER_LEADER_LEASE_DURATION_MS", "60000"),
+            ("CONSUMER_LEADER_HEARTBEAT_MS", "500"),
+            ("HTTP_ADDR", addr),
+        ] {
+            env.push((k.to_string(), v.to_string()));
+        }
+        ServiceProcess::spawn(consumer_bin(), &env)
+    };
+    let leader_at = |addr: &str| -> Option<Value> {
+        let (_, body) = http_get(addr, "/status")?;
+        let doc: Value = serde_json::from_str(&body).ok()?;
+        Some(doc["leader"].clone()).filter(|l| !l.is_null())
+    };
+    let (addr_a, addr_b) = (
+        format!("127.0.0.1:{}", testkit::free_port()),
+        format!("127.0.0.1:{}", testkit::free_port()),
+    );
+    let mut a = worker("worker-a", &addr_a);
+    let leads = testkit::eventually(Duration::from_secs(30), || {
+        leader_at(&addr_a).is_some_and(|l| l["worker_id"] == "worker-a")
+    })
+    .await;
+    assert!(leads, "{:?}\n{}", leader_at(&addr_a), a.dump());
+    let seen = leader_at(&addr_a).unwrap_or_default();
+    assert_eq!(seen["layout"], "lease-table", "{seen}");
+    assert!(
+        seen["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{seen}"
+    );
+    let b = worker("worker-b", &addr_b);
+    let follows = testkit::eventually(Duration::from_secs(30), || {
+        leader_at(&addr_b).is_some_and(|l| l["worker_id"] == "worker-a")
+    })
+    .await;
+    assert!(follows, "{:?}\n{}", leader_at(&addr_b), b.dump());
+    a.stop();
+    assert_eq!(a.events("leadership released").len(), 1, "{}", a.dump());
+    let stopped = std::time::Instant::now();
+    let moved = testkit::eventually(Duration::from_secs(20), || {
+        leader_at(&addr_b).is_some_and(|l| l["worker_id"] == "worker-b")
+    })
+    .await;
+    assert!(moved, "{:?}\n{}", leader_at(&addr_b), b.dump());
+    eprintln!(
+        "the lead moved {:?} after the leader's SIGTERM",
+        stopped.elapsed()
+    );
 }

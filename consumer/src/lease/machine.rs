@@ -668,7 +668,10 @@ mod tests {
             assert_eq!(follow_rule(&item(Some("other"), true), "me", expired), None);
         }
         // Marked by our leader (or a stopping worker): at once.
-        assert_eq!(follow_rule(&item(Some("me"), true), "me", false), Some(Op::Take));
+        assert_eq!(
+            follow_rule(&item(Some("me"), true), "me", false),
+            Some(Op::Take)
+        );
         // A Java leader's assignment, or a second process with our id: once expired.
         assert_eq!(follow_rule(&item(Some("me"), false), "me", false), None);
         assert_eq!(
