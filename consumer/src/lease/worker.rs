@@ -796,12 +796,21 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .unwrap_or_default()
     }
 
-    /// When the next lease held by another worker expires if its counter does not move again.
+    /// When the next lease held by another worker (or, following a leader, assigned to this one
+    /// and not taken up yet) expires if its counter does not move again.
     fn next_expiry(&self) -> Option<Instant> {
         let now = Instant::now();
         self.observed
             .values()
-            .filter(|o| o.owner.is_some() && o.owner.as_deref() != Some(self.me()) && !o.ended)
+            // Following a leader, a lease assigned to this worker without `handedOverBy` (by a
+            // Java leader) is taken once it expires: look right then too, before the leader's
+            // next pass counts it as expired and moves it again.
+            .filter(|o| {
+                o.owner.is_some()
+                    && (o.owner.as_deref() != Some(self.me())
+                        || (self.leadership.is_some() && !o.held_here))
+                    && !o.ended
+            })
             .map(|o| o.since + self.config.failover + EXPIRY_MARGIN)
             .filter(|at| *at > now)
             .min()
