@@ -688,6 +688,11 @@ mod tests {
             .map(|(_, n)| *n)
             .min()
             .unwrap();
+        let mut kbps: BTreeMap<String, f64> = BTreeMap::new();
+        for l in &leases {
+            *kbps.entry(l.owner.clone().unwrap()).or_default() += l.throughput_kbps.unwrap();
+        }
+        eprintln!("after 30 passes: leases {c:?}, KB/s {kbps:?}, hot shard on {hot}");
         assert!(c[&hot] < others_min, "{c:?}, hot on {hot}");
     }
 
