@@ -1332,10 +1332,11 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
     let processes: Vec<&ServiceProcess> = stopped.iter().chain(live.iter()).copied().collect();
     for (i, p) in processes.iter().enumerate() {
         for (id, at) in received(p) {
-            if first.contains_key(&id) {
-                duplicates += 1;
-            } else {
-                first.insert(id, (i, at));
+            match first.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => duplicates += 1,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((i, at));
+                }
             }
         }
     }
