@@ -33,6 +33,12 @@ on free ports:
     python3 bench/run.py --only end-to-end     # section 3 alone
     python3 bench/run.py --only throughput     # sections 1 and 2
 
+To profile this producer, --wrap runs it alone (aggregated, plain HTTP, --count records) under a
+command, e.g. (CPU-seconds and memory then include the wrapper's):
+
+    python3 bench/run.py --wrap "perf record -e cpu-clock -F 4000 -o /tmp/perf.data"
+    python3 bench/run.py --count 200000 --wrap "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out"
+
 Release binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set, else
 from target/release.
 
@@ -43,6 +49,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -291,6 +298,8 @@ def main():
     parser.add_argument("--only", choices=["all", "end-to-end", "throughput"], default="all",
                         help="end-to-end: leave out the producer throughput sections; "
                              "throughput: leave out the end-to-end section")
+    parser.add_argument("--wrap", metavar="COMMAND",
+                        help="run only this producer, aggregated over plain HTTP, under COMMAND (a profiler)")
     args = parser.parse_args()
 
     producer = [os.path.join(RELEASE, "producer")]
@@ -308,6 +317,16 @@ def main():
             sys.exit(f"{path} is missing: run bench/prepare.sh first")
 
     print(f"machine: {os.cpu_count()} cores; emulator runs on the same cores", file=sys.stderr)
+    if args.wrap:
+        emu = Emulator("kinesalite")
+        try:
+            r = throughput(emu, "ours, aggregated", shlex.split(args.wrap) + producer,
+                           {**ours(True), "PRODUCER_COUNT": str(args.count)}, args.count)
+        finally:
+            emu.stop()
+        print(f"{r['name']} under {args.wrap!r}: {r['records']:,} records, {r['rate']:,.0f}/s, "
+              f"{r['cpu_per_m']:.2f} CPU-s per million (the wrapper's included), peak RSS {r['rss_mib']:.1f} MiB")
+        return
     if args.only != "end-to-end":
         throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version)
     if args.only != "throughput":

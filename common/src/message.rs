@@ -81,30 +81,33 @@ impl Default for DataMessage {
 /// `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it; that formatting itself for what is
 /// not a plain four-digit year and second (a leap second).
 fn write_millis_utc(t: &DateTime<Utc>, out: &mut Vec<u8>) {
+    // The date and time once: each accessor of a `DateTime` converts it to local time again.
+    let (date, time) = (t.date_naive(), t.time());
     let millis = t.timestamp_subsec_millis();
-    let year = t.year();
+    let year = date.year();
     if !(0..=9999).contains(&year) || millis >= 1000 {
         out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Millis, true).as_bytes());
         return;
     }
-    let digits = |out: &mut Vec<u8>, n: u32, width: u32| {
-        for i in (0..width).rev() {
-            out.push(b'0' + (n / 10u32.pow(i) % 10) as u8);
-        }
+    let two = |out: &mut Vec<u8>, n: u32| {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
     };
-    digits(out, year as u32, 4);
+    let year = year as u32;
+    two(out, year / 100);
+    two(out, year % 100);
     out.push(b'-');
-    digits(out, t.month(), 2);
+    two(out, date.month());
     out.push(b'-');
-    digits(out, t.day(), 2);
+    two(out, date.day());
     out.push(b'T');
-    digits(out, t.hour(), 2);
+    two(out, time.hour());
     out.push(b':');
-    digits(out, t.minute(), 2);
+    two(out, time.minute());
     out.push(b':');
-    digits(out, t.second(), 2);
+    two(out, time.second());
     out.push(b'.');
-    digits(out, millis, 3);
+    out.push(b'0' + (millis / 100) as u8);
+    two(out, millis % 100);
     out.push(b'Z');
 }
 
