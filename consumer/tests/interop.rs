@@ -789,3 +789,144 @@ async fn a_java_kcl_application_started_after_splits_under_load_processes_every_
     );
     assert!(children > 0, "nothing was read from a child shard: {logs}");
 }
+
+/// Creates a table with one string hash key, as a KCL 3.0-3.4 application created its
+/// `-CoordinatorState` (`key`) and `-WorkerMetricStats` (`wid`) tables.
+async fn create_legacy_table(name: &str, key: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    dynamo()
+        .dynamodb()
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("CreateTable");
+}
+
+/// `interop.WorkerMetricsCheck`: what the KCL's own classes make of the application's
+/// worker-metrics items (one event per item).
+fn java_worker_metrics(app: &str, layout: &str, interval_ms: &str) -> Vec<Value> {
+    let mut env = aws_env();
+    env.extend(
+        [
+            ("DYNAMODB_ENDPOINT", dynamo().endpoint()),
+            ("APPLICATION_NAME", app.to_string()),
+            ("LAYOUT", layout.to_string()),
+            ("REPORTER_INTERVAL_MS", interval_ms.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut check = java("kcl-app", "interop.WorkerMetricsCheck", &env);
+    check.expect_exit(Duration::from_secs(60), 0);
+    assert_eq!(check.events("done").len(), 1, "{}", check.dump());
+    check.events("worker metrics")
+}
+
+/// Our worker's worker-metrics item, read by the KCL 3.5.1's own data access classes and judged
+/// by its own rules, in both layouts: in the lease table (a KCL 3.5 application) with the CPU
+/// this machine reads, and in `<app>-WorkerMetricStats` (a KCL 3.0-3.4 application: the
+/// `-CoordinatorState` table exists and has no migration record) as a default worker. Valid,
+/// fresh and not failing: a Java KCL 3.x leader counts the worker and gives it leases. The item
+/// is rewritten every interval (its `lut` moves on).
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn a_java_kcl_leader_counts_our_workers_metrics_as_valid_and_fresh_in_both_layouts() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    let stream = testkit::unique_name("metrics-interop");
+    testkit::create_stream(&client, &stream, 1).await;
+    const INTERVAL_MS: &str = "2000";
+
+    for (layout, cpu) in [("lease-table", "auto"), ("legacy-table", "none")] {
+        let app = testkit::unique_name("metrics-app");
+        if layout == "legacy-table" {
+            create_legacy_table(&format!("{app}-CoordinatorState"), "key").await;
+            create_legacy_table(&format!("{app}-WorkerMetricStats"), "wid").await;
+        }
+        let worker = format!("rust-{layout}");
+        let mut env = testkit::service_env_with_dynamo(
+            &kinesis().0.endpoint(),
+            &dynamo().endpoint(),
+            &stream,
+        );
+        env.extend(
+            [
+                ("CONSUMER_MODE", "leased"),
+                ("CONSUMER_APPLICATION_NAME", app.as_str()),
+                ("CONSUMER_WORKER_ID", worker.as_str()),
+                ("CONSUMER_FAILOVER_MS", FAILOVER_MS),
+                ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+                ("CONSUMER_WORKER_CPU_SOURCE", cpu),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut ours = ServiceProcess::spawn(consumer_bin(), &env);
+        let mut first_update = None;
+        let mut seen = Vec::new();
+        let fresh_twice = testkit::eventually(Duration::from_secs(60), || {
+            seen = java_worker_metrics(&app, layout, INTERVAL_MS);
+            let Some(item) = seen.iter().find(|e| e["worker_id"] == worker.as_str()) else {
+                return false;
+            };
+            let ok = item["valid"] == true && item["expired"] == false && item["failing"] == false;
+            let lut = item["last_update"].as_i64();
+            match first_update {
+                None if ok => {
+                    first_update = lut;
+                    false
+                }
+                Some(first) => ok && lut > Some(first),
+                None => false,
+            }
+        })
+        .await;
+        assert!(
+            fresh_twice,
+            "{layout}: {seen:?}\n{}",
+            save_logs("worker-metrics", &[&ours])
+        );
+        let item = seen
+            .iter()
+            .find(|e| e["worker_id"] == worker.as_str())
+            .unwrap();
+        assert_eq!(item["support_code"], 1, "{item}");
+        if cpu == "none" {
+            assert_eq!(item["default"], true, "{item}");
+        } else {
+            // This machine has /proc/stat at least: a CPU value the leader balances by.
+            assert_eq!(item["default"], false, "{item}");
+            let cpu = item["cpu"].as_f64().expect("the leader's CPU average");
+            assert!((0.0..=100.0).contains(&cpu), "{item}");
+        }
+        // Only in the table the application's layout says.
+        let other = if layout == "lease-table" {
+            "legacy-table"
+        } else {
+            "lease-table"
+        };
+        if other == "lease-table" {
+            assert!(
+                java_worker_metrics(&app, other, INTERVAL_MS).is_empty(),
+                "{layout}: also in the lease table"
+            );
+        }
+        ours.stop();
+    }
+}

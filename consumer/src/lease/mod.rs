@@ -38,14 +38,17 @@
 
 pub mod balance;
 pub mod cleanup;
+pub mod cpu;
 pub mod failure;
 mod held;
 pub mod item;
 pub mod machine;
+pub mod metrics_reporter;
 pub mod processor;
 mod shard;
 pub mod sync;
 pub mod table;
+pub mod throughput;
 pub mod worker;
 pub mod worker_metrics;
 
