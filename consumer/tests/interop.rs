@@ -23,7 +23,11 @@
 //! - this producer aggregating while the stream is split twice under load, then read by a Java
 //!   KCL application that knows the child shards before reading them (and so skips every
 //!   aggregate stored on a shard some member does not hash to): every acknowledged record is
-//!   processed exactly once, where the producer said it put it; none is lost.
+//!   processed exactly once, where the producer said it put it; none is lost;
+//! - this consumer's worker-metrics item, read by the KCL's own data access classes from the
+//!   lease table and from a 3.0-3.4 application's `-WorkerMetricStats` table, is valid, fresh
+//!   and not failing by the KCL's own rules (while an item without an operating range, written
+//!   by the test, is not): a Java KCL 3.x leader counts this consumer's workers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -878,6 +882,39 @@ async fn a_java_kcl_leader_counts_our_workers_metrics_as_valid_and_fresh_in_both
             .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         let mut ours = ServiceProcess::spawn(consumer_bin(), &env);
+        if layout == "lease-table" {
+            // The check tells a bad item from a good one: no operating range for `C`.
+            let now = chrono::Utc::now().timestamp().to_string();
+            let sts = HashMap::from([(
+                "C".to_string(),
+                AttributeValue::L(vec![AttributeValue::N("50".into())]),
+            )]);
+            let put = async {
+                loop {
+                    let put = dynamo()
+                        .dynamodb()
+                        .put_item()
+                        .table_name(&app)
+                        .item("leaseKey", AttributeValue::S("broken-worker".into()))
+                        .item(
+                            "entityType",
+                            AttributeValue::S("WORKER_METRIC_STATS".into()),
+                        )
+                        .item("lut", AttributeValue::N(now.clone()))
+                        .item("sts", AttributeValue::M(sts.clone()))
+                        .send()
+                        .await;
+                    if put.is_ok() {
+                        return;
+                    }
+                    // The worker creates the lease table.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), put)
+                .await
+                .expect("the lease table exists");
+        }
         let mut first_update = None;
         let mut seen = Vec::new();
         let fresh_twice = testkit::eventually(Duration::from_secs(60), || {
@@ -906,7 +943,16 @@ async fn a_java_kcl_leader_counts_our_workers_metrics_as_valid_and_fresh_in_both
             .iter()
             .find(|e| e["worker_id"] == worker.as_str())
             .unwrap();
+        eprintln!("{layout}: the KCL's view of our item: {item}");
         assert_eq!(item["support_code"], 1, "{item}");
+        if layout == "lease-table" {
+            let broken = seen.iter().find(|e| e["worker_id"] == "broken-worker");
+            assert_eq!(
+                broken.map(|b| &b["valid"]),
+                Some(&Value::Bool(false)),
+                "{seen:?}"
+            );
+        }
         if cpu == "none" {
             assert_eq!(item["default"], true, "{item}");
         } else {

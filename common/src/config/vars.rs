@@ -195,12 +195,12 @@ pub const CONSUMER_WORKER_CPU_SOURCE: VarSpec = var(
 pub const CONSUMER_WORKER_METRICS_TABLE: VarSpec = var(
     "CONSUMER_WORKER_METRICS_TABLE",
     None,
-    "unset (<application>-WorkerMetricStats) or a DynamoDB table name: where a KCL 3.0-3.4 application keeps its worker metrics",
+    "unset (<application>-WorkerMetricStats) or a DynamoDB table name (3-255 characters of a-z, A-Z, 0-9, _ . -): where a KCL 3.0-3.4 application keeps its worker metrics",
 );
 pub const CONSUMER_COORDINATOR_STATE_TABLE: VarSpec = var(
     "CONSUMER_COORDINATOR_STATE_TABLE",
     None,
-    "unset (<application>-CoordinatorState) or a DynamoDB table name: a KCL 3.0-3.4 application's coordinator state (leader lock, table migration record)",
+    "unset (<application>-CoordinatorState) or a DynamoDB table name (3-255 characters of a-z, A-Z, 0-9, _ . -): a KCL 3.0-3.4 application's coordinator state (leader lock, table migration record)",
 );
 pub const CONSUMER_MIGRATE_TO_LEASE_TABLE: VarSpec = var(
     "CONSUMER_MIGRATE_TO_LEASE_TABLE",
