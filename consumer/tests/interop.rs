@@ -426,9 +426,13 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
         .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
         .cloned()
         .collect();
-    // The attributes this consumer never writes, per lease: the KCL 3.x's (`entityType`, and
-    // `throughputKBps` once the KCL measured one) and the shard's own.
+    assert!(others_before
+        .iter()
+        .all(|i| s(i, "leaseKey").as_deref() != Some("rust-worker")));
+    // The attributes this consumer never writes, per lease: the KCL 3.x's `entityType` and the
+    // shard's own (`throughputKBps` it writes with its renewals, as the KCL does).
     let ours_to_write = [
+        "throughputKBps",
         "leaseOwner",
         "leaseCounter",
         "checkpoint",
@@ -549,12 +553,18 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
     }
     assert!(ours.events("unreadable lease item skipped").is_empty());
     let after = items(&app).await;
-    let others_after: Vec<_> = after
+    // ...but for this worker's own worker-metrics item.
+    let (own, others_after): (Vec<_>, Vec<_>) = after
         .iter()
         .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
         .cloned()
-        .collect();
+        .partition(|i| s(i, "leaseKey").as_deref() == Some("rust-worker"));
     assert_eq!(others_after, others_before);
+    assert_eq!(
+        own.iter().map(|i| s(i, "entityType")).collect::<Vec<_>>(),
+        [Some("WORKER_METRIC_STATS".to_string())],
+        "{own:?}"
+    );
     let leases_after: Vec<_> = after
         .iter()
         .filter(|i| s(i, "entityType").as_deref() == Some("LEASE"))
