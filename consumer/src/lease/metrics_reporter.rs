@@ -41,9 +41,9 @@ use super::worker_metrics::{
     TABLE_MIGRATION_KEY, TABLE_MIGRATION_STATUS, VALUES_KEPT, WORKER_METRICS_ENTITY_TYPE,
 };
 
-/// The first report comes this long after start, so that it carries a real sample (the KCL
+/// The first report comes this long after start, so that it carries two samples (the KCL
 /// waits two sample intervals).
-pub const FIRST_REPORT_AFTER: Duration = Duration::from_secs(2);
+pub const FIRST_REPORT_AFTER: Duration = Duration::from_millis(2500);
 /// Samples kept between two reports at most (the KCL keeps 300: five minutes at one a second).
 const MAX_SAMPLES: usize = 300;
 
@@ -209,7 +209,12 @@ impl Reporter {
     /// Samples and reports until `cancel`.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut stats = CpuStats::default();
-        let mut sample_tick = tokio::time::interval(SAMPLE_INTERVAL);
+        // `CpuSampler::new` took the first sample: the next one a whole interval later, so
+        // that it compares two points a second apart.
+        let mut sample_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + SAMPLE_INTERVAL,
+            SAMPLE_INTERVAL,
+        );
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_report = tokio::time::Instant::now() + FIRST_REPORT_AFTER;
         let mut sample_failure_logged = false;
