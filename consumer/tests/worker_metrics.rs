@@ -3,7 +3,8 @@
 //! the layout the application uses, judged by this project's model of the KCL's rules
 //! (`consumer::lease::worker_metrics`; `tests/interop.rs` has the KCL's own classes judge it),
 //! `throughputKBps` written with the renewals of the leases whose shards deliver records, and
-//! both shown on `/status` for every worker and every lease of the application.
+//! both shown on `/status` and the status page for every worker and every lease of the
+//! application.
 //!
 //! Short timings: failover 3 s, a report every 2 s.
 
@@ -189,6 +190,23 @@ async fn workers_publish_their_metrics_and_lease_throughput_and_status_shows_the
     assert_eq!(row["table"], "lease-table");
     assert_eq!(row["default_worker"], false);
     assert!(row["cpu_percent"].as_f64().is_some(), "{row}");
+    // The page itself (a real browser) lists both workers' metrics.
+    let mut browser = testkit::Browser::start();
+    browser
+        .goto(&format!("http://{addr}/"))
+        .expect("page loads");
+    let shown = browser
+        .wait_for(
+            "#worker-metrics",
+            "worker-b",
+            false,
+            Duration::from_secs(20),
+        )
+        .expect("the page lists every worker's metrics");
+    assert!(
+        shown.contains("worker-a") && shown.contains("valid, fresh") && shown.contains("CPU"),
+        "{shown}"
+    );
     let (_, metrics) = http_get(&addr, "/metrics").expect("metrics answer");
     let series = format!(
         "kinesis_consumer_worker_cpu_percent{{stream=\"{}\"}}",
