@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backoff::Backoff;
-use common::config::{ConsumerSettings, InitialPosition, LeaseCleanupSettings};
+use common::config::{
+    ConsumerSettings, InitialPosition, LeaseCleanupSettings, WorkerMetricsSettings,
+};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
@@ -134,6 +136,8 @@ pub struct WorkerConfig {
     pub cleanup: LeaseCleanupSettings,
     /// What happens to a batch whose processing keeps failing.
     pub failure: FailurePolicy,
+    /// The worker-metrics item this worker publishes ([`super::metrics_reporter`]).
+    pub worker_metrics: WorkerMetricsSettings,
 }
 
 impl WorkerConfig {
@@ -152,6 +156,7 @@ impl WorkerConfig {
             handoff_timeout: settings.lease.handoff_timeout,
             cleanup: settings.lease.cleanup,
             failure: settings.failure.clone(),
+            worker_metrics: settings.lease.worker_metrics.clone(),
         }
     }
 }
@@ -202,6 +207,7 @@ struct Observation {
 pub struct Worker<F: RecordProcessorFactory> {
     config: WorkerConfig,
     kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
     table: LeaseTable,
     factory: Arc<F>,
 }
@@ -213,11 +219,12 @@ impl<F: RecordProcessorFactory> Worker<F> {
         dynamodb: aws_sdk_dynamodb::Client,
         factory: F,
     ) -> Self {
-        let table =
-            LeaseTable::new(dynamodb, config.application_name.clone()).for_stream(&config.stream);
+        let table = LeaseTable::new(dynamodb.clone(), config.application_name.clone())
+            .for_stream(&config.stream);
         Self {
             config,
             kinesis,
+            dynamodb,
             table,
             factory: Arc::new(factory),
         }
@@ -265,6 +272,18 @@ impl<F: RecordProcessorFactory> Worker<F> {
         };
         // Our own token, so that a fatal error can stop the shard tasks like a signal does.
         let cancel = cancel.child_token();
+        // The Java KCL 3.x's worker-metrics item: a KCL leader gives leases only to workers
+        // that publish one.
+        let reporter = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            started = super::metrics_reporter::start(
+                self.dynamodb.clone(),
+                self.table.name(),
+                &self.config.worker_id,
+                &self.config.worker_metrics,
+                cancel.clone(),
+            ) => started?,
+        };
         // When the stop signal came: the shutdown's budget counts from there, whatever was
         // still finishing (within `STOP_GRACE`) when it came.
         let stopped_at = Arc::new(std::sync::OnceLock::new());
@@ -391,6 +410,9 @@ impl<F: RecordProcessorFactory> Worker<F> {
         coordinator.shutdown(deadline).await;
         renewer_stop.cancel();
         let _ = renewer.await;
+        if let Some(reporter) = reporter {
+            let _ = reporter.await;
+        }
         if let Some(err) = coordinator.fatal.take() {
             return Err(err);
         }
@@ -570,6 +592,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 parents: l.parent_shard_ids.clone(),
                 millis_behind_latest: None,
                 records_per_second: None,
+                throughput_kbps: l.throughput_kbps,
             })
             .collect();
         observer
@@ -850,6 +873,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             self.table.clone(),
             stop.clone(),
             self.duplicates.clone(),
+            self.config.renew_interval,
         ));
         if let Ok(mut map) = self.held.lock() {
             map.insert(shard_id.clone(), held.clone());
