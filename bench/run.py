@@ -32,6 +32,13 @@ on free ports:
 
     python3 bench/run.py --only end-to-end     # section 3 alone
     python3 bench/run.py --only throughput     # sections 1 and 2
+    python3 bench/run.py --only throughput --ferrokinesis ~/.cargo/bin/ferrokinesis   # and against ferrokinesis
+
+To profile this producer, --wrap runs it alone (aggregated, plain HTTP, --count records) under a
+command, e.g. (CPU-seconds and memory then include the wrapper's):
+
+    python3 bench/run.py --wrap "perf record -e cpu-clock -F 4000 -o /tmp/perf.data"
+    python3 bench/run.py --count 200000 --wrap "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out"
 
 Release binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set, else
 from target/release.
@@ -43,6 +50,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -59,6 +67,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = os.path.join(ROOT, "emulators", "node_modules")
 # Where cargo put the release build: CARGO_TARGET_DIR when set, as cargo itself reads it.
 RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
+# An optional faster emulator for a rate table of its own (--ferrokinesis PATH).
+FERROKINESIS = None
 AWS_ENV = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
@@ -99,6 +109,10 @@ class Emulator:
         elif kind == "kinesalite":
             cmd = ["node", os.path.join(MODULES, "kinesalite", "cli.js"), "--port", str(self.port),
                    "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0"]
+            health = f"http://127.0.0.1:{self.port}/"
+        elif kind == "ferrokinesis":
+            cmd = [FERROKINESIS, "--port", str(self.port), "--create-stream-ms", "0", "--delete-stream-ms", "0",
+                   "--update-stream-ms", "0", "--shard-limit", "200"]
             health = f"http://127.0.0.1:{self.port}/"
         else:
             pkg = os.path.join(MODULES, "kinesis-local")
@@ -291,6 +305,12 @@ def main():
     parser.add_argument("--only", choices=["all", "end-to-end", "throughput"], default="all",
                         help="end-to-end: leave out the producer throughput sections; "
                              "throughput: leave out the end-to-end section")
+    parser.add_argument("--ferrokinesis", metavar="PATH",
+                        help="also measure this producer (aggregated) and the Node.js peer against ferrokinesis "
+                             "(crates.io ferrokinesis 0.7.0, a Kinesis emulator in Rust), whose ingest bounds "
+                             "the rates less than kinesalite's")
+    parser.add_argument("--wrap", metavar="COMMAND",
+                        help="run only this producer, aggregated over plain HTTP, under COMMAND (a profiler)")
     args = parser.parse_args()
 
     producer = [os.path.join(RELEASE, "producer")]
@@ -303,15 +323,50 @@ def main():
     needed = (producer[0],) + (() if args.only == "throughput" else (os.path.join(RELEASE, "consumer"),))
     if args.only != "end-to-end":
         needed += (peer_rust[0],) + (() if args.no_kpl else (kpl_lib,))
+    if args.wrap:
+        needed = (producer[0],)
     for path in needed:
         if not os.path.exists(path):
             sys.exit(f"{path} is missing: run bench/prepare.sh first")
 
     print(f"machine: {os.cpu_count()} cores; emulator runs on the same cores", file=sys.stderr)
+    if args.wrap:
+        emu = Emulator("kinesalite")
+        try:
+            r = throughput(emu, "ours, aggregated", shlex.split(args.wrap) + producer,
+                           {**ours(True), "PRODUCER_COUNT": str(args.count)}, args.count)
+        finally:
+            emu.stop()
+        print(f"{r['name']} under {args.wrap!r}: {r['records']:,} records, {r['rate']:,.0f}/s, "
+              f"{r['cpu_per_m']:.2f} CPU-s per million (the wrapper's included), peak RSS {r['rss_mib']:.1f} MiB")
+        return
     if args.only != "end-to-end":
         throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version)
+    if args.ferrokinesis and args.only != "end-to-end":
+        ferrokinesis_section(args, producer, peer_node)
     if args.only != "throughput":
         end_to_end_section(args)
+
+
+def ferrokinesis_section(args, producer, peer_node):
+    global FERROKINESIS
+    FERROKINESIS = args.ferrokinesis
+    emu = Emulator("ferrokinesis")
+    try:
+        rows = [
+            throughput(emu, "ours, aggregated", producer, {**ours(True), "PRODUCER_COUNT": str(args.count)}, args.count),
+            throughput(emu, "peer: aws-kinesis-agg + AWS SDK v3 (Node.js)", peer_node, {}, args.peer_agg_count,
+                       parse_stdout=True),
+        ]
+    finally:
+        emu.stop()
+    node = rows[-1]["rate"]
+    print("\n### Producer throughput (ferrokinesis 0.7.0, plain HTTP, ~100-byte DataMessages, 2-shard stream)\n")
+    print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs Node.js |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x |")
+    sys.stdout.flush()
 
 
 def throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version):

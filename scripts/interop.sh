@@ -60,6 +60,7 @@ echo "==> leased-mode tests with DynamoDB Local" >&2
     export TEST_DYNAMODB=dynamodb-local
     run_tests -p consumer --test leased
     run_tests -p consumer --test lease_moves
+    run_tests -p consumer --test worker_metrics
     run_tests -p consumer --test aggregation -- leased
 )
 

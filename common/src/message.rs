@@ -5,7 +5,7 @@
 //! precision; any RFC 3339 time is accepted when reading (.NET writes seven fraction digits).
 //! Unknown fields are ignored when decoding.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
@@ -24,14 +24,19 @@ pub struct DataMessage {
 impl DataMessage {
     /// A new message with a random Id, created now (truncated to milliseconds, as written).
     pub fn new() -> Self {
-        let now = Utc::now();
-        let created_on = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         Self {
             id: Uuid::new_v4(),
-            created_on,
+            created_on: now_millis(),
             source: None,
             message: None,
         }
+    }
+
+    /// The same message as a new one: a new random Id, created now; `Source` and `Message`
+    /// kept (a producer reuses one message rather than copying its texts into each).
+    pub fn renew(&mut self) {
+        self.id = Uuid::new_v4();
+        self.created_on = now_millis();
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -39,11 +44,26 @@ impl DataMessage {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Appends the JSON to `out` (to encode into a buffer that is reused).
+    /// Appends the JSON to `out` (to encode into a buffer that is reused): the bytes
+    /// [`DataMessage::to_json`] gives, written field by field without serde's machinery or an
+    /// allocation (the producer service writes one message per record it hands over).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Serialising this struct cannot fail: every field is a plain string, and writing to a
-        // Vec cannot fail.
-        let _ = serde_json::to_writer(out, self);
+        out.extend_from_slice(b"{\"Id\":\"");
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
+        out.extend_from_slice(b"\",\"CreatedOn\":\"");
+        write_millis_utc(&self.created_on, out);
+        out.push(b'"');
+        for (name, value) in [("Source", &self.source), ("Message", &self.message)] {
+            if let Some(value) = value {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                // A string's JSON (quoted, escaped) cannot fail to be written to a Vec.
+                let _ = serde_json::to_writer(&mut *out, value);
+            }
+        }
+        out.push(b'}');
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
@@ -55,6 +75,46 @@ impl Default for DataMessage {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `t` as RFC 3339 UTC with milliseconds (`2026-11-23T10:00:00.123Z`), as
+/// `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it; that formatting itself for what is
+/// not a plain four-digit year and second (a leap second).
+fn write_millis_utc(t: &DateTime<Utc>, out: &mut Vec<u8>) {
+    // The date and time once: each accessor of a `DateTime` converts it to local time again.
+    let (date, time) = (t.date_naive(), t.time());
+    let millis = t.timestamp_subsec_millis();
+    let year = date.year();
+    if !(0..=9999).contains(&year) || millis >= 1000 {
+        out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Millis, true).as_bytes());
+        return;
+    }
+    let two = |out: &mut Vec<u8>, n: u32| {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
+    };
+    let year = year as u32;
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b'-');
+    two(out, date.month());
+    out.push(b'-');
+    two(out, date.day());
+    out.push(b'T');
+    two(out, time.hour());
+    out.push(b':');
+    two(out, time.minute());
+    out.push(b':');
+    two(out, time.second());
+    out.push(b'.');
+    out.push(b'0' + (millis / 100) as u8);
+    two(out, millis % 100);
+    out.push(b'Z');
+}
+
+/// Now, truncated to milliseconds (as written).
+fn now_millis() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
 fn millis_utc<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -87,6 +147,59 @@ mod tests {
             json,
             r#"{"Id":"0b6b8a2e-6f0e-4c89-9a59-4b1c9f1d2e3f","CreatedOn":"2026-11-23T10:00:00.123Z"}"#
         );
+    }
+
+    /// The hand-written encoder gives serde's bytes exactly: every field, escapes, and times
+    /// from year 0 to beyond 9999, leap seconds included.
+    #[test]
+    fn write_json_writes_what_serde_writes() {
+        let times = [
+            "2026-11-23T10:00:00.123456Z",
+            "0000-01-01T00:00:00Z",
+            "0999-12-31T23:59:59.999Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2016-12-31T23:59:60.5Z",
+            "1970-01-01T00:00:00.001Z",
+        ];
+        let mut times: Vec<DateTime<Utc>> = times
+            .iter()
+            .map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc))
+            .collect();
+        times.push(DateTime::from_timestamp(253_402_300_800, 7_000_000).unwrap()); // year 10000
+        times.push(DateTime::from_timestamp(-62_167_219_201, 0).unwrap()); // year -1
+        times.push(Utc::now());
+        let texts = [
+            None,
+            Some(String::new()),
+            Some("bench".to_string()),
+            Some(
+                "quote \" backslash \\ newline \n tab \t control \u{1} unicode é 😀 </script>"
+                    .to_string(),
+            ),
+        ];
+        let mut out = Vec::new();
+        for created_on in times {
+            for source in &texts {
+                for message in &texts {
+                    let m = DataMessage {
+                        id: Uuid::new_v4(),
+                        created_on,
+                        source: source.clone(),
+                        message: message.clone(),
+                    };
+                    out.clear();
+                    out.extend_from_slice(b"prefix");
+                    m.write_json(&mut out);
+                    assert_eq!(&out[..6], b"prefix", "appends");
+                    let serde = serde_json::to_vec(&m).unwrap();
+                    assert_eq!(
+                        String::from_utf8_lossy(&out[6..]),
+                        String::from_utf8_lossy(&serde),
+                        "{created_on:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,7 @@ async fn owners(
     };
     out.items()
         .iter()
+        .filter(|i| consumer::lease::item::is_lease_item(i))
         .filter_map(|i| {
             let key = i.get("leaseKey")?.as_s().ok()?.clone();
             let owner = i.get("leaseOwner").and_then(|v| v.as_s().ok()).cloned();

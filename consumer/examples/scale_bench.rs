@@ -72,7 +72,11 @@ impl App<'_> {
             else {
                 return BTreeMap::new();
             };
-            for i in out.items() {
+            for i in out
+                .items()
+                .iter()
+                .filter(|i| consumer::lease::item::is_lease_item(i))
+            {
                 if let Some(key) = i.get("leaseKey").and_then(|v| v.as_s().ok()) {
                     let owner = i.get("leaseOwner").and_then(|v| v.as_s().ok()).cloned();
                     owners.insert(key.clone(), owner);

@@ -80,6 +80,15 @@ pub struct ConsumerMetrics {
     pub shard_failures: Family<Shard, Counter>,
     pub unheld_lease_seconds: Gauge<f64, AtomicU64>,
     pub failover_seconds: Gauge<f64, AtomicU64>,
+    pub worker_cpu_percent: Gauge<f64, AtomicU64>,
+    pub worker_metrics_reports: Family<Outcome, Counter>,
+}
+
+/// The labels of `kinesis_consumer_worker_metrics_reports_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `ok` or `failed`.
+    pub result: String,
 }
 
 /// The labels of `kinesis_consumer_records_given_up_total`.
@@ -112,6 +121,8 @@ impl Default for ConsumerMetrics {
             shard_failures: Family::default(),
             unheld_lease_seconds: Gauge::default(),
             failover_seconds: Gauge::default(),
+            worker_cpu_percent: Gauge::default(),
+            worker_metrics_reports: Family::default(),
         }
     }
 }
@@ -203,6 +214,16 @@ impl ConsumerMetrics {
             "failover_seconds",
             "The failover time this worker uses (CONSUMER_FAILOVER_MS)",
             m.failover_seconds.clone(),
+        );
+        r.register(
+            "worker_cpu_percent",
+            "The CPU utilisation this worker last published in its worker-metrics item (the average since the previous report; -1: none could be read)",
+            m.worker_cpu_percent.clone(),
+        );
+        r.register(
+            "worker_metrics_reports",
+            "Writes of this worker's worker-metrics item, by result",
+            m.worker_metrics_reports.clone(),
         );
         r.register(
             "info",

@@ -35,6 +35,31 @@ pub struct LeaseRow {
     /// Lag and rate, known for the shards this process reads.
     pub millis_behind_latest: Option<i64>,
     pub records_per_second: Option<f64>,
+    /// `throughputKBps` as the holder last wrote it (KCL 3.x holders and ours).
+    pub throughput_kbps: Option<f64>,
+}
+
+/// One worker's published worker-metrics item (Java KCL 3.x workers and ours), as the page
+/// shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerMetricsRow {
+    pub worker_id: String,
+    /// `lease-table` or `legacy-table` (`<app>-WorkerMetricStats`).
+    pub table: &'static str,
+    pub last_update: Option<String>,
+    pub age_seconds: Option<i64>,
+    /// Publishes no metric: a KCL leader balances it by throughput.
+    pub default_worker: bool,
+    /// As a KCL leader judges it: valid, not expired, no metric failing in its last value.
+    pub valid: bool,
+    pub fresh: bool,
+    pub failing: bool,
+    /// The leader's view of its CPU: the moving average of `sts.C`.
+    pub cpu_percent: Option<f64>,
+    /// `sts` and `opr` as written.
+    pub stats: BTreeMap<String, Vec<f64>>,
+    pub operating_range: BTreeMap<String, Vec<i64>>,
+    pub support_code: Option<i64>,
 }
 
 /// How long the page's charts reach back, and how often a point is taken: the history is a
@@ -103,6 +128,8 @@ struct Seen {
     keyspace: Vec<KeyspaceShard>,
     /// `consumer multilang`: the child process of each shard.
     children: BTreeMap<String, ChildRow>,
+    /// Every worker's worker-metrics item, from the last read (leased mode).
+    worker_metrics: Vec<WorkerMetricsRow>,
 }
 
 /// A child process of `consumer multilang`, as the page shows it.
@@ -162,6 +189,8 @@ struct StatusDoc {
     /// Leader mode (`CONSUMER_LEASE_ASSIGNMENT=leader`): the KCL 3.x leader as last read from
     /// its lock (worker id, since when, `lease-table` or `coordinator-state`); absent otherwise.
     leader: Option<crate::lease::leader::LeaderStatus>,
+    /// Every worker's published worker-metrics item (leased mode), sorted by worker id.
+    worker_metrics: Vec<WorkerMetricsRow>,
     leases: Vec<LeaseRow>,
     /// Shards held but stopped by the failure policy (`CONSUMER_ON_FAILURE=stop`).
     stopped_shards: Vec<StoppedShard>,
@@ -205,6 +234,51 @@ impl Observer {
                 })
             })
             .clone()
+    }
+
+    /// Every worker's worker-metrics item as just read; `interval` is this worker's report
+    /// interval (an item older than twice it is not fresh, as a KCL leader with the same
+    /// interval judges it).
+    pub fn worker_metrics_read(
+        &self,
+        items: Vec<(
+            crate::lease::worker_metrics::WorkerMetrics,
+            crate::lease::worker_metrics::MetricsLayout,
+        )>,
+        interval: Duration,
+    ) {
+        use crate::lease::worker_metrics::{MetricsLayout, CPU, LEADER_EMA_ALPHA};
+        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
+        let mut rows: Vec<WorkerMetricsRow> = items
+            .into_iter()
+            .map(|(m, layout)| WorkerMetricsRow {
+                table: match layout {
+                    MetricsLayout::LeaseTable => "lease-table",
+                    MetricsLayout::LegacyTable => "legacy-table",
+                },
+                last_update: m
+                    .last_update
+                    .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                age_seconds: m.last_update.map(|s| now.timestamp() - s),
+                default_worker: m.is_default(),
+                valid: m.is_valid(),
+                fresh: !m.is_expired(now_ms, interval * 2),
+                failing: m.is_any_metric_failing(),
+                cpu_percent: m
+                    .metric_average(CPU, LEADER_EMA_ALPHA)
+                    .map(|v| (v * 10.0).round() / 10.0),
+                stats: m.metric_stats.clone().unwrap_or_default(),
+                operating_range: m.operating_range.clone().unwrap_or_default(),
+                support_code: m.support_code,
+                worker_id: m.worker_id,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.worker_id.cmp(&b.worker_id).then(a.table.cmp(b.table)));
+        if let Ok(mut s) = self.state.lock() {
+            s.worker_metrics = rows;
+        }
     }
 
     /// The lease table as last scanned, and the workers seen alive in it.
@@ -367,20 +441,30 @@ impl Observer {
 
     fn document(&self) -> StatusDoc {
         let readiness = self.probe.readiness();
-        let (mut leases, workers, scanned_at, shards, stopped, history, keyspace, children) =
-            match self.state.lock() {
-                Ok(s) => (
-                    s.leases.clone(),
-                    (s.workers.clone(), s.leader.clone()),
-                    s.scanned_at,
-                    s.shards.clone(),
-                    s.stopped.values().cloned().collect(),
-                    s.history.iter().cloned().collect(),
-                    s.keyspace.clone(),
-                    s.children.values().cloned().collect(),
-                ),
-                Err(_) => Default::default(),
-            };
+        let (
+            mut leases,
+            workers,
+            scanned_at,
+            shards,
+            stopped,
+            history,
+            keyspace,
+            children,
+            worker_metrics,
+        ) = match self.state.lock() {
+            Ok(s) => (
+                s.leases.clone(),
+                (s.workers.clone(), s.leader.clone()),
+                s.scanned_at,
+                s.shards.clone(),
+                s.stopped.values().cloned().collect(),
+                s.history.iter().cloned().collect(),
+                s.keyspace.clone(),
+                s.children.values().cloned().collect(),
+                s.worker_metrics.clone(),
+            ),
+            Err(_) => Default::default(),
+        };
         // Polling mode has no lease table: show the shards this process reads.
         if self.mode == "polling" {
             leases = shards
@@ -393,6 +477,7 @@ impl Observer {
                     parents: Vec::new(),
                     millis_behind_latest: None,
                     records_per_second: None,
+                    throughput_kbps: None,
                 })
                 .collect();
         }
@@ -417,6 +502,7 @@ impl Observer {
             scanned_at: scanned_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             workers: workers.0,
             leader: workers.1,
+            worker_metrics,
             leases,
             stopped_shards: stopped,
             children,

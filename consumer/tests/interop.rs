@@ -23,7 +23,11 @@
 //! - this producer aggregating while the stream is split twice under load, then read by a Java
 //!   KCL application that knows the child shards before reading them (and so skips every
 //!   aggregate stored on a shard some member does not hash to): every acknowledged record is
-//!   processed exactly once, where the producer said it put it; none is lost.
+//!   processed exactly once, where the producer said it put it; none is lost;
+//! - this consumer's worker-metrics item, read by the KCL's own data access classes from the
+//!   lease table and from a 3.0-3.4 application's `-WorkerMetricStats` table, is valid, fresh
+//!   and not failing by the KCL's own rules (while an item without an operating range, written
+//!   by the test, is not): a Java KCL 3.x leader counts this consumer's workers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -422,9 +426,13 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
         .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
         .cloned()
         .collect();
-    // The attributes this consumer never writes, per lease: the KCL 3.x's (`entityType`, and
-    // `throughputKBps` once the KCL measured one) and the shard's own.
+    assert!(others_before
+        .iter()
+        .all(|i| s(i, "leaseKey").as_deref() != Some("rust-worker")));
+    // The attributes this consumer never writes, per lease: the KCL 3.x's `entityType` and the
+    // shard's own (`throughputKBps` it writes with its renewals, as the KCL does).
     let ours_to_write = [
+        "throughputKBps",
         "leaseOwner",
         "leaseCounter",
         "checkpoint",
@@ -545,12 +553,18 @@ async fn our_consumer_resumes_a_java_kcl_application_inside_kpl_aggregates() {
     }
     assert!(ours.events("unreadable lease item skipped").is_empty());
     let after = items(&app).await;
-    let others_after: Vec<_> = after
+    // ...but for this worker's own worker-metrics item.
+    let (own, others_after): (Vec<_>, Vec<_>) = after
         .iter()
         .filter(|i| s(i, "entityType").as_deref() != Some("LEASE"))
         .cloned()
-        .collect();
+        .partition(|i| s(i, "leaseKey").as_deref() == Some("rust-worker"));
     assert_eq!(others_after, others_before);
+    assert_eq!(
+        own.iter().map(|i| s(i, "entityType")).collect::<Vec<_>>(),
+        [Some("WORKER_METRIC_STATS".to_string())],
+        "{own:?}"
+    );
     let leases_after: Vec<_> = after
         .iter()
         .filter(|i| s(i, "entityType").as_deref() == Some("LEASE"))
@@ -1371,4 +1385,187 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
     );
     stop_java(&mut java3);
     stop_java(&mut java4);
+}
+
+/// Creates a table with one string hash key, as a KCL 3.0-3.4 application created its
+/// `-CoordinatorState` (`key`) and `-WorkerMetricStats` (`wid`) tables.
+async fn create_legacy_table(name: &str, key: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    dynamo()
+        .dynamodb()
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("CreateTable");
+}
+
+/// `interop.WorkerMetricsCheck`: what the KCL's own classes make of the application's
+/// worker-metrics items (one event per item).
+fn java_worker_metrics(app: &str, layout: &str, interval_ms: &str) -> Vec<Value> {
+    let mut env = aws_env();
+    env.extend(
+        [
+            ("DYNAMODB_ENDPOINT", dynamo().endpoint()),
+            ("APPLICATION_NAME", app.to_string()),
+            ("LAYOUT", layout.to_string()),
+            ("REPORTER_INTERVAL_MS", interval_ms.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut check = java("kcl-app", "interop.WorkerMetricsCheck", &env);
+    check.expect_exit(Duration::from_secs(60), 0);
+    assert_eq!(check.events("done").len(), 1, "{}", check.dump());
+    check.events("worker metrics")
+}
+
+/// Our worker's worker-metrics item, read by the KCL 3.5.1's own data access classes and judged
+/// by its own rules, in both layouts: in the lease table (a KCL 3.5 application) with the CPU
+/// this machine reads, and in `<app>-WorkerMetricStats` (a KCL 3.0-3.4 application: the
+/// `-CoordinatorState` table exists and has no migration record) as a default worker. Valid,
+/// fresh and not failing: a Java KCL 3.x leader counts the worker and gives it leases. The item
+/// is rewritten every interval (its `lut` moves on).
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn a_java_kcl_leader_counts_our_workers_metrics_as_valid_and_fresh_in_both_layouts() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    let stream = testkit::unique_name("metrics-interop");
+    testkit::create_stream(&client, &stream, 1).await;
+    const INTERVAL_MS: &str = "2000";
+
+    for (layout, cpu) in [("lease-table", "auto"), ("legacy-table", "none")] {
+        let app = testkit::unique_name("metrics-app");
+        if layout == "legacy-table" {
+            create_legacy_table(&format!("{app}-CoordinatorState"), "key").await;
+            create_legacy_table(&format!("{app}-WorkerMetricStats"), "wid").await;
+        }
+        let worker = format!("rust-{layout}");
+        let mut env = testkit::service_env_with_dynamo(
+            &kinesis().0.endpoint(),
+            &dynamo().endpoint(),
+            &stream,
+        );
+        env.extend(
+            [
+                ("CONSUMER_MODE", "leased"),
+                ("CONSUMER_APPLICATION_NAME", app.as_str()),
+                ("CONSUMER_WORKER_ID", worker.as_str()),
+                ("CONSUMER_FAILOVER_MS", FAILOVER_MS),
+                ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+                ("CONSUMER_WORKER_CPU_SOURCE", cpu),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut ours = ServiceProcess::spawn(consumer_bin(), &env);
+        if layout == "lease-table" {
+            // The check tells a bad item from a good one: no operating range for `C`.
+            let now = chrono::Utc::now().timestamp().to_string();
+            let sts = HashMap::from([(
+                "C".to_string(),
+                AttributeValue::L(vec![AttributeValue::N("50".into())]),
+            )]);
+            let put = async {
+                loop {
+                    let put = dynamo()
+                        .dynamodb()
+                        .put_item()
+                        .table_name(&app)
+                        .item("leaseKey", AttributeValue::S("broken-worker".into()))
+                        .item(
+                            "entityType",
+                            AttributeValue::S("WORKER_METRIC_STATS".into()),
+                        )
+                        .item("lut", AttributeValue::N(now.clone()))
+                        .item("sts", AttributeValue::M(sts.clone()))
+                        .send()
+                        .await;
+                    if put.is_ok() {
+                        return;
+                    }
+                    // The worker creates the lease table.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), put)
+                .await
+                .expect("the lease table exists");
+        }
+        let mut first_update = None;
+        let mut seen = Vec::new();
+        let fresh_twice = testkit::eventually(Duration::from_secs(60), || {
+            seen = java_worker_metrics(&app, layout, INTERVAL_MS);
+            let Some(item) = seen.iter().find(|e| e["worker_id"] == worker.as_str()) else {
+                return false;
+            };
+            let ok = item["valid"] == true && item["expired"] == false && item["failing"] == false;
+            let lut = item["last_update"].as_i64();
+            match first_update {
+                None if ok => {
+                    first_update = lut;
+                    false
+                }
+                Some(first) => ok && lut > Some(first),
+                None => false,
+            }
+        })
+        .await;
+        assert!(
+            fresh_twice,
+            "{layout}: {seen:?}\n{}",
+            save_logs("worker-metrics", &[&ours])
+        );
+        let item = seen
+            .iter()
+            .find(|e| e["worker_id"] == worker.as_str())
+            .unwrap();
+        eprintln!("{layout}: the KCL's view of our item: {item}");
+        assert_eq!(item["support_code"], 1, "{item}");
+        if layout == "lease-table" {
+            let broken = seen.iter().find(|e| e["worker_id"] == "broken-worker");
+            assert_eq!(
+                broken.map(|b| &b["valid"]),
+                Some(&Value::Bool(false)),
+                "{seen:?}"
+            );
+        }
+        if cpu == "none" {
+            assert_eq!(item["default"], true, "{item}");
+        } else {
+            // This machine has /proc/stat at least: a CPU value the leader balances by.
+            assert_eq!(item["default"], false, "{item}");
+            let cpu = item["cpu"].as_f64().expect("the leader's CPU average");
+            assert!((0.0..=100.0).contains(&cpu), "{item}");
+        }
+        // Only in the table the application's layout says.
+        let other = if layout == "lease-table" {
+            "legacy-table"
+        } else {
+            "lease-table"
+        };
+        if other == "lease-table" {
+            assert!(
+                java_worker_metrics(&app, other, INTERVAL_MS).is_empty(),
+                "{layout}: also in the lease table"
+            );
+        }
+        ours.stop();
+    }
 }

@@ -213,6 +213,7 @@ impl App {
             },
             table_wait_timeout: Duration::from_secs(30),
             failure,
+            worker_metrics: common::config::WorkerMetricsSettings::defaults(&self.app),
             handoff_timeout: Duration::from_secs(30),
             cleanup: common::config::LeaseCleanupSettings {
                 interval: Duration::from_secs(60),

@@ -177,6 +177,9 @@ async fn feed(
     });
     let mut handed_over = 0u64;
     let mut scratch = Vec::new();
+    // One message renewed for each record: its `Source` is not copied each time.
+    let mut message = DataMessage::new();
+    message.source = settings.source.clone();
     let limit = settings.count.unwrap_or(u64::MAX);
     while handed_over < limit {
         if let Some(t) = ticker.as_mut() {
@@ -191,8 +194,7 @@ async fn feed(
             if handed_over >= limit {
                 break;
             }
-            let mut message = DataMessage::new();
-            message.source = settings.source.clone();
+            message.renew();
             let key = settings.partition_key.clone().unwrap_or_else(|| {
                 // The hyphenated form `to_string` gives, without the formatting machinery.
                 let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];

@@ -48,6 +48,35 @@ pub struct LeaseSettings {
     /// Lease cleanup: how often it looks, how often it deletes the leases of shards read to
     /// their end, and of shards that no longer exist.
     pub cleanup: LeaseCleanupSettings,
+    /// The worker-metrics item every worker publishes (the Java KCL 3.x's).
+    pub worker_metrics: WorkerMetricsSettings,
+}
+
+/// Where a worker's CPU utilisation is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuSource {
+    /// The first that can be read of cgroup v2, cgroup v1, `/proc/stat`.
+    Auto,
+    CgroupV2,
+    CgroupV1,
+    ProcStat,
+    /// None: a "default" worker, balanced by its leases' throughput.
+    None,
+}
+
+/// The worker-metrics item and where the Java KCL 3.x keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerMetricsSettings {
+    /// How often the item is written (`workerMetricsReporterFreqInMillis`).
+    pub interval: Duration,
+    pub cpu: CpuSource,
+    /// The KCL 3.0-3.4 worker-metrics table.
+    pub legacy_table: String,
+    /// The KCL 3.0-3.4 coordinator-state table, whose table migration record says where the
+    /// items live.
+    pub coordinator_state_table: String,
+    /// Phase 2 of the KCL 3.5 table migration (`migrateAllEntitiesToLeaseTable`).
+    pub migrate_to_lease_table: bool,
 }
 
 /// Who decides which worker holds which lease (`CONSUMER_LEASE_ASSIGNMENT`).
@@ -75,6 +104,19 @@ pub struct LeaseCleanupSettings {
     pub interval: Duration,
     pub completed_interval: Duration,
     pub garbage_interval: Duration,
+}
+
+impl WorkerMetricsSettings {
+    /// The defaults for `application_name` (what the variables' defaults give).
+    pub fn defaults(application_name: &str) -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            cpu: CpuSource::Auto,
+            legacy_table: format!("{application_name}-WorkerMetricStats"),
+            coordinator_state_table: format!("{application_name}-CoordinatorState"),
+            migrate_to_lease_table: false,
+        }
+    }
 }
 
 impl LeaseSettings {
@@ -339,7 +381,7 @@ impl ConsumerSettings {
                 ],
             )?,
             lease: LeaseSettings {
-                application_name,
+                application_name: application_name.clone(),
                 worker_id: raw.text(&CONSUMER_WORKER_ID, valid_worker_id)?,
                 failover: raw.millis(&CONSUMER_FAILOVER_MS, 300, 3_600_000)?,
                 max_leases_per_worker: raw.number(&CONSUMER_MAX_LEASES_PER_WORKER, 1, 100_000)?,
@@ -372,6 +414,29 @@ impl ConsumerSettings {
                             heartbeat,
                         }
                     }
+                },
+                worker_metrics: WorkerMetricsSettings {
+                    interval: raw.millis(&CONSUMER_WORKER_METRICS_INTERVAL_MS, 1000, 3_600_000)?,
+                    cpu: raw.choice(
+                        &CONSUMER_WORKER_CPU_SOURCE,
+                        &[
+                            ("auto", CpuSource::Auto),
+                            ("cgroup-v2", CpuSource::CgroupV2),
+                            ("cgroup-v1", CpuSource::CgroupV1),
+                            ("proc", CpuSource::ProcStat),
+                            ("none", CpuSource::None),
+                        ],
+                    )?,
+                    legacy_table: raw
+                        .text(&CONSUMER_WORKER_METRICS_TABLE, valid_table_name)?
+                        .unwrap_or_else(|| format!("{application_name}-WorkerMetricStats")),
+                    coordinator_state_table: raw
+                        .text(&CONSUMER_COORDINATOR_STATE_TABLE, valid_table_name)?
+                        .unwrap_or_else(|| format!("{application_name}-CoordinatorState")),
+                    migrate_to_lease_table: raw.choice(
+                        &CONSUMER_MIGRATE_TO_LEASE_TABLE,
+                        &[("true", true), ("false", false)],
+                    )?,
                 },
                 cleanup: LeaseCleanupSettings {
                     interval: raw.millis(&CONSUMER_LEASE_CLEANUP_MS, 100, 86_400_000)?,

@@ -376,3 +376,45 @@ fn lease_assignment_defaults_to_count_and_leader_takes_its_lock_timings() {
         assert_eq!(err.var(), bad, "{err}");
     }
 }
+
+#[test]
+fn worker_metrics_settings_defaults_and_values() {
+    let c = ConsumerSettings::from_raw(&raw(&[("CONSUMER_APPLICATION_NAME", "orders")])).unwrap();
+    assert_eq!(
+        c.lease.worker_metrics,
+        WorkerMetricsSettings::defaults("orders")
+    );
+    assert_eq!(
+        c.lease.worker_metrics.legacy_table,
+        "orders-WorkerMetricStats"
+    );
+    assert_eq!(
+        c.lease.worker_metrics.coordinator_state_table,
+        "orders-CoordinatorState"
+    );
+    let c = ConsumerSettings::from_raw(&raw(&[
+        ("CONSUMER_WORKER_METRICS_INTERVAL_MS", "2000"),
+        ("CONSUMER_WORKER_CPU_SOURCE", "Cgroup-V1"),
+        ("CONSUMER_WORKER_METRICS_TABLE", "wm-table"),
+        ("CONSUMER_COORDINATOR_STATE_TABLE", "cs-table"),
+        ("CONSUMER_MIGRATE_TO_LEASE_TABLE", "true"),
+    ]))
+    .unwrap();
+    let w = &c.lease.worker_metrics;
+    assert_eq!(w.interval, Duration::from_secs(2));
+    assert_eq!(w.cpu, CpuSource::CgroupV1);
+    assert_eq!(
+        (w.legacy_table.as_str(), w.coordinator_state_table.as_str()),
+        ("wm-table", "cs-table")
+    );
+    assert!(w.migrate_to_lease_table);
+    for (var, bad) in [
+        ("CONSUMER_WORKER_METRICS_INTERVAL_MS", "999"),
+        ("CONSUMER_WORKER_CPU_SOURCE", "ecs"),
+        ("CONSUMER_WORKER_METRICS_TABLE", "a b"),
+        ("CONSUMER_MIGRATE_TO_LEASE_TABLE", "yes"),
+    ] {
+        let err = ConsumerSettings::from_raw(&raw(&[(var, bad)])).unwrap_err();
+        assert_eq!(err.var(), var, "{err}");
+    }
+}

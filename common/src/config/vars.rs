@@ -197,6 +197,31 @@ pub const CONSUMER_LEADER_HEARTBEAT_MS: VarSpec = var(
     Some("30000"),
     "a whole number of milliseconds from 100 to 3600000, less than CONSUMER_LEADER_LEASE_DURATION_MS",
 );
+pub const CONSUMER_WORKER_METRICS_INTERVAL_MS: VarSpec = var(
+    "CONSUMER_WORKER_METRICS_INTERVAL_MS",
+    Some("30000"),
+    "a whole number of milliseconds from 1000 to 3600000 (a Java KCL leader counts a worker as gone after twice its own interval, 30 s by default)",
+);
+pub const CONSUMER_WORKER_CPU_SOURCE: VarSpec = var(
+    "CONSUMER_WORKER_CPU_SOURCE",
+    Some("auto"),
+    "`auto` (the cgroup v2, else cgroup v1, else /proc/stat), `cgroup-v2`, `cgroup-v1`, `proc` or `none` (publish no CPU: balanced by throughput)",
+);
+pub const CONSUMER_WORKER_METRICS_TABLE: VarSpec = var(
+    "CONSUMER_WORKER_METRICS_TABLE",
+    None,
+    "unset (<application>-WorkerMetricStats) or a DynamoDB table name (3-255 characters of a-z, A-Z, 0-9, _ . -): where a KCL 3.0-3.4 application keeps its worker metrics",
+);
+pub const CONSUMER_COORDINATOR_STATE_TABLE: VarSpec = var(
+    "CONSUMER_COORDINATOR_STATE_TABLE",
+    None,
+    "unset (<application>-CoordinatorState) or a DynamoDB table name (3-255 characters of a-z, A-Z, 0-9, _ . -): a KCL 3.0-3.4 application's coordinator state (leader lock, table migration record)",
+);
+pub const CONSUMER_MIGRATE_TO_LEASE_TABLE: VarSpec = var(
+    "CONSUMER_MIGRATE_TO_LEASE_TABLE",
+    Some("false"),
+    "`true` (phase 2 of the KCL 3.5 table migration: write worker metrics into the lease table) or `false`",
+);
 pub const CONSUMER_LEASE_CLEANUP_MS: VarSpec = var(
     "CONSUMER_LEASE_CLEANUP_MS",
     Some("60000"),
@@ -309,6 +334,11 @@ pub const CONSUMER_VARS: &[VarSpec] = &[
     CONSUMER_LEASE_ASSIGNMENT,
     CONSUMER_LEADER_LEASE_DURATION_MS,
     CONSUMER_LEADER_HEARTBEAT_MS,
+    CONSUMER_WORKER_METRICS_INTERVAL_MS,
+    CONSUMER_WORKER_CPU_SOURCE,
+    CONSUMER_WORKER_METRICS_TABLE,
+    CONSUMER_COORDINATOR_STATE_TABLE,
+    CONSUMER_MIGRATE_TO_LEASE_TABLE,
     CONSUMER_LEASE_CLEANUP_MS,
     CONSUMER_COMPLETED_LEASE_CLEANUP_MS,
     CONSUMER_GARBAGE_LEASE_CLEANUP_MS,

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::machine::{Action, Event, Gone, LeaseMachine, Op, State, TaskEnd};
 use super::table::{Checkpoint, ExtendedSequenceNumber, Lease, LeaseTable, WriteError};
+use super::throughput::ThroughputRecorder;
 
 /// Why a write on a held lease did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,8 @@ enum Progress<'a> {
     Checkpoint(&'a Checkpoint, &'a [String]),
     Prepare(&'a ExtendedSequenceNumber),
     PinLatest(DateTime<Utc>),
+    /// A renewal's `throughputKBps` (none before anything was delivered).
+    Renewal(Option<f64>),
 }
 
 /// What driving one event came to.
@@ -81,6 +84,9 @@ pub struct HeldLease {
     /// Stops the shard task gracefully (a handoff); a child of the worker's stop token.
     stop: CancellationToken,
     duplicates: Arc<DuplicateReport>,
+    /// Bytes delivered to the processor, for `throughputKBps`.
+    throughput: Mutex<ThroughputRecorder>,
+    renew_interval: Duration,
 }
 
 fn now() -> Instant {
@@ -97,8 +103,11 @@ impl HeldLease {
         table: LeaseTable,
         stop: CancellationToken,
         duplicates: Arc<DuplicateReport>,
+        renew_interval: Duration,
     ) -> Self {
         Self {
+            throughput: Mutex::new(ThroughputRecorder::new(lease.throughput_kbps)),
+            renew_interval,
             shard_id: lease.key.clone(),
             worker_id: machine.me().to_string(),
             table,
@@ -127,6 +136,14 @@ impl HeldLease {
 
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// `bytes` of user records were delivered to the processor.
+    pub fn record_delivered(&self, bytes: u64) {
+        self.throughput
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(bytes, now());
     }
 
     pub fn is_lost(&self) -> bool {
@@ -262,6 +279,9 @@ impl HeldLease {
             (Op::CheckpointInHandoff, Some(Progress::PinLatest(at))) => {
                 table.pin_latest_in_handoff(&lease, at, me).await
             }
+            (Op::Renew, Some(Progress::Renewal(Some(kbps)))) => {
+                table.renew_with_throughput(&lease, kbps).await
+            }
             (Op::Renew | Op::Checkpoint | Op::CheckpointInHandoff, _) => table.renew(&lease).await,
             (Op::ClearHandoff, _) => table.clear_handoff(&lease).await,
             (Op::FinishHandoff, _) => table.finish_handoff(&lease, me).await,
@@ -303,7 +323,14 @@ impl HeldLease {
     /// Renews the lease. Returns `false` once it is lost.
     pub async fn renew(&self) -> bool {
         let _writing = self.writing.lock().await;
-        let driven = self.drive(Event::RenewDue, None).await;
+        let kbps = self
+            .throughput
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .renewal_kbps(now(), self.renew_interval);
+        let driven = self
+            .drive(Event::RenewDue, Some(Progress::Renewal(kbps)))
+            .await;
         if let Some((_, message)) = driven.failed {
             if !self.is_lost() {
                 tracing::warn!(shard_id = %self.shard_id, error = %message, "lease renewal failed, retrying at the next renewal");

@@ -15,6 +15,7 @@
 //! | `pendingCheckpoint`, `pendingCheckpointSubSequenceNumber` | S, N | the KCL's two-phase checkpoint; read, cleared by a checkpoint |
 //! | `startingHashKey` / `endingHashKey` | S | the shard's hash key range |
 //! | `checkpointOwner` | S | KCL 3.x: a graceful handoff in progress, naming the previous owner |
+//! | `throughputKBps` | N | KCL 3.x: the holder's recent read rate, KiB/s, written with each renewal ([`super::throughput`]) |
 //! | `kinesisStreamName` | S | this project's: the stream the lease was created for |
 //! | `latestStartTimestamp` | N | this project's: while the checkpoint is `LATEST`, the time (ms since the epoch) the application first read the shard; removed by a checkpoint |
 //! | `handedOverBy` | S | this project's: a stopping worker handed the lease to `leaseOwner`, which has not taken it up |
@@ -53,6 +54,8 @@ pub const STREAM_NAME: &str = "kinesisStreamName";
 pub const LATEST_START: &str = "latestStartTimestamp";
 pub const ENTITY_TYPE: &str = "entityType";
 pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+/// KCL 3.x: written by the holder with each renewal; the leader balances by it.
+pub const THROUGHPUT_KBPS: &str = "throughputKBps";
 /// This project's own: the stopping worker that handed the lease to `leaseOwner`, which has not
 /// taken it up yet (see [`super::machine::take_rule`]).
 pub const HANDED_OVER_BY: &str = "handedOverBy";
@@ -178,7 +181,7 @@ impl fmt::Display for Checkpoint {
 }
 
 /// One lease item.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     /// The shard id.
     pub key: String,
@@ -201,6 +204,8 @@ pub struct Lease {
     pub checkpoint_owner: Option<String>,
     /// `handedOverBy`: a stopping worker handed the lease to `owner`, who has not taken it up.
     pub handed_over_by: Option<String>,
+    /// `throughputKBps`: the holder's recent read rate, as last written.
+    pub throughput_kbps: Option<f64>,
 }
 
 impl Lease {
@@ -234,6 +239,7 @@ impl Lease {
             latest_start: None,
             checkpoint_owner: None,
             handed_over_by: None,
+            throughput_kbps: None,
         }
     }
 
@@ -290,6 +296,9 @@ impl Lease {
         }
         if let Some(by) = &self.handed_over_by {
             item.insert(HANDED_OVER_BY.into(), s(by));
+        }
+        if let Some(kbps) = self.throughput_kbps.filter(|v| v.is_finite()) {
+            item.insert(THROUGHPUT_KBPS.into(), AttributeValue::N(kbps.to_string()));
         }
         item
     }
@@ -353,6 +362,7 @@ impl Lease {
             handed_over_by: get_s(item, HANDED_OVER_BY)
                 .map_err(|_| bad(HANDED_OVER_BY))?
                 .filter(|o| !o.is_empty()),
+            throughput_kbps: get_f64(item, THROUGHPUT_KBPS).map_err(|_| bad(THROUGHPUT_KBPS))?,
             key,
         })
     }
@@ -402,6 +412,20 @@ pub(super) fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Resul
     }
 }
 
+pub(super) fn get_f64(
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+) -> Result<Option<f64>, ()> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(v)) => match v.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(Some(v)),
+            _ => Err(()),
+        },
+        Some(_) => Err(()),
+    }
+}
+
 pub(super) fn get_ss(
     item: &HashMap<String, AttributeValue>,
     name: &str,
@@ -438,6 +462,7 @@ mod tests {
             latest_start: None,
             checkpoint_owner: None,
             handed_over_by: None,
+            throughput_kbps: None,
         }
     }
 
@@ -570,9 +595,17 @@ mod tests {
         let mut lease = full_lease().to_item();
         assert!(is_lease_item(&lease), "no entityType: a lease");
         lease.insert("entityType".into(), s("LEASE"));
-        lease.insert("throughputKBps".into(), AttributeValue::N("0.0".into()));
+        lease.insert("throughputKBps".into(), AttributeValue::N("12.5".into()));
         assert!(is_lease_item(&lease));
-        assert_eq!(Lease::from_item(&lease).unwrap(), full_lease());
+        let read = Lease::from_item(&lease).unwrap();
+        assert_eq!(read.throughput_kbps, Some(12.5));
+        assert_eq!(
+            Lease {
+                throughput_kbps: None,
+                ..read
+            },
+            full_lease()
+        );
     }
 
     #[test]

@@ -35,9 +35,8 @@ use common::kinesis::error_text;
 
 use super::item::{ENTITY_TYPE, LEASE_KEY};
 use super::worker_metrics::{
-    effective_migration_status, is_worker_metrics_item, legacy_coordinator_state_table,
-    legacy_worker_metrics_table, MetricsLayout, TableMigrationStatus, WorkerMetrics,
-    COORDINATOR_STATE_KEY, TABLE_MIGRATION_KEY, TABLE_MIGRATION_STATUS,
+    effective_migration_status, is_worker_metrics_item, MetricsLayout, TableMigrationStatus,
+    WorkerMetrics, COORDINATOR_STATE_KEY, TABLE_MIGRATION_KEY, TABLE_MIGRATION_STATUS,
 };
 
 /// The lock's key, in either layout.
@@ -234,9 +233,9 @@ impl LockTable {
     pub async fn detect(
         client: &Client,
         lease_table: &str,
-        application: &str,
+        coordinator_state_table: &str,
     ) -> Result<Layout, LockError> {
-        let legacy = legacy_coordinator_state_table(application);
+        let legacy = coordinator_state_table.to_string();
         let read = client
             .get_item()
             .table_name(&legacy)
@@ -431,14 +430,11 @@ pub async fn read_worker_metrics(
     client: &Client,
     lock: &Layout,
     lease_table: &str,
-    application: &str,
+    worker_metrics_table: &str,
 ) -> Result<Vec<WorkerMetrics>, LockError> {
     let mut sources = vec![(lease_table.to_string(), MetricsLayout::LeaseTable)];
     if matches!(lock, Layout::CoordinatorState(_)) {
-        sources.push((
-            legacy_worker_metrics_table(application),
-            MetricsLayout::LegacyTable,
-        ));
+        sources.push((worker_metrics_table.to_string(), MetricsLayout::LegacyTable));
     }
     let mut out = Vec::new();
     for (table, layout) in sources {
@@ -504,7 +500,8 @@ pub struct Leadership {
     me: String,
     client: Client,
     lease_table: String,
-    application: String,
+    /// `CONSUMER_COORDINATOR_STATE_TABLE`: where a 3.0-3.4 application keeps the lock.
+    coordinator_state_table: String,
     lock: Option<LockTable>,
     election: Election<tokio::time::Instant>,
     lease_duration: Duration,
@@ -519,7 +516,7 @@ impl Leadership {
         me: &str,
         client: Client,
         lease_table: &str,
-        application: &str,
+        settings: &common::config::WorkerMetricsSettings,
         lease_duration: Duration,
         heartbeat: Duration,
     ) -> Self {
@@ -527,7 +524,7 @@ impl Leadership {
             me: me.to_string(),
             client,
             lease_table: lease_table.to_string(),
-            application: application.to_string(),
+            coordinator_state_table: settings.coordinator_state_table.clone(),
             lock: None,
             election: Election::new(me),
             lease_duration,
@@ -578,8 +575,12 @@ impl Leadership {
 
     async fn round(&mut self) -> Result<(), LockError> {
         if self.lock.is_none() {
-            let layout =
-                LockTable::detect(&self.client, &self.lease_table, &self.application).await?;
+            let layout = LockTable::detect(
+                &self.client,
+                &self.lease_table,
+                &self.coordinator_state_table,
+            )
+            .await?;
             tracing::info!(layout = layout.name(), table = %layout.table(), "leader lock layout");
             self.lock = Some(LockTable::new(self.client.clone(), layout));
         }

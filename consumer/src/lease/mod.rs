@@ -16,7 +16,9 @@
 //! - [`machine`]: the life of one lease at one worker, one state machine with no I/O
 //!   (model-checked by `tests/lease_model.rs`).
 //! - [`worker_metrics`]: the Java KCL 3.x worker-metrics item (`lut`, `sts`, `opr`, `sup`/`slu`),
-//!   its validity and freshness as a KCL leader judges them, and which table holds it.
+//!   its validity and freshness as a KCL leader judges them, and which table holds it;
+//!   [`metrics_reporter`] publishes this worker's, with the CPU [`cpu`] reads;
+//!   [`throughput`]: the `throughputKBps` each renewal writes.
 //! - `held`, `shard`, [`worker`]: driving the machine (the writes it asks for), taking and
 //!   processing.
 //!
@@ -39,15 +41,18 @@
 pub mod assignment;
 pub mod balance;
 pub mod cleanup;
+pub mod cpu;
 pub mod failure;
 mod held;
 pub mod item;
 pub mod leader;
 pub mod machine;
+pub mod metrics_reporter;
 pub mod processor;
 mod shard;
 pub mod sync;
 pub mod table;
+pub mod throughput;
 pub mod worker;
 pub mod worker_metrics;
 

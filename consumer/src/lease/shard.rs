@@ -207,6 +207,7 @@ async fn process<P: RecordProcessor>(
             batch.records,
         ));
         if !records.is_empty() {
+            held.record_delivered(records.iter().map(|r| r.data.len() as u64).sum());
             match deliverer
                 .deliver(
                     processor,

@@ -443,6 +443,20 @@ impl LeaseTable {
         Update::new(lease).send(self).await
     }
 
+    /// [`LeaseTable::renew`], writing the lease's recent read rate too (`throughputKBps`, as
+    /// the KCL 3.x renewer does; same condition).
+    pub async fn renew_with_throughput(
+        &self,
+        lease: &Lease,
+        kbps: f64,
+    ) -> Result<Lease, WriteError> {
+        let mut update = Update::new(lease);
+        if kbps.is_finite() {
+            update.set(THROUGHPUT_KBPS, AttributeValue::N(kbps.to_string()));
+        }
+        update.send(self).await
+    }
+
     /// [`Op::Take`](super::machine::Op::Take): makes `worker_id` the owner of an unowned or
     /// expired lease, or of one handed to it. A `checkpointOwner` naming another worker stays
     /// (that worker may still be finishing its batch: the taker waits for it); one naming

@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backoff::Backoff;
-use common::config::{ConsumerSettings, InitialPosition, LeaseAssignment, LeaseCleanupSettings};
+use common::config::{
+    ConsumerSettings, InitialPosition, LeaseAssignment, LeaseCleanupSettings, WorkerMetricsSettings,
+};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
@@ -138,6 +140,8 @@ pub struct WorkerConfig {
     pub failure: FailurePolicy,
     /// Count-based taking by every worker, or a KCL 3.x leader that assigns by load.
     pub assignment: LeaseAssignment,
+    /// The worker-metrics item this worker publishes ([`super::metrics_reporter`]).
+    pub worker_metrics: WorkerMetricsSettings,
 }
 
 impl WorkerConfig {
@@ -157,6 +161,7 @@ impl WorkerConfig {
             cleanup: settings.lease.cleanup,
             failure: settings.failure.clone(),
             assignment: settings.lease.assignment,
+            worker_metrics: settings.lease.worker_metrics.clone(),
         }
     }
 }
@@ -207,6 +212,7 @@ struct Observation {
 pub struct Worker<F: RecordProcessorFactory> {
     config: WorkerConfig,
     kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
     table: LeaseTable,
     factory: Arc<F>,
 }
@@ -218,11 +224,12 @@ impl<F: RecordProcessorFactory> Worker<F> {
         dynamodb: aws_sdk_dynamodb::Client,
         factory: F,
     ) -> Self {
-        let table =
-            LeaseTable::new(dynamodb, config.application_name.clone()).for_stream(&config.stream);
+        let table = LeaseTable::new(dynamodb.clone(), config.application_name.clone())
+            .for_stream(&config.stream);
         Self {
             config,
             kinesis,
+            dynamodb,
             table,
             factory: Arc::new(factory),
         }
@@ -270,6 +277,18 @@ impl<F: RecordProcessorFactory> Worker<F> {
         };
         // Our own token, so that a fatal error can stop the shard tasks like a signal does.
         let cancel = cancel.child_token();
+        // The Java KCL 3.x's worker-metrics item: a KCL leader gives leases only to workers
+        // that publish one.
+        let reporter = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            started = super::metrics_reporter::start(
+                self.dynamodb.clone(),
+                self.table.name(),
+                &self.config.worker_id,
+                &self.config.worker_metrics,
+                cancel.clone(),
+            ) => started?,
+        };
         // When the stop signal came: the shutdown's budget counts from there, whatever was
         // still finishing (within `STOP_GRACE`) when it came.
         let stopped_at = Arc::new(std::sync::OnceLock::new());
@@ -321,7 +340,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
                     &self.config.worker_id,
                     self.table.client().clone(),
                     self.table.name(),
-                    &self.config.application_name,
+                    &self.config.worker_metrics,
                     lease_duration,
                     heartbeat,
                 )),
@@ -431,6 +450,9 @@ impl<F: RecordProcessorFactory> Worker<F> {
         }
         renewer_stop.cancel();
         let _ = renewer.await;
+        if let Some(reporter) = reporter {
+            let _ = reporter.await;
+        }
         if let Some(err) = coordinator.fatal.take() {
             return Err(err);
         }
@@ -605,7 +627,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 key: l.key.clone(),
                 owner: l.owner.clone(),
                 checkpoint_owner: l.checkpoint_owner.clone(),
-                throughput_kbps: None,
+                throughput_kbps: l.throughput_kbps,
                 expired_or_unassigned: l.owner.is_none() || self.observed_expired(l, now),
                 idle_for_ms: self
                     .observed
@@ -662,7 +684,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
     }
 
     /// The workers eligible for leases (the KCL's rules, [`super::worker_metrics`]): a valid
-    /// worker-metrics item updated within [`super::worker_metrics::EXPIRY`]. A worker whose
+    /// worker-metrics item updated within twice `CONSUMER_WORKER_METRICS_INTERVAL_MS`. A worker whose
     /// newest value of a metric failed is left out by [`assignment::assign`].
     async fn worker_loads(&self) -> Vec<WorkerLoad> {
         let Some(leadership) = self.leadership.as_ref() else {
@@ -675,7 +697,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             leadership.client(),
             layout,
             self.table.name(),
-            &self.config.application_name,
+            &self.config.worker_metrics.legacy_table,
         )
         .await;
         let metrics = match read {
@@ -688,7 +710,10 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         metrics
             .into_iter()
-            .filter(|m| m.is_valid() && !m.is_expired(now_ms, super::worker_metrics::EXPIRY))
+            // The KCL's leader counts an item as gone after twice its own reporting interval.
+            .filter(|m| {
+                m.is_valid() && !m.is_expired(now_ms, 2 * self.config.worker_metrics.interval)
+            })
             .map(|m| WorkerLoad {
                 worker_id: m.worker_id,
                 stats: m.metric_stats.unwrap_or_default(),
@@ -769,6 +794,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 parents: l.parent_shard_ids.clone(),
                 millis_behind_latest: None,
                 records_per_second: None,
+                throughput_kbps: l.throughput_kbps,
             })
             .collect();
         observer
@@ -1081,6 +1107,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             self.table.clone(),
             stop.clone(),
             self.duplicates.clone(),
+            self.config.renew_interval,
         ));
         if let Ok(mut map) = self.held.lock() {
             map.insert(shard_id.clone(), held.clone());

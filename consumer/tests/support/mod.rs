@@ -102,10 +102,16 @@ impl Setup {
         )
     }
 
-    /// Every lease item (none while the table does not exist).
+    /// Every lease item (none while the table does not exist); the workers' worker-metrics
+    /// items, also in the table, are left out.
     pub async fn items(&self) -> Vec<HashMap<String, AttributeValue>> {
         match self.dynamo.scan().table_name(&self.app).send().await {
-            Ok(out) => out.items().to_vec(),
+            Ok(out) => out
+                .items()
+                .iter()
+                .filter(|i| consumer::lease::item::is_lease_item(i))
+                .cloned()
+                .collect(),
             Err(_) => Vec::new(),
         }
     }

@@ -5,22 +5,31 @@
 //! on the shard all its members were grouped under, as long as the shard map they were grouped
 //! by is current.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use common::kpl::Aggregator;
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use super::entry::{Entry, Pending};
 
+/// Most members a new aggregate makes room for in advance: about 100 KB a shard, whatever
+/// the shard's rate now.
+const MAX_ROOM: usize = 512;
+
 /// The open aggregates, by the shard their members are predicted to land on.
 pub(super) struct Aggregates {
-    open: HashMap<Arc<str>, OpenAggregate>,
+    /// Fx hashing: one lookup per user record, by a shard id of the shard map.
+    open: FxHashMap<Arc<str>, OpenAggregate>,
     /// Aggregators emptied by a seal, for the next aggregates: their buffer and key tables are
     /// allocated already (at most one per shard aggregated to at once).
     spare: Vec<Aggregator>,
     max_bytes: usize,
+    /// Members of the last aggregate sealed full, at most [`MAX_ROOM`]: a new aggregate's lists
+    /// start with room for as many (grown one push at a time, records of about 180 bytes each
+    /// were copied over and over).
+    last_members: usize,
 }
 
 /// An aggregate being filled for one shard.
@@ -35,9 +44,10 @@ impl Aggregates {
     /// Aggregates of at most `max_bytes` (a single record larger than that goes alone).
     pub(super) fn new(max_bytes: usize) -> Self {
         Self {
-            open: HashMap::new(),
+            open: FxHashMap::default(),
             spare: Vec::new(),
             max_bytes,
+            last_members: 0,
         }
     }
 
@@ -48,35 +58,42 @@ impl Aggregates {
     /// Adds a record to `shard`'s aggregate; returns that shard's aggregate sealed first when
     /// the record would not have fitted in it.
     pub(super) fn add(&mut self, shard: Arc<str>, p: Pending) -> Option<Entry> {
-        let (key, ehk, len) = (
-            p.record.partition_key.as_str(),
-            p.record.explicit_hash_key.as_deref(),
-            p.record.data.len(),
-        );
-        let full = self.open.get(&shard).is_some_and(|open| {
-            !open.aggregator.is_empty() && open.aggregator.size_with(key, ehk, len) > self.max_bytes
-        });
-        let sealed = if full {
-            self.open.remove(&shard).and_then(|open| {
-                let (entry, aggregator) = open.seal(shard.clone());
-                self.spare.push(aggregator);
-                entry
-            })
-        } else {
-            None
-        };
-        let (spare, max_bytes) = (&mut self.spare, self.max_bytes);
-        let open = self.open.entry(shard).or_insert_with(|| OpenAggregate {
+        let (spare, max_bytes, room) = (&mut self.spare, self.max_bytes, self.last_members);
+        let new_aggregate = |spare: &mut Vec<Aggregator>| OpenAggregate {
             aggregator: spare
                 .pop()
                 .unwrap_or_else(|| Aggregator::with_capacity(max_bytes)),
-            members: Vec::new(),
-            offsets: Vec::new(),
-        });
+            members: Vec::with_capacity(room),
+            offsets: Vec::with_capacity(room),
+        };
+        let open = match self.open.get_mut(&shard) {
+            Some(open) => open,
+            None => self
+                .open
+                .entry(shard.clone())
+                .or_insert_with(|| new_aggregate(spare)),
+        };
+        let (key, ehk) = (
+            p.record.partition_key.as_str(),
+            p.record.explicit_hash_key.as_deref(),
+        );
+        if let Some(at) = open
+            .aggregator
+            .add_within(max_bytes, key, ehk, &p.record.data)
+        {
+            open.offsets.push(at);
+            open.members.push(p);
+            return None;
+        }
+        // Full: seal it, and start the shard's next aggregate with this record.
+        let full = std::mem::replace(open, new_aggregate(spare));
         open.offsets
             .push(open.aggregator.add(key, ehk, &p.record.data));
         open.members.push(p);
-        sealed
+        self.last_members = full.members.len().min(MAX_ROOM);
+        let (entry, aggregator) = full.seal(shard);
+        self.spare.push(aggregator);
+        entry
     }
 
     /// Seals every open aggregate.

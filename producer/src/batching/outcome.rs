@@ -98,6 +98,13 @@ impl Resolution<'_> {
         self.reporter.metrics.as_ref()
     }
 
+    /// Room for `n` more outcomes (a call's records), made at once rather than by doubling.
+    pub(super) fn reserve(&mut self, n: usize) {
+        if self.reporter.outcomes.is_some() {
+            self.batch.outcomes.reserve(n);
+        }
+    }
+
     pub(super) fn resolve(&mut self, p: Pending, result: Result<Ack, SendError>) {
         let Pending {
             notify, _permits, ..

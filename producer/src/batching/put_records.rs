@@ -126,6 +126,7 @@ pub(super) async fn put_records(
     match result {
         Ok(out) => {
             let mut resolution = reporter.resolution();
+            resolution.reserve(batch.iter().map(|e| e.members.len()).sum());
             // Per shard, for the status page: one lock for the whole answer.
             let mut tally = metrics.and_then(|m| m.shards.tally());
             let results = out.records();

@@ -1,0 +1,320 @@
+//! The Java KCL 3.x's worker metrics and lease throughput, published by real consumer binaries
+//! (`CONSUMER_MODE=leased`) into the lease-table emulator: each worker's worker-metrics item in
+//! the layout the application uses, judged by this project's model of the KCL's rules
+//! (`consumer::lease::worker_metrics`; `tests/interop.rs` has the KCL's own classes judge it),
+//! `throughputKBps` written with the renewals of the leases whose shards deliver records, and
+//! both shown on `/status` and the status page for every worker and every lease of the
+//! application.
+//!
+//! Short timings: failover 3 s, a report every 2 s.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::testkit::{self, http_get, metric_value, Kind};
+use consumer::lease::worker_metrics::{MetricsLayout, WorkerMetrics, CPU, EXPIRY};
+use serde_json::Value;
+use support::*;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const INTERVAL_MS: &str = "2000";
+
+/// Runs `$body` (a block giving a bool, free to update the test's variables) every 200 ms until
+/// it holds or `$limit` passes; gives whether it held.
+macro_rules! poll_until {
+    ($limit:expr, $body:block) => {{
+        let deadline = Instant::now() + $limit;
+        loop {
+            if $body {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }};
+}
+
+async fn setup(prefix: &str, shards: i32) -> Setup {
+    Setup::new(prefix, shards, testkit::shared(Kind::KinesisMock)).await
+}
+
+/// The worker-metrics items in `table`, read as `layout`.
+async fn metrics_items(setup: &Setup, table: &str, layout: MetricsLayout) -> Vec<WorkerMetrics> {
+    let Ok(out) = setup.dynamo.scan().table_name(table).send().await else {
+        return Vec::new();
+    };
+    out.items()
+        .iter()
+        .filter(|i| {
+            layout == MetricsLayout::LegacyTable
+                || consumer::lease::worker_metrics::is_worker_metrics_item(i)
+        })
+        .map(|i| WorkerMetrics::from_item(i, layout).expect("a readable item"))
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn status(addr: &str) -> Value {
+    let (_, body) = http_get(addr, "/status").expect("status answers");
+    serde_json::from_str(&body).expect("status JSON")
+}
+
+async fn create_table(setup: &Setup, name: &str, key: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    setup
+        .dynamo
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("CreateTable");
+}
+
+/// Two workers of a new application: each publishes a valid, fresh item into the lease table,
+/// with the CPU this machine reads, rewritten every interval; the leases of the shards that
+/// deliver records get a `throughputKBps` above 0; one worker's `/status` shows both workers'
+/// items and every lease's throughput, and its `/metrics` the CPU it published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_publish_their_metrics_and_lease_throughput_and_status_shows_them_all() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("wm", 2).await;
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let extra = [("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS)];
+    let mut a = setup.worker_with("worker-a", &[extra[0], ("HTTP_ADDR", addr.as_str())]);
+    let mut b = setup.worker_with("worker-b", &extra);
+    let mut producer = setup.producer(3000, 20);
+
+    // Both items valid and fresh, each rewritten at least once since first seen.
+    let mut first: HashMap<String, i64> = HashMap::new();
+    let mut items;
+    let published = poll_until!(Duration::from_secs(60), {
+        items = metrics_items(&setup, &setup.app, MetricsLayout::LeaseTable).await;
+        let now = now_ms();
+        let mut rewritten = 0;
+        for w in &items {
+            let ok = w.is_valid() && !w.is_expired(now, EXPIRY) && !w.is_any_metric_failing();
+            let lut = w.last_update.unwrap_or_default();
+            if !ok {
+                continue;
+            }
+            match first.get(&w.worker_id) {
+                None => {
+                    first.insert(w.worker_id.clone(), lut);
+                }
+                Some(f) if lut > *f => rewritten += 1,
+                Some(_) => {}
+            }
+        }
+        rewritten == 2
+    });
+    assert!(published, "{items:?}\n{}", dump_all(&[&a, &b]));
+    for w in &items {
+        assert!(!w.is_default(), "{w:?}");
+        let stats = &w.metric_stats.as_ref().unwrap()[CPU];
+        assert!(!stats.is_empty() && stats.len() <= 10, "{w:?}");
+        assert!(stats.iter().all(|v| (0.0..=100.0).contains(v)), "{w:?}");
+        assert_eq!(w.operating_range.as_ref().unwrap()[CPU], vec![100]);
+        assert_eq!(w.support_code, Some(1));
+    }
+    let started = a.events("publishing worker metrics");
+    assert_eq!(started.len(), 1, "{}", a.dump());
+    assert_eq!(started[0]["migration"], "TABLE_MIGRATION_STATUS_COMPLETE");
+
+    // Throughput on the leases whose shards deliver.
+    let mut leases: Vec<HashMap<String, AttributeValue>>;
+    let measured = poll_until!(Duration::from_secs(60), {
+        leases = setup
+            .items()
+            .await
+            .into_iter()
+            .filter(consumer::lease::item::is_lease_item)
+            .collect();
+        leases.len() == 2
+            && leases.iter().all(|l| {
+                matches!(l.get("throughputKBps"), Some(AttributeValue::N(n)) if n.parse::<f64>().unwrap_or(0.0) > 0.0)
+            })
+    });
+    assert!(measured, "{leases:?}\n{}", dump_all(&[&a, &b]));
+
+    // The status page: every worker's item and every lease's throughput.
+    let mut doc;
+    let shown = poll_until!(Duration::from_secs(30), {
+        doc = status(&addr);
+        let workers: Vec<&str> = doc["worker_metrics"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["valid"] == true && r["fresh"] == true)
+                    .filter_map(|r| r["worker_id"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let throughputs = doc["leases"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["throughput_kbps"].as_f64() > Some(0.0))
+                    .count()
+            })
+            .unwrap_or(0);
+        workers == ["worker-a", "worker-b"] && throughputs == 2
+    });
+    assert!(shown, "{doc:#}");
+    let row = &doc["worker_metrics"][0];
+    assert_eq!(row["table"], "lease-table");
+    assert_eq!(row["default_worker"], false);
+    assert!(row["cpu_percent"].as_f64().is_some(), "{row}");
+    // The page itself (a real browser) lists both workers' metrics.
+    let mut browser = testkit::Browser::start();
+    browser
+        .goto(&format!("http://{addr}/"))
+        .expect("page loads");
+    let shown = browser
+        .wait_for(
+            "#worker-metrics",
+            "worker-b",
+            false,
+            Duration::from_secs(20),
+        )
+        .expect("the page lists every worker's metrics");
+    assert!(
+        shown.contains("worker-a") && shown.contains("valid, fresh") && shown.contains("CPU"),
+        "{shown}"
+    );
+    let (_, metrics) = http_get(&addr, "/metrics").expect("metrics answer");
+    let series = format!(
+        "kinesis_consumer_worker_cpu_percent{{stream=\"{}\"}}",
+        setup.stream
+    );
+    let cpu = metric_value(&metrics, &series).expect("the published CPU");
+    assert!((0.0..=100.0).contains(&cpu), "{metrics}");
+    let reports = format!(
+        "kinesis_consumer_worker_metrics_reports_total{{stream=\"{}\",result=\"ok\"}}",
+        setup.stream
+    );
+    assert!(metric_value(&metrics, &reports) >= Some(2.0), "{metrics}");
+
+    producer.signal("TERM");
+    producer.wait_exit(Duration::from_secs(10));
+    stop(&mut a);
+    stop(&mut b);
+}
+
+/// A KCL 3.0-3.4 application (its `-CoordinatorState` table exists, with no table migration
+/// record): the item goes to `<app>-WorkerMetricStats`, keyed by `wid`, and not into the lease
+/// table. With no CPU source the worker is a default worker (empty `sts` and `opr`), still
+/// valid. Once the record says the migration is complete, a worker started then writes into
+/// the lease table. Asked to migrate (phase 2) before phase 1 was deployed, a worker refuses to
+/// start, as the KCL does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kcl_3_4_application_gets_the_item_in_its_worker_metrics_table_until_migrated() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("wm-legacy", 1).await;
+    let coordinator = format!("{}-CoordinatorState", setup.app);
+    let legacy = format!("{}-WorkerMetricStats", setup.app);
+    create_table(&setup, &coordinator, "key").await;
+    create_table(&setup, &legacy, "wid").await;
+
+    let extra = [
+        ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+        ("CONSUMER_WORKER_CPU_SOURCE", "none"),
+    ];
+    let mut old = setup.worker_with("worker-old", &extra);
+    let mut items;
+    let published = poll_until!(Duration::from_secs(60), {
+        items = metrics_items(&setup, &legacy, MetricsLayout::LegacyTable).await;
+        items
+            .iter()
+            .any(|w| w.worker_id == "worker-old" && w.is_valid() && !w.is_expired(now_ms(), EXPIRY))
+    });
+    assert!(published, "{items:?}\n{}", old.dump());
+    let w = items.iter().find(|w| w.worker_id == "worker-old").unwrap();
+    assert!(w.is_default(), "{w:?}");
+    assert_eq!(w.metric_stats.as_ref().map(|m| m.len()), Some(0));
+    assert!(
+        metrics_items(&setup, &setup.app, MetricsLayout::LeaseTable)
+            .await
+            .is_empty(),
+        "nothing in the lease table"
+    );
+    stop(&mut old);
+
+    // Phase 2 asked for, with phase 1 never recorded: refused at start, naming why.
+    let mut early = setup.worker_with(
+        "worker-early",
+        &[
+            extra[0],
+            extra[1],
+            ("CONSUMER_MIGRATE_TO_LEASE_TABLE", "true"),
+        ],
+    );
+    let code = early
+        .wait_exit(Duration::from_secs(30))
+        .and_then(|s| s.code());
+    assert_eq!(code, Some(1), "{}", early.dump());
+    assert!(
+        early.dump().contains("phase 1 was never deployed"),
+        "{}",
+        early.dump()
+    );
+
+    // Migrated: the record says COMPLETE.
+    setup
+        .dynamo
+        .put_item()
+        .table_name(&coordinator)
+        .item("key", AttributeValue::S("TableMigration3.5".into()))
+        .item(
+            "tm",
+            AttributeValue::S("TABLE_MIGRATION_STATUS_COMPLETE".into()),
+        )
+        .item("mb", AttributeValue::S("java-leader".into()))
+        .item("mts", AttributeValue::N("1796000000000".into()))
+        .send()
+        .await
+        .expect("PutItem");
+    let started = Instant::now();
+    let mut new = setup.worker_with("worker-new", &extra);
+    let moved = poll_until!(Duration::from_secs(60), {
+        items = metrics_items(&setup, &setup.app, MetricsLayout::LeaseTable).await;
+        items
+            .iter()
+            .any(|w| w.worker_id == "worker-new" && w.is_valid())
+    });
+    assert!(moved, "{items:?}\n{}", new.dump());
+    assert!(
+        !metrics_items(&setup, &legacy, MetricsLayout::LegacyTable)
+            .await
+            .iter()
+            .any(|w| w.worker_id == "worker-new"),
+        "not in the legacy table"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    stop(&mut new);
+}
