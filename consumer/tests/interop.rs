@@ -840,6 +840,12 @@ fn our_led_consumer_with(
             ("CONSUMER_LEADER_LEASE_DURATION_MS", LEADER_LEASE_MS),
             ("CONSUMER_LEADER_HEARTBEAT_MS", LEADER_HEARTBEAT_MS),
             ("CONSUMER_WORKER_METRICS_INTERVAL_MS", "1500"),
+            // The Java KCL publishes CPU only on EC2, ECS or EKS, so here it is a "default"
+            // worker, balanced by throughput; a worker publishing CPU is compared on CPU with
+            // the workers that publish it only, so a fleet mixing both never rebalances
+            // between the two kinds (the KCL's algorithm averages each metric over the workers
+            // that have it). Ours publish no CPU either, as a fleet should run here.
+            ("CONSUMER_WORKER_CPU_SOURCE", "none"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
