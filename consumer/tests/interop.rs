@@ -866,9 +866,22 @@ fn java_led(stream: &str, app: &str, worker: &str) -> ServiceProcess {
     )
 }
 
+/// The table's items; none while the table does not exist yet.
+async fn items_if_any(app: &str) -> Vec<HashMap<String, AttributeValue>> {
+    dynamo()
+        .dynamodb()
+        .scan()
+        .table_name(app)
+        .consistent_read(true)
+        .send()
+        .await
+        .map(|out| out.items().to_vec())
+        .unwrap_or_default()
+}
+
 /// Who holds the leader lock (in the lease table, or in `<app>-CoordinatorState`).
 async fn leader_of(app: &str) -> Option<String> {
-    if let Some(item) = items(app).await.into_iter().find(|i| {
+    if let Some(item) = items_if_any(app).await.into_iter().find(|i| {
         s(i, "leaseKey").as_deref() == Some("Leader")
             && s(i, "entityType").as_deref() == Some("LEADER")
     }) {
@@ -889,7 +902,7 @@ async fn leader_of(app: &str) -> Option<String> {
 /// Worker id -> the leases (shard ids) it owns, from the lease items only.
 async fn lease_owners(app: &str) -> BTreeMap<String, Vec<String>> {
     let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for item in items(app).await {
+    for item in items_if_any(app).await {
         let is_lease = s(&item, "entityType").is_none_or(|t| t == "LEASE");
         if let (true, Some(owner), Some(key)) =
             (is_lease, s(&item, "leaseOwner"), s(&item, "leaseKey"))
