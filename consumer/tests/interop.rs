@@ -1280,11 +1280,9 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
     };
     let mut java1 = java_led(&stream, &app, "java-1");
     let mut java2 = java_led(&stream, &app, "java-2");
-    assert!(
-        holds("java-1").await && holds("java-2").await,
-        "{:?}",
-        lease_owners(&app).await
-    );
+    // Whether the Java leader gives java-2 leases before ours arrive is the Java KCL's affair
+    // (two runs here: java-1 kept all 4 for 90 s); the migration starts from a Java fleet.
+    assert!(holds("java-1").await, "{:?}", lease_owners(&app).await);
     let mut steps = Vec::new();
     let mut rust1 = our_led_consumer(&stream, &app, "rust-1");
     assert!(
