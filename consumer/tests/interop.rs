@@ -1340,7 +1340,7 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
     let stopped = [&java1, &java2, &rust1, &rust2];
     let live = [&java3, &java4];
     let received = |p: &ServiceProcess| {
-        if p.name.contains("java") || p.lines().iter().any(|l| l.contains("kcl-scheduler")) {
+        if p.name.contains("KclApp") {
             java_received(p)
         } else {
             ours_received(p)
