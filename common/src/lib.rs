@@ -10,14 +10,12 @@
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`backoff`]: exponential backoff with full jitter.
 //!
-//! With the `testkit` feature, [`testkit`] starts the local emulators for integration tests, and
-//! [`fault_proxy`] puts faults between a service and an emulator.
+//! The test kit (emulators, process harness, fault proxy) is the unpublished `testkit` crate,
+//! a dev-dependency of the others.
 
 pub mod aws;
 pub mod backoff;
 pub mod config;
-#[cfg(feature = "testkit")]
-pub mod fault_proxy;
 pub mod http;
 pub mod kinesis;
 pub mod kpl;
@@ -25,5 +23,3 @@ pub mod message;
 pub mod process_metrics;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;

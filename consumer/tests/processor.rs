@@ -13,7 +13,6 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine as _;
 use common::config::InitialPosition;
-use common::testkit::{self, FaultProxy, Kind, Rule};
 use consumer::lease::table::{Checkpoint, ExtendedSequenceNumber};
 use consumer::lease::{
     Checkpointer, FailurePolicy, InitializationInput, KinesisClientRecord, OnFailure,
@@ -21,6 +20,7 @@ use consumer::lease::{
 };
 use consumer::retrieval::RetrievalConfig;
 use serde_json::Value;
+use testkit::{FaultProxy, Kind, Rule};
 use tokio_util::sync::CancellationToken;
 
 const SHARD: &str = "shardId-000000000000";
