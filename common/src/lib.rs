@@ -1,5 +1,6 @@
-//! Shared building blocks of the Kinesis demo services.
+//! Shared building blocks of the Kinesis producer and consumer libraries and their services.
 //!
+//! - [`kpl`]: the KPL aggregation format (aggregate, deaggregate, hash keys).
 //! - [`message`]: the `DataMessage` wire format shared with the original .NET services.
 //! - [`config`]: the single list of environment variables, loaded once into typed settings.
 //! - [`aws`]: AWS SDK configuration from the standard chain (region, credentials, endpoints).
@@ -13,6 +14,8 @@
 //! The test kit (emulators, process harness, fault proxy) is the unpublished `testkit` crate,
 //! a dev-dependency of the others.
 
+#![warn(missing_docs)]
+
 pub mod aws;
 pub mod backoff;
 pub mod config;
@@ -20,6 +23,6 @@ pub mod http;
 pub mod kinesis;
 pub mod kpl;
 pub mod message;
-pub mod process_metrics;
+mod process_metrics;
 pub mod shutdown;
 pub mod telemetry;

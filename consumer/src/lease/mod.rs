@@ -2,20 +2,20 @@
 //! shards through a DynamoDB lease table in the Java KCL 2.x format, and record their progress
 //! in it, so a restarted or replacement worker resumes where the last one stopped.
 //!
-//! - [`item`]: the lease item format (KCL attribute names); [`table`]: the calls on the table
+//! - `item`: the lease item format (KCL attribute names); `table`: the calls on the table
 //!   (its conditional writes).
-//! - [`balance`]: which leases to take: expired ones first, then as many stolen as short in one
+//! - `balance`: which leases to take: expired ones first, then as many stolen as short in one
 //!   cycle from workers above target, towards `ceil(leases / live workers)` each.
-//! - [`cleanup`]: which leases to delete (of shards read to their end, of vanished shards).
-//! - [`sync`]: leases for new shards, and when a child shard may start (all parents at
+//! - `cleanup`: which leases to delete (of shards read to their end, of vanished shards).
+//! - `sync`: leases for new shards, and when a child shard may start (all parents at
 //!   `SHARD_END`).
 //! - [`processor`]: the library API, a [`RecordProcessor`] per shard, which gets deaggregated
 //!   user records ([`KinesisClientRecord`]), and its [`Checkpointer`].
 //! - [`failure`]: the [`FailurePolicy`] for a batch whose processing keeps failing (retries,
 //!   bisection, maximum record age; then stop, skip or a failure stream).
-//! - [`machine`]: the life of one lease at one worker, one state machine with no I/O
+//! - `machine`: the life of one lease at one worker, one state machine with no I/O
 //!   (model-checked by `tests/lease_model.rs`).
-//! - `held`, `shard`, [`worker`]: driving the machine (the writes it asks for), taking and
+//! - `held`, `shard`, `worker`: driving the machine (the writes it asks for), taking and
 //!   processing.
 //!
 //! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
@@ -34,17 +34,18 @@
 //! moving; leases are renewed every third of that, the table scanned every half of it, and the
 //! `leaseOwner` index read every 500 ms.
 
-pub mod balance;
-pub mod cleanup;
+mod balance;
+mod cleanup;
 pub mod failure;
 mod held;
-pub mod item;
+pub(crate) mod item;
+#[doc(hidden)]
 pub mod machine;
 pub mod processor;
 mod shard;
-pub mod sync;
-pub mod table;
-pub mod worker;
+mod sync;
+pub(crate) mod table;
+mod worker;
 
 pub use failure::{FailurePolicy, OnFailure};
 pub use processor::{
@@ -52,7 +53,10 @@ pub use processor::{
     LoggingProcessorFactory, PreparedCheckpointer, ProcessRecordsInput, RecordProcessor,
     RecordProcessorFactory, ShardFailed,
 };
+pub use table::{Checkpoint, ExtendedSequenceNumber, OtherStreamError};
 pub use worker::{Worker, WorkerConfig};
+
+pub use crate::retrieval::RetrievalConfig;
 
 use common::config::ConsumerSettings;
 use tokio_util::sync::CancellationToken;
