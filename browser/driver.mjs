@@ -1,5 +1,5 @@
 // A headless Chromium driven over standard input, one JSON command a line, one JSON answer a
-// line, for the Rust tests (common::testkit::Browser). playwright-core brings no browser of its
+// line, for the Rust tests (testkit::Browser). playwright-core brings no browser of its
 // own: it drives Debian's `chromium` (CHROMIUM_PATH, default /usr/bin/chromium).
 //
 // Commands: {"cmd":"goto","url":U} · {"cmd":"text","selector":S} (innerText) ·

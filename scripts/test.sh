@@ -11,7 +11,9 @@
 # checked first (scripts/check-links.sh: lychee, offline, built from crates.io on first use
 # into ~/.cache/kinesis-tools), then the Prometheus alert rules are checked and unit-tested with
 # promtool (monitoring/check.sh, which builds the pinned promtool on first use), the
-# documentation examples run after the workspace tests, and the consumer's
+# documentation examples run after the workspace tests, the library crates are checked last
+# (scripts/api-check.sh: MSRV, `cargo package`, cargo-semver-checks; the MSRV toolchain and
+# cargo-semver-checks are installed first, with the other tools), and the consumer's
 # Kinesis suites (polling, aggregation, leased)
 # then run a second time against kinesis-mock 0.5.2, the engine LocalStack 4.14.0 installs, so
 # the docker compose demo's engine is tested too; the first pass uses 0.6.2. With arguments only
@@ -61,6 +63,10 @@ echo "==> installing the status page test driver pinned in browser/package-lock.
 npm ci --prefix browser --no-audit --no-fund --loglevel=error >&2
 echo "==> installing the dev tools pinned in requirements-dev.txt and amazon-kclpy into .venv" >&2
 scripts/dev-venv.sh >/dev/null
+if (($# == 0)); then
+  echo "==> installing the library checks' tools (scripts/api-check.sh --install)" >&2
+  scripts/api-check.sh --install
+fi
 
 if (($# == 0)); then
   echo "==> Prometheus alert rules: promtool check rules, promtool test rules" >&2
@@ -77,4 +83,6 @@ if (($# == 0)); then
   echo "==> consumer Kinesis suites again, against kinesis-mock 0.5.2 (LocalStack 4.14.0's)" >&2
   KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 \
     cargo test --locked -p consumer --test polling --test aggregation --test leased
+  echo "==> library crates: MSRV, cargo package, API baseline (scripts/api-check.sh)" >&2
+  scripts/api-check.sh
 fi

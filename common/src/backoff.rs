@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// Exponential backoff with full jitter: the n-th [`next_delay`](Backoff::next_delay) is
+/// uniform in `[0, min(cap, base * 2^n)]`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -14,6 +16,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff whose first wait is at most `base` and no wait more than `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Self {
             base,
@@ -41,6 +44,7 @@ impl Backoff {
         self.attempt
     }
 
+    /// Starts over from the first wait (after a success).
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

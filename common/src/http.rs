@@ -48,16 +48,19 @@ impl Probe {
         self.alive.store(alive, Ordering::Relaxed);
     }
 
+    /// Whether the main loop runs (`/health`).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
     }
 
+    /// Ready to work (`/ready` answers 200).
     pub fn set_ready(&self) {
         if let Ok(mut r) = self.not_ready.lock() {
             *r = None;
         }
     }
 
+    /// Not ready, for this reason (`/ready` answers 503 with it).
     pub fn set_not_ready(&self, reason: impl Into<String>) {
         if let Ok(mut r) = self.not_ready.lock() {
             *r = Some(reason.into());

@@ -13,16 +13,27 @@ use tokio_util::sync::CancellationToken;
 /// Why [`wait_for_stream`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamWaitError {
+    /// The stream was not `ACTIVE` in time.
     #[error("stream {stream:?} did not become ACTIVE within {waited:?} (last seen: {last}); create it or raise STREAM_WAIT_TIMEOUT_MS")]
     Timeout {
+        /// The stream's name.
         stream: String,
+        /// How long it was waited for.
         waited: Duration,
+        /// Its last status, or the last error.
         last: String,
     },
+    /// The cancellation token fired; the stream's name.
     #[error("stop requested while waiting for stream {0:?}")]
     Cancelled(String),
+    /// An error that waiting cannot cure (no permission, say): the stream and the message.
     #[error("cannot describe stream {stream:?}: {message}")]
-    Fatal { stream: String, message: String },
+    Fatal {
+        /// The stream's name.
+        stream: String,
+        /// The error.
+        message: String,
+    },
 }
 
 /// Waits until `stream` is ACTIVE (or UPDATING, which still serves reads and writes), polling
@@ -145,11 +156,18 @@ pub fn is_retryable<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) ->
 pub enum PutEntry<'a> {
     /// Stored: the entry names a shard and a sequence number, and no error code.
     Stored {
+        /// The shard the record was stored in.
         shard_id: &'a str,
+        /// Its sequence number.
         sequence_number: &'a str,
     },
     /// Refused with this error code (see [`is_retryable_code`]).
-    Failed { code: &'a str, message: &'a str },
+    Failed {
+        /// The error code (`ProvisionedThroughputExceededException`, say).
+        code: &'a str,
+        /// The error message.
+        message: &'a str,
+    },
     /// The answer does not say: it has another number of entries than records were sent (so
     /// no entry can be matched to a record), or this entry has neither an error code nor a
     /// shard id and sequence number. Kinesis may or may not have stored the record; putting it

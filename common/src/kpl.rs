@@ -8,6 +8,20 @@
 //!
 //! Partition keys map to shards by the MD5 of the key read as a big-endian 128-bit number
 //! ([`hash_key`]), unless an explicit hash key (a decimal 128-bit number) is given.
+//!
+//! ```
+//! use common::kpl::{deaggregate, Aggregator};
+//!
+//! let mut aggregator = Aggregator::new();
+//! aggregator.add("user-1", None, b"first");
+//! aggregator.add("user-2", None, b"second");
+//! let record = aggregator.finish(); // the data of one Kinesis record
+//!
+//! let aggregate = deaggregate(&record).expect("an aggregated record");
+//! let members: Vec<_> = aggregate.iter().map(|m| (m.partition_key, m.data)).collect();
+//! assert_eq!(members, [("user-1", &b"first"[..]), ("user-2", &b"second"[..])]);
+//! assert!(deaggregate(b"an ordinary record").is_none());
+//! ```
 
 use md5::{Digest, Md5};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
@@ -19,7 +33,7 @@ pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 const DIGEST_LEN: usize = 16;
 
 /// protobuf messages of the format (proto2; field numbers as in `kpl_agg.proto`).
-pub mod pb {
+mod pb {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct AggregatedRecord {
         #[prost(string, repeated, tag = "1")]
@@ -92,8 +106,11 @@ pub struct Aggregate {
 /// One user record of an [`Aggregate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubRecord<'a> {
+    /// The member's partition key.
     pub partition_key: &'a str,
+    /// Its explicit hash key, when the producer set one.
     pub explicit_hash_key: Option<&'a str>,
+    /// Its data.
     pub data: &'a [u8],
 }
 
@@ -103,6 +120,7 @@ impl Aggregate {
         self.records.len()
     }
 
+    /// Whether it has no user records.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
@@ -123,8 +141,11 @@ impl Aggregate {
 /// key tables, and its data, moved rather than copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// Index into the aggregate's partition key table.
     pub partition_key_index: usize,
+    /// Index into its explicit hash key table, when the member has one.
     pub explicit_hash_key_index: Option<usize>,
+    /// The member's data.
     pub data: Vec<u8>,
 }
 
@@ -275,6 +296,7 @@ fn add_key(
 }
 
 impl Aggregator {
+    /// An empty aggregator.
     pub fn new() -> Self {
         Self::default()
     }
@@ -292,10 +314,12 @@ impl Aggregator {
         }
     }
 
+    /// User records in the aggregate being built.
     pub fn len(&self) -> usize {
         self.records
     }
 
+    /// Whether the aggregate being built has no user records.
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }

@@ -1,5 +1,6 @@
-//! Shared building blocks of the Kinesis demo services.
+//! Shared building blocks of the Kinesis producer and consumer libraries and their services.
 //!
+//! - [`kpl`]: the KPL aggregation format (aggregate, deaggregate, hash keys).
 //! - [`message`]: the `DataMessage` wire format shared with the original .NET services.
 //! - [`config`]: the single list of environment variables, loaded once into typed settings.
 //! - [`aws`]: AWS SDK configuration from the standard chain (region, credentials, endpoints).
@@ -10,20 +11,18 @@
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`backoff`]: exponential backoff with full jitter.
 //!
-//! With the `testkit` feature, [`testkit`] starts the local emulators for integration tests, and
-//! [`fault_proxy`] puts faults between a service and an emulator.
+//! The test kit (emulators, process harness, fault proxy) is the unpublished `testkit` crate,
+//! a dev-dependency of the others.
+
+#![warn(missing_docs)]
 
 pub mod aws;
 pub mod backoff;
 pub mod config;
-#[cfg(feature = "testkit")]
-pub mod fault_proxy;
 pub mod http;
 pub mod kinesis;
 pub mod kpl;
 pub mod message;
-pub mod process_metrics;
+mod process_metrics;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;

@@ -9,14 +9,32 @@ use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+/// The JSON message the demo services exchange, with the .NET services' `PascalCase`
+/// field names.
+///
+/// ```
+/// use common::message::DataMessage;
+///
+/// let sent = DataMessage {
+///     message: Some("hello".into()),
+///     ..DataMessage::new()
+/// };
+/// let json = sent.to_json();
+/// assert!(String::from_utf8_lossy(&json).contains(r#""Message":"hello""#));
+/// assert_eq!(DataMessage::from_json(&json).unwrap(), sent);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DataMessage {
+    /// `Id`: unique per message.
     pub id: Uuid,
+    /// `CreatedOn`: when the message was made (written in milliseconds, UTC).
     #[serde(serialize_with = "millis_utc", deserialize_with = "any_rfc3339")]
     pub created_on: DateTime<Utc>,
+    /// `Source`: optional, free text (the producer's `PRODUCER_SOURCE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// `Message`: optional, free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -39,6 +57,7 @@ impl DataMessage {
         self.created_on = now_millis();
     }
 
+    /// The message as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising this struct cannot fail: every field is a plain string.
         serde_json::to_vec(self).unwrap_or_default()
@@ -66,6 +85,7 @@ impl DataMessage {
         out.push(b'}');
     }
 
+    /// Reads a message from JSON bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }

@@ -49,8 +49,11 @@ const RECENT: usize = 30;
 /// One warning or error as the status pages show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentEvent {
+    /// When it was logged (RFC 3339).
     pub time: String,
+    /// `WARN` or `ERROR`.
     pub level: String,
+    /// The log message.
     pub message: String,
     /// The event's other fields, `name=value` separated by spaces.
     pub fields: String,

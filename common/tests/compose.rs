@@ -19,9 +19,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::config::{
-    ConsumerSettings, ProducerSettings, RawConfig, Service, STANDARD_VARS, STREAM_NAME,
-};
+use common::config::vars::{Service, STANDARD_VARS, STREAM_NAME};
+use common::config::{ConsumerSettings, ProducerSettings, RawConfig};
 use serde_yaml::Value;
 
 const INIT: &str = "localstack-init";

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::config::{VarSpec, CONSUMER_VARS, PRODUCER_VARS, SHARED_VARS, STANDARD_VARS};
+use common::config::vars::{VarSpec, CONSUMER_VARS, PRODUCER_VARS, SHARED_VARS, STANDARD_VARS};
 
 const REFERENCE: &str = "docs/configuration.md";
 

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::testkit::{self, field, Emulator, Kind, ServiceProcess};
 use serde_json::Value;
+use testkit::{field, Emulator, Kind, ServiceProcess};
 
 #[path = "support/bench.rs"]
 mod bench;

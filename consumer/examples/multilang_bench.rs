@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use chrono::{DateTime, Utc};
-use common::testkit::{self, field, Emulator, Kind, ServiceProcess};
+use testkit::{field, Emulator, Kind, ServiceProcess};
 
 #[path = "support/bench.rs"]
 mod bench;

@@ -7,7 +7,7 @@
 //! - **SIGTERM**: one of two balanced workers gets SIGTERM: time until the other owns every
 //!   lease in the table and its log agrees;
 //! - **DynamoDB calls per minute** with 4 balanced workers: every request of the four goes
-//!   through the fault proxy of `common::testkit` in pass-through mode, which counts them by
+//!   through the fault proxy of `testkit` in pass-through mode, which counts them by
 //!   operation (the `X-Amz-Target` header) over `BENCH_MEASURE_S` seconds;
 //! - **idle cost**: one worker holding every lease: CPU (utime + stime from `/proc/<pid>/stat`)
 //!   as a percentage of one core over `BENCH_MEASURE_S` seconds, and `VmRSS` at the end.
@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::testkit::{self, Emulator, FaultProxy, Kind, ServiceProcess};
+use testkit::{Emulator, FaultProxy, Kind, ServiceProcess};
 
 #[path = "support/bench.rs"]
 mod bench;

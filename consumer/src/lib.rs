@@ -1,30 +1,36 @@
-//! The consumer: reads every shard of a Kinesis stream and logs each `DataMessage`.
+//! A Kinesis consumer library compatible with the Java KCL, and the `consumer` service built
+//! on it.
 //!
-//! - [`reader`]: one shard's `GetRecords` loop with rate limits, iterator renewal and retries.
-//! - [`fanout`]: enhanced fan-out, one shard's `SubscribeToShard` subscriptions, renewed and
-//!   replaced without skipping or repeating a record; [`retrieval`] picks one of the two per
-//!   `CONSUMER_RETRIEVAL`, behind one interface both modes read shards through.
-//! - [`polling`]: polling mode, which reads all shards in one process and follows resharding
-//!   (parents before children).
-//! - [`lease`]: leased mode, which shares the shards among any number of consumer processes
-//!   through a KCL-compatible DynamoDB lease table, with checkpoints (at-least-once).
-//! - [`record`]: decoding and logging; a record that is not a `DataMessage` is logged as a
-//!   warning naming its shard and sequence number, and skipped.
-//! - [`metrics`] and [`observe`]: Prometheus metrics, readiness and the live status page.
+//! The library is [`lease`]: a [`lease::Worker`] shares a stream's shards with the other workers
+//! of its application through a DynamoDB lease table in the KCL 2.x format (balancing,
+//! failover, graceful handoff, resharding with parents first), reads them by polling or
+//! enhanced fan-out, unpacks KPL aggregates, and hands each shard's user records, in order, to
+//! your [`lease::RecordProcessor`], which records its progress with a [`lease::Checkpointer`].
+//! Delivery is at-least-once: what was processed after the last checkpoint is delivered again
+//! to the next holder. `examples/custom_processor.rs` is a complete application.
+//!
+//! The service around it (`cargo run -p consumer`, variables in the README):
+//!
+//! - [`run`] and [`serve`]: polling mode (one process reads every shard and keeps no state) or
+//!   leased mode, with the HTTP server (metrics, health, status page);
 //! - [`multilang`]: `consumer multilang FILE`, a drop-in for the KCL's MultiLangDaemon: leased
 //!   mode with a child process per lease, spoken to by the daemon's JSON-lines protocol.
 //!
-//! Run it with `cargo run -p consumer` (docs/configuration.md lists the variables).
+//! Inside: `reader` (one shard's `GetRecords` loop), `fanout` (one shard's `SubscribeToShard`
+//! subscriptions), `retrieval` (one interface over both), `polling`, `record` (decoding and
+//! deaggregation), `metrics` and `observe` (Prometheus metrics and the status page).
 
-pub mod fanout;
+#![warn(missing_docs)]
+
+mod fanout;
 pub mod lease;
-pub mod metrics;
+mod metrics;
 pub mod multilang;
-pub mod observe;
-pub mod polling;
-pub mod reader;
-pub mod record;
-pub mod retrieval;
+mod observe;
+mod polling;
+mod reader;
+mod record;
+mod retrieval;
 
 use std::sync::Arc;
 

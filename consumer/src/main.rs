@@ -37,7 +37,7 @@ async fn multilang(args: &[String]) -> std::process::ExitCode {
         eprintln!("usage: consumer multilang FILE | consumer multilang --properties-file FILE");
         return std::process::ExitCode::from(2);
     };
-    let settings = match consumer::multilang::properties::load(file.as_ref(), environment()) {
+    let settings = match consumer::multilang::load(file.as_ref(), environment()) {
         Ok(s) => s,
         Err(err) => {
             eprintln!("consumer: configuration error: {err}");
@@ -82,7 +82,7 @@ fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
             common::telemetry::log_error_chain("consumer failed", &err);
             // STREAM_NAME and CONSUMER_APPLICATION_NAME do not go together: a setting to fix.
             if err
-                .downcast_ref::<consumer::lease::table::OtherStreamError>()
+                .downcast_ref::<consumer::lease::OtherStreamError>()
                 .is_some()
             {
                 std::process::ExitCode::from(2)

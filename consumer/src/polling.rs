@@ -468,7 +468,7 @@ mod tests {
 
     use aws_sdk_kinesis::types::Record;
     use common::message::DataMessage;
-    use common::testkit::{self, Kind};
+    use testkit::Kind;
 
     /// Payloads that make their reader panic the first time it handles them, as a bug in
     /// record handling would. Nothing real makes a reader panic on demand (record handling

@@ -31,7 +31,7 @@ use crate::lease::table::ExtendedSequenceNumber;
 /// repeated, so a batch costs memory in proportion to the records' own size.
 ///
 /// ```
-/// use consumer::record::KinesisClientRecord;
+/// use consumer::lease::KinesisClientRecord;
 ///
 /// # fn show(record: &KinesisClientRecord) {
 /// // Where the record is, for a checkpoint or a log line.
@@ -52,11 +52,13 @@ pub struct KinesisClientRecord {
     pub sequence_number: Arc<str>,
     /// The member's index in its KPL aggregate; 0 for an ordinary record.
     pub sub_sequence_number: i64,
+    /// The partition key it was written with.
     pub partition_key: Arc<str>,
     /// Only members of KPL aggregates carry one.
     pub explicit_hash_key: Option<Arc<str>>,
     /// When Kinesis accepted the record (the whole aggregate, for a member).
     pub approximate_arrival_timestamp: Option<DateTime<Utc>>,
+    /// The user record's data.
     pub data: Bytes,
     /// Whether it came out of a KPL aggregated record.
     pub aggregated: bool,
@@ -169,17 +171,6 @@ pub enum UserRecords<'a> {
 }
 
 impl UserRecords<'_> {
-    pub fn len(&self) -> usize {
-        match self {
-            UserRecords::Aggregated { aggregate, .. } => aggregate.len(),
-            UserRecords::Ordinary(_) => 1,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The user records in order.
     pub fn iter(&self) -> impl Iterator<Item = UserRecord<'_>> + '_ {
         let (aggregated, ordinary) = match self {

@@ -25,17 +25,23 @@ pub enum Retrieval {
     FanOut(FanOutContext),
 }
 
-/// What a [`Retrieval`] is built from; see [`Retrieval::prepare`].
+/// How a [`Worker`](crate::lease::Worker) reads its shards: polling or enhanced fan-out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetrievalConfig {
+    /// `GetRecords` calls.
     Polling {
+        /// At most this many records a call.
         max_records: i32,
+        /// Wait after a call that returned nothing.
         poll_interval: Duration,
     },
+    /// Enhanced fan-out (`SubscribeToShard`) through the registered stream consumer these
+    /// settings name.
     FanOut(FanOutSettings),
 }
 
 impl RetrievalConfig {
+    /// The retrieval the `consumer` service's variables choose.
     pub fn from_settings(settings: &ConsumerSettings) -> Self {
         match settings.retrieval {
             common::config::Retrieval::Polling => RetrievalConfig::Polling {
@@ -46,6 +52,7 @@ impl RetrievalConfig {
         }
     }
 
+    /// `polling` or `fanout`, as `CONSUMER_RETRIEVAL` writes it.
     pub fn name(&self) -> &'static str {
         match self {
             RetrievalConfig::Polling { .. } => common::config::Retrieval::Polling.as_str(),

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::message::DataMessage;
-use common::testkit::{self, field, Kind, ServiceProcess};
 use serde_json::{json, Value};
+use testkit::{field, Kind, ServiceProcess};
 
 fn consumer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_consumer"))

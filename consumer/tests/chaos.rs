@@ -24,10 +24,10 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::testkit::{self, Emulator, FaultProxy, Kind, Rule, ServiceProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::*;
+use testkit::{Emulator, FaultProxy, Kind, Rule, ServiceProcess};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
-use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
 use serde_json::Value;
 use support::*;
+use testkit::{field, FaultProxy, Kind, Rule, ServiceProcess};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::testkit::{events, field, sibling_binary, unique_name, FaultProxy, Kind, Rule};
+use testkit::{events, field, sibling_binary, unique_name, FaultProxy, Kind, Rule};
 
 const COUNT: usize = 5;
 /// Start-up (first run: venv and emulator install), stream creation, 5 records, shutdown.
@@ -196,7 +196,7 @@ fn run_local_delivers_every_produced_record_to_the_consumer() {
     let consumer_log = read_lines(&run_dir.join("consumer.log"));
     for event in ["lease acquired", "checkpoint", "lease released"] {
         assert!(
-            !common::testkit::events(&consumer_log, event).is_empty(),
+            !testkit::events(&consumer_log, event).is_empty(),
             "no `{event}` in the consumer log\n{}",
             diagnostics(&run_dir)
         );
@@ -228,7 +228,7 @@ fn the_init_script_gives_up_at_its_deadline_when_kinesis_never_answers() {
     // needed at least 60 s here.
     const MARGIN: Duration = Duration::from_secs(20);
     let aws = dev_venv_bin().join("aws");
-    let emulator = common::testkit::shared(Kind::KinesisMock);
+    let emulator = testkit::shared(Kind::KinesisMock);
     let proxy = FaultProxy::start(&emulator.endpoint());
     proxy.set(vec![Rule::hang()]);
     let run_dir = std::env::temp_dir().join(unique_name("init-deadline"));
@@ -243,8 +243,8 @@ fn the_init_script_gives_up_at_its_deadline_when_kinesis_never_answers() {
         .env("HOME", &run_dir)
         .env("AWS_CLI", &aws)
         .env("AWS_ENDPOINT_URL", proxy.endpoint())
-        .env("AWS_REGION", common::testkit::TEST_REGION)
-        .env("AWS_ACCESS_KEY_ID", common::testkit::TEST_ACCESS_KEY)
+        .env("AWS_REGION", testkit::TEST_REGION)
+        .env("AWS_ACCESS_KEY_ID", testkit::TEST_ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("STREAM_NAME", unique_name("init-deadline"))
         .env("INIT_TIMEOUT_SECONDS", INIT_TIMEOUT.as_secs().to_string())

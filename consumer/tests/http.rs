@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::message::DataMessage;
-use common::testkit::{self, http_get, metric_value, Kind, ServiceProcess};
 use serde_json::Value;
+use testkit::{http_get, metric_value, Kind, ServiceProcess};
 
 fn consumer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_consumer"))

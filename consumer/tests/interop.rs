@@ -36,8 +36,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
-use common::testkit::{self, field, Emulator, Kind, ServiceProcess};
 use serde_json::Value;
+use testkit::{field, Emulator, Kind, ServiceProcess};
 
 const FAILOVER_MS: &str = "3000";
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
-use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
 use support::*;
+use testkit::{field, FaultProxy, Kind, Rule, ServiceProcess};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::testkit::{self, http_get, metric_value, Kind, ServiceProcess};
 use support::*;
+use testkit::{http_get, metric_value, Kind, ServiceProcess};
 
 fn monitoring(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

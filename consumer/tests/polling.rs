@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::message::DataMessage;
-use common::testkit::{self, field, FaultProxy, Kind, Rule, ServiceProcess};
+use testkit::{field, FaultProxy, Kind, Rule, ServiceProcess};
 
 fn consumer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_consumer"))

@@ -13,14 +13,13 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine as _;
 use common::config::InitialPosition;
-use common::testkit::{self, FaultProxy, Kind, Rule};
-use consumer::lease::table::{Checkpoint, ExtendedSequenceNumber};
 use consumer::lease::{
-    Checkpointer, FailurePolicy, InitializationInput, KinesisClientRecord, OnFailure,
-    ProcessRecordsInput, RecordProcessor, RecordProcessorFactory, Worker, WorkerConfig,
+    Checkpoint, Checkpointer, ExtendedSequenceNumber, FailurePolicy, InitializationInput,
+    KinesisClientRecord, OnFailure, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
+    RetrievalConfig, Worker, WorkerConfig,
 };
-use consumer::retrieval::RetrievalConfig;
 use serde_json::Value;
+use testkit::{FaultProxy, Kind, Rule};
 use tokio_util::sync::CancellationToken;
 
 const SHARD: &str = "shardId-000000000000";

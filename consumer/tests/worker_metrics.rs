@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::testkit::{self, http_get, metric_value, Kind};
 use consumer::lease::worker_metrics::{MetricsLayout, WorkerMetrics, CPU, EXPIRY};
 use serde_json::Value;
 use support::*;
+use testkit::{http_get, metric_value, Kind};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

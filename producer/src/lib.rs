@@ -1,17 +1,26 @@
-//! The producer: a batching Kinesis producer library ([`batching`]) and the timer-driven demo
-//! service built on it ([`service`]).
+//! A batching Kinesis producer library, and the timer-driven `producer` service built on it.
 //!
-//! Run it with `cargo run -p producer` (docs/configuration.md lists the variables). Every message it
-//! logs as `record sent` carries the shard id and sequence number Kinesis returned for it;
-//! a message that could not be sent is logged as `record not sent` with the reason.
+//! [`Producer`] takes [`ProducerRecord`]s and packs them into as few `PutRecords` calls as the
+//! Kinesis limits allow (batching, optional KPL aggregation, per-shard rate limiting), retries
+//! what failed with backoff, and answers each record: an [`Ack`] with the shard and sequence
+//! number Kinesis stored it under, or a [`SendError`] saying why it was not sent. Memory is
+//! bounded ([`ProducerConfig::max_buffered_records`], [`ProducerConfig::max_buffered_bytes`]):
+//! handing over waits while the buffer is full.
+//!
+//! [`service`] is the service (`cargo run -p producer`, variables in docs/configuration.md): every
+//! message it logs as `record sent` carries the shard id and sequence number Kinesis returned
+//! for it; a message that could not be sent is logged as `record not sent` with the reason.
 
-pub mod batching;
-pub mod metrics;
+#![warn(missing_docs)]
+
+mod batching;
+mod metrics;
 pub mod service;
-pub mod shard_stats;
-pub mod status;
+mod shard_stats;
+mod status;
 
 pub use batching::{
     Ack, Flusher, InvalidConfig, OutcomeBatch, Outcomes, Producer, ProducerConfig, ProducerRecord,
     Receipt, SendError,
 };
+pub use metrics::ProducerMetrics;

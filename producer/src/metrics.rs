@@ -43,18 +43,18 @@ pub struct ErrorCode {
 /// Handles to the producer's metrics; cloning shares them.
 #[derive(Clone, Debug)]
 pub struct ProducerMetrics {
-    pub user_records_put: Counter,
-    pub kinesis_records_put: Counter,
-    pub user_records_failed: Family<ErrorCode, Counter>,
-    pub retries: Counter,
-    pub buffered_records: Gauge,
-    pub max_buffered_records: Gauge,
-    pub in_flight_calls: Gauge,
-    pub buffering_seconds: Histogram,
-    pub put_records_seconds: Histogram,
-    pub user_records_per_kinesis_record: Histogram,
+    pub(crate) user_records_put: Counter,
+    pub(crate) kinesis_records_put: Counter,
+    pub(crate) user_records_failed: Family<ErrorCode, Counter>,
+    pub(crate) retries: Counter,
+    pub(crate) buffered_records: Gauge,
+    pub(crate) max_buffered_records: Gauge,
+    pub(crate) in_flight_calls: Gauge,
+    pub(crate) buffering_seconds: Histogram,
+    pub(crate) put_records_seconds: Histogram,
+    pub(crate) user_records_per_kinesis_record: Histogram,
     /// What the calls did to each shard (see [`ShardStats`]).
-    pub shards: Arc<ShardStats>,
+    pub(crate) shards: Arc<ShardStats>,
 }
 
 impl ProducerMetrics {
@@ -157,7 +157,7 @@ impl ProducerMetrics {
     }
 
     /// Counts `n` user records failed with `code`.
-    pub fn failed(&self, code: &str, n: u64) {
+    pub(crate) fn failed(&self, code: &str, n: u64) {
         self.user_records_failed
             .get_or_create(&ErrorCode {
                 error_code: code.to_string(),

@@ -30,13 +30,16 @@ use crate::status::ProducerStatus;
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// Records Kinesis acknowledged.
     pub acknowledged: u64,
+    /// Records given up on.
     pub failed: u64,
     /// Handed over but neither acknowledged nor failed when the shutdown timeout ran out.
     pub unsent: u64,
 }
 
 impl ProducerConfig {
+    /// The library configuration the service's variables describe.
     pub fn from_settings(s: &ProducerSettings) -> Self {
         Self {
             linger: s.linger,

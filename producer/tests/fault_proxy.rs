@@ -8,7 +8,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use common::aws::{classify, ErrorKind};
 use common::config::AwsTimeouts;
-use common::testkit::{self, FaultProxy, Kind, Rule};
+use testkit::{FaultProxy, Kind, Rule};
 
 /// A client through the proxy without SDK retries, so each call is one request.
 fn client(proxy: &FaultProxy, attempt_timeout: Duration) -> aws_sdk_kinesis::Client {

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::testkit::{self, FaultProxy, Kind, Rule, ServiceProcess};
 use serde_json::Value;
+use testkit::{FaultProxy, Kind, Rule, ServiceProcess};
 
 fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))

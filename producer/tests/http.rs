@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::testkit::{self, http_get, metric_value, FaultProxy, Kind, Rule, ServiceProcess};
 use serde_json::Value;
+use testkit::{http_get, metric_value, FaultProxy, Kind, Rule, ServiceProcess};
 
 fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))

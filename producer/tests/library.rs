@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use common::testkit::{self, Kind};
 use producer::{Producer, ProducerConfig, ProducerRecord, SendError};
+use testkit::Kind;
 
 /// Explicit hash keys Kinesis refuses: empty, not a number, a leading zero, 2^128.
 const BAD_HASH_KEYS: [&str; 4] = ["", "abc", "0123", "340282366920938463463374607431768211456"];

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::message::DataMessage;
-use common::testkit::{self, FaultProxy, Kind, Rule, ServiceProcess};
+use testkit::{FaultProxy, Kind, Rule, ServiceProcess};
 
 /// A `/proc/<pid>/status` figure, in kB.
 fn proc_status_kb(pid: u32, key: &str) -> u64 {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use common::testkit::{self, field, Kind, ServiceProcess};
+use testkit::{field, Kind, ServiceProcess};
 
 fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))

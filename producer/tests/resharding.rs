@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::kpl;
 use common::message::DataMessage;
-use common::testkit::{self, Kind, ServiceProcess};
+use testkit::{Kind, ServiceProcess};
 
 fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))

@@ -5,8 +5,11 @@ use super::*;
 /// Where a consumer starts reading a shard it has no checkpoint for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitialPosition {
+    /// `TRIM_HORIZON`: the oldest record the stream keeps.
     TrimHorizon,
+    /// `LATEST`: records written after the shard is first read.
     Latest,
+    /// `AT_TIMESTAMP`: records that arrived at or after this time (`CONSUMER_START_TIMESTAMP`).
     AtTimestamp(DateTime<Utc>),
 }
 
@@ -57,8 +60,11 @@ pub struct LeaseSettings {
 pub enum CpuSource {
     /// The first that can be read of cgroup v2, cgroup v1, `/proc/stat`.
     Auto,
+    /// cgroup v2: `cpu.stat`'s `usage_usec` against the limit in `cpu.max`.
     CgroupV2,
+    /// cgroup v1: `cpuacct.usage` against the CFS quota and period.
     CgroupV1,
+    /// The whole machine's `/proc/stat`.
     ProcStat,
     /// None: a "default" worker, balanced by its leases' throughput.
     None,
@@ -69,6 +75,7 @@ pub enum CpuSource {
 pub struct WorkerMetricsSettings {
     /// How often the item is written (`workerMetricsReporterFreqInMillis`).
     pub interval: Duration,
+    /// Where the CPU utilisation is read from (`CONSUMER_WORKER_CPU_SOURCE`).
     pub cpu: CpuSource,
     /// The KCL 3.0-3.4 worker-metrics table.
     pub legacy_table: String,
@@ -101,8 +108,13 @@ pub enum LeaseAssignment {
 /// When leases of finished or vanished shards are deleted (the Java KCL's `LeaseCleanupConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseCleanupSettings {
+    /// How often cleanup looks whether it is due (`CONSUMER_LEASE_CLEANUP_MS`).
     pub interval: Duration,
+    /// How often leases of shards read to their end are deleted
+    /// (`CONSUMER_COMPLETED_LEASE_CLEANUP_MS`).
     pub completed_interval: Duration,
+    /// How often leases of shards that no longer exist are deleted
+    /// (`CONSUMER_GARBAGE_LEASE_CLEANUP_MS`).
     pub garbage_interval: Duration,
 }
 
@@ -139,6 +151,7 @@ pub enum Retrieval {
 }
 
 impl Retrieval {
+    /// The variable's value for this retrieval: `polling` or `fanout`.
     pub fn as_str(self) -> &'static str {
         match self {
             Retrieval::Polling => "polling",
@@ -270,16 +283,21 @@ impl FailurePolicy {
 /// The consumer service's settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
+    /// The settings both services share.
     pub shared: SharedSettings,
+    /// Where a shard without a checkpoint is read from (`CONSUMER_INITIAL_POSITION`).
     pub initial_position: InitialPosition,
     /// Wait after a `GetRecords` that returned nothing.
     pub poll_interval: Duration,
+    /// The `GetRecords` limit (`CONSUMER_MAX_RECORDS`).
     pub max_records: i32,
     /// How often the shard list is refreshed to notice new shards.
     pub shard_sync_interval: Duration,
+    /// Polling mode (one process, no state) or leased mode (`CONSUMER_MODE`).
     pub mode: ConsumerMode,
     /// Read in every mode so that a bad value is reported even before it matters.
     pub lease: LeaseSettings,
+    /// Polling (`GetRecords`) or enhanced fan-out (`CONSUMER_RETRIEVAL`).
     pub retrieval: Retrieval,
     /// Read whatever `retrieval` is, for the same reason.
     pub fan_out: FanOutSettings,
@@ -311,6 +329,7 @@ enum PositionWord {
 }
 
 impl ConsumerSettings {
+    /// Checks the consumer's variables in `raw`; the error names the first bad one.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let word = raw.choice(
             &CONSUMER_INITIAL_POSITION,

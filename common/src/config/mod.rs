@@ -25,13 +25,16 @@ mod consumer;
 mod producer;
 mod raw;
 mod shared;
-mod vars;
+/// The variable registry, public for the repository's own checks (`tests/compose.rs`); not
+/// part of the API.
+#[doc(hidden)]
+pub mod vars;
 
 pub use consumer::*;
 pub use producer::*;
 pub use raw::*;
 pub use shared::*;
-pub use vars::*;
+pub(crate) use vars::*;
 
 #[cfg(test)]
 mod tests;

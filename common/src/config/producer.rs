@@ -5,27 +5,40 @@ use super::*;
 /// The producer service's settings.
 #[derive(Debug, Clone)]
 pub struct ProducerSettings {
+    /// The settings both services share.
     pub shared: SharedSettings,
     /// Time between ticks; zero means "as fast as the buffer accepts".
     pub interval: Duration,
     /// Stop after this many acknowledged messages.
     pub count: Option<u64>,
+    /// One partition key for every message (`PRODUCER_PARTITION_KEY`); `None`: each message's `Id`.
     pub partition_key: Option<String>,
+    /// Messages built each tick (`PRODUCER_MESSAGES_PER_TICK`).
     pub messages_per_tick: u32,
+    /// How long a batch or an open aggregate may wait for more records (`PRODUCER_LINGER_MS`).
     pub linger: Duration,
+    /// Backpressure: unacknowledged records at most (`PRODUCER_MAX_BUFFERED_RECORDS`).
     pub max_buffered_records: usize,
+    /// Backpressure by bytes (`PRODUCER_MAX_BUFFERED_BYTES`).
     pub max_buffered_bytes: usize,
+    /// Concurrent `PutRecords` calls (`PRODUCER_MAX_IN_FLIGHT`).
     pub max_in_flight: usize,
+    /// How long a record is retried after it was handed over (`PRODUCER_RECORD_TTL_MS`).
     pub record_ttl: Duration,
+    /// Written into each message's `Source` field (`PRODUCER_SOURCE`).
     pub source: Option<String>,
+    /// KPL aggregation on or off (`PRODUCER_AGGREGATION`).
     pub aggregation: bool,
+    /// Largest aggregated record in bytes (`PRODUCER_AGGREGATION_MAX_BYTES`).
     pub aggregation_max_bytes: usize,
     /// Percentage of each shard's write limits to stay under; 0 = no limiter.
     pub shard_rate_limit_percent: u32,
+    /// How long a stop may flush what is buffered (`PRODUCER_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
 }
 
 impl ProducerSettings {
+    /// Checks the producer's variables in `raw`; the error names the first bad one.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             shared: SharedSettings::from_raw(raw)?,

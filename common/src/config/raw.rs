@@ -6,20 +6,34 @@ use super::*;
 /// A setting that could not be accepted. Its `Display` is the one line a user sees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A variable holds a value it does not accept.
     #[error("invalid value for {var}: {value:?} (allowed: {allowed})")]
     Invalid {
+        /// The variable's name.
         var: &'static str,
+        /// The value as given.
         value: String,
+        /// What the variable accepts.
         allowed: &'static str,
     },
+    /// A variable another one's value requires is not set.
     #[error("{var} is required when {because} (allowed: {allowed})")]
     Missing {
+        /// The variable's name.
         var: &'static str,
+        /// Which setting requires it.
         because: String,
+        /// What the variable accepts.
         allowed: &'static str,
     },
+    /// `CONFIG_FILE` names a file that cannot be read or parsed.
     #[error("CONFIG_FILE {path:?} could not be read: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The file's path.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
 }
 
 impl ConfigError {

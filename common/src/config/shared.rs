@@ -14,9 +14,13 @@ pub enum LogFormat {
 /// Settings both services share.
 #[derive(Debug, Clone)]
 pub struct SharedSettings {
+    /// The stream to write or read (`STREAM_NAME`).
     pub stream_name: String,
+    /// How long to wait at start for the stream to be `ACTIVE` (`STREAM_WAIT_TIMEOUT_MS`).
     pub stream_wait_timeout: Duration,
+    /// Text or JSON log lines (`LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// Deadlines of AWS calls.
     pub timeouts: AwsTimeouts,
     /// Where the HTTP server (metrics, health, status) listens; `None`: no server.
     pub http_addr: Option<std::net::SocketAddr>,
@@ -26,11 +30,14 @@ pub struct SharedSettings {
 /// connection (accepted, never answered) costs at most the attempt timeout per attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AwsTimeouts {
+    /// One HTTP attempt of a Kinesis call (`KINESIS_ATTEMPT_TIMEOUT_MS`).
     pub kinesis_attempt: Duration,
+    /// One Kinesis call with the SDK's retries (`KINESIS_CALL_TIMEOUT_MS`).
     pub kinesis_call: Duration,
     /// Lease-table calls; kept well under the lease renewal interval (a third of
     /// `CONSUMER_FAILOVER_MS`) so a hung call cannot outlive a renewal.
     pub dynamodb_attempt: Duration,
+    /// One lease-table call with the SDK's retries (`DYNAMODB_CALL_TIMEOUT_MS`).
     pub dynamodb_call: Duration,
 }
 
@@ -46,6 +53,7 @@ impl Default for AwsTimeouts {
 }
 
 impl SharedSettings {
+    /// Checks the shared variables in `raw`; the error names the first bad one.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             stream_name: raw

@@ -21,13 +21,13 @@ pub fn release_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo build --release` of the workspace packages named.
-pub fn build_release(packages: &[&str]) {
+/// `cargo build --release` of the workspace binaries named (`consumer`, `producer`).
+pub fn build_release(binaries: &[&str]) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut command = Command::new(env!("CARGO"));
     command.args(["build", "--release"]);
-    for package in packages {
-        command.args(["-p", package]);
+    for binary in binaries {
+        command.args(["--bin", binary]);
     }
     let status = command
         .arg("--manifest-path")

@@ -79,11 +79,14 @@ pub fn is_lease_item(item: &HashMap<String, AttributeValue>) -> bool {
 /// of the user record inside it (0 for an ordinary record).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExtendedSequenceNumber {
+    /// The Kinesis record's sequence number (decimal digits).
     pub sequence_number: String,
+    /// The user record's index inside a KPL aggregate; 0 for an ordinary record.
     pub sub_sequence_number: i64,
 }
 
 impl ExtendedSequenceNumber {
+    /// The position of user record `sub_sequence_number` of record `sequence_number`.
     pub fn new(sequence_number: impl Into<String>, sub_sequence_number: i64) -> Self {
         Self {
             sequence_number: sequence_number.into(),
@@ -120,8 +123,11 @@ impl PartialOrd for ExtendedSequenceNumber {
 /// What the `checkpoint` attribute says: a sentinel or how far the shard was processed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checkpoint {
+    /// `TRIM_HORIZON`: start from the oldest record.
     TrimHorizon,
+    /// `LATEST`: start from records written after the shard was first read.
     Latest,
+    /// `AT_TIMESTAMP`: start from the configured time.
     AtTimestamp,
     /// Every record of the shard was processed; its children may start.
     ShardEnd,
@@ -130,9 +136,13 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
+    /// The `checkpoint` attribute's value for [`Checkpoint::TrimHorizon`].
     pub const TRIM_HORIZON: &'static str = "TRIM_HORIZON";
+    /// The `checkpoint` attribute's value for [`Checkpoint::Latest`].
     pub const LATEST: &'static str = "LATEST";
+    /// The `checkpoint` attribute's value for [`Checkpoint::AtTimestamp`].
     pub const AT_TIMESTAMP: &'static str = "AT_TIMESTAMP";
+    /// The `checkpoint` attribute's value for [`Checkpoint::ShardEnd`].
     pub const SHARD_END: &'static str = "SHARD_END";
 
     /// Reads the `checkpoint` / `checkpointSubSequenceNumber` pair.

@@ -202,10 +202,6 @@ impl Reporter {
         })
     }
 
-    pub fn placement(&self) -> &Placement {
-        &self.placement
-    }
-
     /// Samples and reports until `cancel`.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut stats = CpuStats::default();

@@ -2,24 +2,25 @@
 //! shards through a DynamoDB lease table in the Java KCL 2.x format, and record their progress
 //! in it, so a restarted or replacement worker resumes where the last one stopped.
 //!
-//! - [`item`]: the lease item format (KCL attribute names); [`table`]: the calls on the table
+//! - `item`: the lease item format (KCL attribute names); `table`: the calls on the table
 //!   (its conditional writes).
-//! - [`balance`]: which leases to take: expired ones first, then as many stolen as short in one
+//! - `balance`: which leases to take: expired ones first, then as many stolen as short in one
 //!   cycle from workers above target, towards `ceil(leases / live workers)` each.
-//! - [`cleanup`]: which leases to delete (of shards read to their end, of vanished shards).
-//! - [`sync`]: leases for new shards, and when a child shard may start (all parents at
+//! - `cleanup`: which leases to delete (of shards read to their end, of vanished shards).
+//! - `sync`: leases for new shards, and when a child shard may start (all parents at
 //!   `SHARD_END`).
 //! - [`processor`]: the library API, a [`RecordProcessor`] per shard, which gets deaggregated
 //!   user records ([`KinesisClientRecord`]), and its [`Checkpointer`].
 //! - [`failure`]: the [`FailurePolicy`] for a batch whose processing keeps failing (retries,
 //!   bisection, maximum record age; then stop, skip or a failure stream).
-//! - [`machine`]: the life of one lease at one worker, one state machine with no I/O
+//! - `machine`: the life of one lease at one worker, one state machine with no I/O
 //!   (model-checked by `tests/lease_model.rs`).
-//! - [`worker_metrics`]: the Java KCL 3.x worker-metrics item (`lut`, `sts`, `opr`, `sup`/`slu`),
+//! - `worker_metrics`: the Java KCL 3.x worker-metrics item (`lut`, `sts`, `opr`, `sup`/`slu`),
 //!   its validity and freshness as a KCL leader judges them, and which table holds it;
-//!   [`metrics_reporter`] publishes this worker's, with the CPU [`cpu`] reads;
-//!   [`throughput`]: the `throughputKBps` each renewal writes.
-//! - `held`, `shard`, [`worker`]: driving the machine (the writes it asks for), taking and
+//!   `metrics_reporter` publishes this worker's, with the CPU `cpu` reads;
+//!   `throughput`: the `throughputKBps` each renewal writes.
+//! - `leader`: the KCL 3.x leader lock; `assignment`: the leader's load-aware assignment.
+//! - `held`, `shard`, `worker`: driving the machine (the writes it asks for), taking and
 //!   processing.
 //!
 //! Guarantees: at-least-once per record (a checkpoint is written only after the records up to
@@ -38,22 +39,25 @@
 //! moving; leases are renewed every third of that, the table scanned every half of it, and the
 //! `leaseOwner` index read every 500 ms.
 
-pub mod assignment;
-pub mod balance;
-pub mod cleanup;
-pub mod cpu;
+pub(crate) mod assignment;
+mod balance;
+mod cleanup;
+pub(crate) mod cpu;
 pub mod failure;
 mod held;
+#[doc(hidden)]
 pub mod item;
-pub mod leader;
+pub(crate) mod leader;
+#[doc(hidden)]
 pub mod machine;
-pub mod metrics_reporter;
+pub(crate) mod metrics_reporter;
 pub mod processor;
 mod shard;
-pub mod sync;
-pub mod table;
-pub mod throughput;
-pub mod worker;
+mod sync;
+pub(crate) mod table;
+pub(crate) mod throughput;
+mod worker;
+#[doc(hidden)]
 pub mod worker_metrics;
 
 pub use failure::{FailurePolicy, OnFailure};
@@ -62,7 +66,10 @@ pub use processor::{
     LoggingProcessorFactory, PreparedCheckpointer, ProcessRecordsInput, RecordProcessor,
     RecordProcessorFactory, ShardFailed,
 };
+pub use table::{Checkpoint, ExtendedSequenceNumber, OtherStreamError};
 pub use worker::{Worker, WorkerConfig};
+
+pub use crate::retrieval::RetrievalConfig;
 
 use common::config::ConsumerSettings;
 use tokio_util::sync::CancellationToken;

@@ -33,6 +33,7 @@ pub use crate::record::KinesisClientRecord;
 /// What [`RecordProcessor::initialize`] learns.
 #[derive(Debug, Clone)]
 pub struct InitializationInput {
+    /// The shard this processor is given.
     pub shard_id: String,
     /// Where processing resumes: every user record up to and including a [`Checkpoint::At`]
     /// position was processed before, and is not delivered again (the library skips it, even
@@ -51,7 +52,9 @@ pub struct InitializationInput {
 pub struct ProcessRecordsInput<'a> {
     /// Deaggregated: each member of a KPL aggregate is one record here.
     pub records: &'a [KinesisClientRecord],
+    /// How far behind the tip of the shard the read was, when Kinesis says.
     pub millis_behind_latest: Option<i64>,
+    /// Records what was processed (see [`Checkpointer`]).
     pub checkpointer: &'a Checkpointer,
 }
 
@@ -105,6 +108,7 @@ pub struct ProcessRecordsInput<'a> {
 /// }
 /// ```
 pub trait RecordProcessor: Send + 'static {
+    /// Called once, before any records: where the shard resumes.
     fn initialize(
         &mut self,
         input: InitializationInput,
@@ -144,7 +148,9 @@ pub trait RecordProcessor: Send + 'static {
 
 /// Makes a processor for each lease the worker takes.
 pub trait RecordProcessorFactory: Send + Sync + 'static {
+    /// The processor it makes.
     type Processor: RecordProcessor;
+    /// A new processor for the lease of `shard_id`.
     fn create(&self, shard_id: &str) -> Self::Processor;
 }
 
@@ -158,13 +164,21 @@ pub enum CheckpointError {
     /// one), or not a sequence number; or nothing was delivered yet.
     #[error("cannot checkpoint shard {shard_id} at {position}: {reason}")]
     Invalid {
+        /// The shard.
         shard_id: String,
+        /// The position asked for.
         position: String,
+        /// Why it was refused.
         reason: &'static str,
     },
     /// DynamoDB failed (after the SDK's retries); the checkpoint may be tried again.
     #[error("checkpoint of shard {shard_id} failed: {message}")]
-    Failed { shard_id: String, message: String },
+    Failed {
+        /// The shard.
+        shard_id: String,
+        /// DynamoDB's error.
+        message: String,
+    },
 }
 
 impl CheckpointError {
@@ -239,6 +253,7 @@ impl Checkpointer {
         }
     }
 
+    /// The shard this checkpointer records.
     pub fn shard_id(&self) -> &str {
         self.lease.shard_id()
     }

@@ -62,6 +62,7 @@ pub struct TableError {
      give each stream its own table (CONSUMER_APPLICATION_NAME), or delete this one to start over"
 )]
 pub struct OtherStreamError {
+    /// The lease table's name.
     pub table: String,
     /// The stream this worker reads.
     pub expected: String,

@@ -117,14 +117,21 @@ async fn unless_cancelled<T>(
 /// Everything a worker needs to know; see [`WorkerConfig::from_settings`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// The stream to read.
     pub stream: String,
     /// The lease table's name.
     pub application_name: String,
+    /// This worker's id, written as `leaseOwner`; unique among running workers.
     pub worker_id: String,
+    /// A lease whose counter has not moved for this long is taken over.
     pub failover: Duration,
+    /// How often held leases are renewed (a third of `failover`, say).
     pub renew_interval: Duration,
+    /// Cap on the leases this worker holds; `None`: no cap.
     pub max_leases_per_worker: Option<usize>,
+    /// How often the shard list is compared with the lease table.
     pub shard_sync_interval: Duration,
+    /// Where a shard without a checkpoint is read from.
     pub initial_position: InitialPosition,
     /// Polling (`GetRecords` limit and idle wait) or enhanced fan-out.
     pub retrieval: RetrievalConfig,
@@ -145,6 +152,7 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The configuration the `consumer` service runs with, from its variables.
     pub fn from_settings(settings: &ConsumerSettings, worker_id: String) -> Self {
         Self {
             stream: settings.shared.stream_name.clone(),
@@ -218,6 +226,8 @@ pub struct Worker<F: RecordProcessorFactory> {
 }
 
 impl<F: RecordProcessorFactory> Worker<F> {
+    /// A worker that makes a processor with `factory` for each lease it takes; nothing runs
+    /// before [`Worker::run`].
     pub fn new(
         config: WorkerConfig,
         kinesis: aws_sdk_kinesis::Client,

@@ -60,6 +60,7 @@ pub struct ChildProcessorFactory {
 }
 
 impl ChildProcessorFactory {
+    /// A factory whose processors run the child process `config` describes.
     pub fn new(config: ChildConfig) -> Self {
         Self {
             config: Arc::new(config),

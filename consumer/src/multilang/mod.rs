@@ -13,15 +13,15 @@
 //! asks, and only up to the records it was given), and a shard whose child fails is taken again
 //! from its checkpoint.
 
-pub mod child;
-pub mod properties;
-pub mod protocol;
+mod child;
+mod properties;
+mod protocol;
 
 use common::telemetry::RecentEvents;
 use tokio_util::sync::CancellationToken;
 
 pub use child::{ChildConfig, ChildProcessorFactory};
-pub use properties::{MultiLangSettings, PropertiesError};
+pub use properties::{load, MultiLangSettings, PropertiesError};
 
 /// Runs the application of `settings` until `cancel` fires.
 pub async fn run(

@@ -16,6 +16,7 @@ use common::config::{ConfigError, ConsumerSettings, RawConfig};
 /// What `consumer multilang FILE` runs with.
 #[derive(Debug, Clone)]
 pub struct MultiLangSettings {
+    /// The consumer's settings, from the file and the environment.
     pub consumer: ConsumerSettings,
     /// `executableName`, split on spaces as the Java daemon splits it.
     pub command: Vec<String>,
@@ -28,6 +29,7 @@ pub struct MultiLangSettings {
     pub region: Option<String>,
     /// `kinesisEndpoint`, `dynamoDBEndpoint`.
     pub kinesis_endpoint: Option<String>,
+    /// `dynamoDBEndpoint`.
     pub dynamodb_endpoint: Option<String>,
     /// Keys read and not implemented, each with what happens instead: one warning each.
     pub unimplemented: Vec<(String, &'static str)>,
@@ -36,17 +38,30 @@ pub struct MultiLangSettings {
 /// Why the properties file cannot be used; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PropertiesError {
+    /// The file cannot be read.
     #[error("cannot read properties file {path}: {reason}")]
-    Read { path: String, reason: String },
+    Read {
+        /// The file's path.
+        path: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// A property holds a value it does not accept.
     #[error("invalid value for property {key}: {value:?} (allowed: {allowed})")]
     Invalid {
+        /// The property.
         key: String,
+        /// Its value.
         value: String,
+        /// What it accepts.
         allowed: String,
     },
+    /// A required property is missing.
     #[error("property {key} is required ({why})")]
     Missing {
+        /// The property.
         key: &'static str,
+        /// Why it is required.
         why: &'static str,
     },
     /// A setting from the environment (not the file) is wrong.

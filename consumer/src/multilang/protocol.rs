@@ -40,6 +40,7 @@ pub enum ToChild {
     /// their version 1 processors), and neither does this one; kept for completeness of the
     /// protocol's types.
     #[serde(rename = "shutdown")]
+    #[cfg_attr(not(test), allow(dead_code))]
     Shutdown { reason: String },
     /// The answer to a checkpoint request: the position asked for, as asked, and on failure
     /// the simple class name of the Java exception the KCL would have thrown.

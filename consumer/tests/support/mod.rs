@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::message::DataMessage;
-use common::testkit::{self, field, Emulator, ServiceProcess};
 use serde_json::Value;
+use testkit::{field, Emulator, ServiceProcess};
 
 /// The failover time the suites run workers with: short, with a margin a loaded machine keeps.
 pub const FAILOVER_MS: u64 = 3000;

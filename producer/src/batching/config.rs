@@ -13,19 +13,31 @@ use crate::metrics::ProducerMetrics;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid producer configuration: {field} = {value}; allowed: {allowed}")]
 pub struct InvalidConfig {
+    /// The field's name.
     pub field: &'static str,
+    /// Its value.
     pub value: String,
+    /// What it accepts.
     pub allowed: &'static str,
 }
 
 /// Tuning of a [`super::Producer`], checked by [`ProducerConfig::validate`] when it starts.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
+    /// The stream written to.
     pub stream_name: String,
+    /// A batch (and an open aggregate) is sent when full or when its oldest record waited
+    /// this long.
     pub linger: Duration,
+    /// Backpressure: handing over waits while this many records are unacknowledged.
     pub max_buffered_records: usize,
+    /// Backpressure by bytes: each record counts its data, its partition key and
+    /// 1 KiB of bookkeeping.
     pub max_buffered_bytes: usize,
+    /// Concurrent `PutRecords` calls.
     pub max_in_flight: usize,
+    /// A record is retried until this long after it was handed over, then answered
+    /// [`SendError::Expired`](crate::SendError::Expired).
     pub record_ttl: Duration,
     /// Pack user records bound for the same shard into KPL aggregated records.
     pub aggregation: bool,
@@ -34,13 +46,18 @@ pub struct ProducerConfig {
     /// Keep each shard under this percentage of its write limits (1,000 records and 1 MiB a
     /// second); 0 turns the limiter off.
     pub shard_rate_limit_percent: u32,
+    /// First wait before retrying a failed call (exponential backoff with jitter).
     pub retry_base: Duration,
+    /// Longest wait before a retry.
     pub retry_cap: Duration,
-    /// Where to count what happens (see [`crate::metrics`]); `None`: nothing is counted.
+    /// Where to count what happens (the Prometheus metrics [`ProducerMetrics::register`]
+    /// registers); `None`: nothing is counted.
     pub metrics: Option<ProducerMetrics>,
 }
 
 impl ProducerConfig {
+    /// The defaults for `stream_name`: 100 ms linger, 100,000 records or 64 MiB buffered,
+    /// 8 calls in flight, 30 s time to live, aggregation off, 100 % of the shard limits.
     pub fn new(stream_name: impl Into<String>) -> Self {
         Self {
             stream_name: stream_name.into(),

@@ -33,6 +33,37 @@ impl Future for Receipt {
 
 /// Handle to a running producer. Cloning is cheap; the background task ends when
 /// every handle is dropped; then [`Flusher::finish`] waits for what is still buffered.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use producer::{Producer, ProducerConfig, ProducerRecord};
+///
+/// # async fn example() -> anyhow::Result<()> {
+/// let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+/// let client = aws_sdk_kinesis::Client::new(&sdk);
+/// let (producer, flusher) = Producer::start(client, ProducerConfig::new("my-stream"))?;
+///
+/// // One record, waiting for Kinesis's answer.
+/// let ack = producer.send(ProducerRecord::new("user-42", "hello")).await?;
+/// println!("stored in {} as {}", ack.shard_id, ack.sequence_number);
+///
+/// // Many: hand them over (batched and retried in the background), then read the receipts.
+/// let mut receipts = Vec::new();
+/// for i in 0..1000 {
+///     let record = ProducerRecord::new(format!("user-{i}"), format!("message {i}"));
+///     receipts.push(producer.enqueue(record).await?);
+/// }
+/// for receipt in receipts {
+///     receipt.await?;
+/// }
+///
+/// drop(producer); // the background task ends with the last handle
+/// let unsent = flusher.finish(Duration::from_secs(5)).await;
+/// assert_eq!(unsent, 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Producer {
     tx: mpsc::UnboundedSender<Pending>,

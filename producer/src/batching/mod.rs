@@ -62,10 +62,7 @@ mod shard_map;
 pub use config::{InvalidConfig, ProducerConfig};
 pub use handle::{Flusher, Producer, Receipt};
 pub use outcome::{OutcomeBatch, Outcomes};
-pub use put_records::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
-pub use rate_limit::RateLimiter;
-pub use record::{Ack, ProducerRecord, SendError, RECORD_OVERHEAD_BYTES};
-pub use shard_map::ShardMap;
+pub use record::{Ack, ProducerRecord, SendError};
 
 /// The Kinesis limit for one record: data and partition key together.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;

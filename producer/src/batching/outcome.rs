@@ -29,6 +29,7 @@ pub struct OutcomeBatch {
 }
 
 impl OutcomeBatch {
+    /// Each record's tag and what became of it.
     pub fn outcomes(&self) -> &[(u64, Result<Ack, SendError>)] {
         &self.outcomes
     }

@@ -17,12 +17,16 @@ pub const RECORD_OVERHEAD_BYTES: usize = 1024;
 /// consumer's `UserRecord`, a view of what was read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerRecord {
+    /// Decides the shard (its MD5 hash), unless `explicit_hash_key` is set; 1-256 characters.
     pub partition_key: String,
+    /// A decimal hash key (0 to 2^128 - 1) that picks the shard instead of the partition key.
     pub explicit_hash_key: Option<String>,
+    /// The record's data.
     pub data: Bytes,
 }
 
 impl ProducerRecord {
+    /// A record with this partition key and data, and no explicit hash key.
     pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> Self {
         Self {
             partition_key: partition_key.into(),
@@ -48,6 +52,7 @@ impl ProducerRecord {
 pub struct Ack {
     /// Shared by every record of one aggregate, hence reference-counted.
     pub shard_id: Arc<str>,
+    /// Its sequence number.
     pub sequence_number: Arc<str>,
     /// The record's index inside the aggregated Kinesis record that carried it (KPL
     /// sub-sequence number); `None` when it was sent on its own.
@@ -59,12 +64,21 @@ pub struct Ack {
 /// Why a record was not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
+    /// Not a valid record (a key or size out of bounds); never sent.
     #[error("record rejected before sending: {0}")]
     Invalid(String),
+    /// Still failing when its time to live ran out.
     #[error("gave up after {attempts} attempts within the record time to live; last error: {last_error}")]
-    Expired { attempts: u32, last_error: String },
+    Expired {
+        /// `PutRecords` calls it took.
+        attempts: u32,
+        /// The last failure.
+        last_error: String,
+    },
+    /// Refused by Kinesis with an error that retrying cannot cure.
     #[error("Kinesis rejected the record: {0}")]
     Rejected(String),
+    /// The producer stopped first.
     #[error("the producer stopped before the record was acknowledged")]
     Stopped,
 }

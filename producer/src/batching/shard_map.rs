@@ -65,12 +65,14 @@ impl ShardMap {
     }
 
     /// The shard whose range holds `hash`.
-    pub fn shard_for_hash(&self, hash: u128) -> Option<&str> {
+    #[cfg(test)]
+    fn shard_for_hash(&self, hash: u128) -> Option<&str> {
         self.shard_id_for_hash(hash).map(|id| &**id)
     }
 
     /// The open shard `record` lands on.
-    pub fn shard_for(&self, record: &ProducerRecord) -> Option<&str> {
+    #[cfg(test)]
+    fn shard_for(&self, record: &ProducerRecord) -> Option<&str> {
         self.shard_for_hash(common::kpl::effective_hash_key(
             &record.partition_key,
             record.explicit_hash_key.as_deref(),

@@ -3,6 +3,8 @@
 //! ports, and runs the service binaries as child processes whose log lines the tests read.
 //! Everything started here is killed when its guard drops, also when a test panics.
 
+pub mod fault_proxy;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -441,7 +443,7 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         .await
         .expect("CreateStream");
     let never = tokio_util::sync::CancellationToken::new();
-    crate::kinesis::wait_for_stream(client, name, Duration::from_secs(30), &never)
+    common::kinesis::wait_for_stream(client, name, Duration::from_secs(30), &never)
         .await
         .expect("stream becomes ACTIVE");
 }
@@ -466,7 +468,7 @@ pub async fn put_record(
 /// Creates a one-shard stream and returns the id of its shard.
 pub async fn create_single_shard_stream(client: &aws_sdk_kinesis::Client, name: &str) -> String {
     create_stream(client, name, 1).await;
-    crate::kinesis::list_shards(client, name)
+    common::kinesis::list_shards(client, name)
         .await
         .expect("ListShards")[0]
         .shard_id()
@@ -478,12 +480,12 @@ pub async fn shard_ranges(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
 ) -> HashMap<String, (u128, u128)> {
-    crate::kinesis::list_shards(client, stream)
+    common::kinesis::list_shards(client, stream)
         .await
         .expect("ListShards")
         .iter()
         .map(|s| {
-            let range = crate::kinesis::hash_range(s).expect("hash range");
+            let range = common::kinesis::hash_range(s).expect("hash range");
             (s.shard_id().to_string(), range)
         })
         .collect()
@@ -505,15 +507,15 @@ pub async fn split_in_half(client: &aws_sdk_kinesis::Client, stream: &str, shard
 /// each time waiting until the stream is `ACTIVE` again (a stream being resharded takes no
 /// other split).
 pub async fn split_open_shards(client: &aws_sdk_kinesis::Client, stream: &str, count: usize) {
-    let open: Vec<_> = crate::kinesis::list_shards(client, stream)
+    let open: Vec<_> = common::kinesis::list_shards(client, stream)
         .await
         .expect("ListShards")
         .into_iter()
-        .filter(crate::kinesis::is_open)
+        .filter(common::kinesis::is_open)
         .take(count)
         .collect();
     for shard in open {
-        let (start, end) = crate::kinesis::hash_range(&shard).expect("hash range");
+        let (start, end) = common::kinesis::hash_range(&shard).expect("hash range");
         client
             .split_shard()
             .stream_name(stream)
@@ -523,7 +525,7 @@ pub async fn split_open_shards(client: &aws_sdk_kinesis::Client, stream: &str, c
             .await
             .expect("SplitShard");
         let never = tokio_util::sync::CancellationToken::new();
-        crate::kinesis::wait_for_stream(client, stream, Duration::from_secs(30), &never)
+        common::kinesis::wait_for_stream(client, stream, Duration::from_secs(30), &never)
             .await
             .expect("ACTIVE again after the split");
     }
@@ -803,7 +805,7 @@ pub async fn stored_messages(
     let mut stored: std::collections::HashMap<String, Vec<(String, String)>> =
         std::collections::HashMap::new();
     for (shard, r) in read_stream(client, stream).await {
-        let m = crate::message::DataMessage::from_json(r.data().as_ref())
+        let m = common::message::DataMessage::from_json(r.data().as_ref())
             .expect("the stream holds DataMessages");
         stored
             .entry(m.id.to_string())
@@ -835,7 +837,7 @@ pub async fn read_stream(
     stream: &str,
 ) -> Vec<(String, aws_sdk_kinesis::types::Record)> {
     let mut found = Vec::new();
-    for shard in crate::kinesis::list_shards(client, stream)
+    for shard in common::kinesis::list_shards(client, stream)
         .await
         .expect("ListShards")
     {
