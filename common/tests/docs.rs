@@ -1,5 +1,5 @@
 //! Checks the configuration reference, docs/configuration.md, against the variable registry
-//! (`common::config`), so the documentation cannot drift from the code:
+//! (`kinesis_common::config`), so the documentation cannot drift from the code:
 //!
 //! - every variable a service reads has a row in the table of its section (`## Both services`,
 //!   `## Producer`, `## Consumer`), and the row's default is the registry's;
@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::config::vars::{VarSpec, CONSUMER_VARS, PRODUCER_VARS, SHARED_VARS, STANDARD_VARS};
+use kinesis_common::config::vars::{
+    VarSpec, CONSUMER_VARS, PRODUCER_VARS, SHARED_VARS, STANDARD_VARS,
+};
 
 const REFERENCE: &str = "docs/configuration.md";
 

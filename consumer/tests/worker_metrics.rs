@@ -1,7 +1,7 @@
 //! The Java KCL 3.x's worker metrics and lease throughput, published by real consumer binaries
 //! (`CONSUMER_MODE=leased`) into the lease-table emulator: each worker's worker-metrics item in
 //! the layout the application uses, judged by this project's model of the KCL's rules
-//! (`consumer::lease::worker_metrics`; `tests/interop.rs` has the KCL's own classes judge it),
+//! (`kinesis_consumer::lease::worker_metrics`; `tests/interop.rs` has the KCL's own classes judge it),
 //! `throughputKBps` written with the renewals of the leases whose shards deliver records, and
 //! both shown on `/status` and the status page for every worker and every lease of the
 //! application.
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use consumer::lease::worker_metrics::{MetricsLayout, WorkerMetrics, CPU, EXPIRY};
+use kinesis_consumer::lease::worker_metrics::{MetricsLayout, WorkerMetrics, CPU, EXPIRY};
 use serde_json::Value;
 use support::*;
 use testkit::{http_get, metric_value, Kind};
@@ -53,7 +53,7 @@ async fn metrics_items(setup: &Setup, table: &str, layout: MetricsLayout) -> Vec
         .iter()
         .filter(|i| {
             layout == MetricsLayout::LegacyTable
-                || consumer::lease::worker_metrics::is_worker_metrics_item(i)
+                || kinesis_consumer::lease::worker_metrics::is_worker_metrics_item(i)
         })
         .map(|i| WorkerMetrics::from_item(i, layout).expect("a readable item"))
         .collect()
@@ -153,7 +153,7 @@ async fn workers_publish_their_metrics_and_lease_throughput_and_status_shows_the
             .items()
             .await
             .into_iter()
-            .filter(consumer::lease::item::is_lease_item)
+            .filter(kinesis_consumer::lease::item::is_lease_item)
             .collect();
         leases.len() == 2
             && leases.iter().all(|l| {

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use common::config::CpuSource;
+use kinesis_common::config::CpuSource;
 
 /// A CPU file could not be read or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -21,7 +21,7 @@
 //! A worker counts itself leader until `leaseDuration` after it *sent* its last write that went
 //! through: any other worker counts from when it *saw* that version, which is later.
 //!
-//! Every call goes through the DynamoDB client built in `common::aws`, with its per-attempt
+//! Every call goes through the DynamoDB client built in `kinesis_common::aws`, with its per-attempt
 //! and per-operation timeouts.
 
 use std::collections::HashMap;
@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
-use common::aws::{classify, ErrorKind};
-use common::kinesis::error_text;
+use kinesis_common::aws::{classify, ErrorKind};
+use kinesis_common::kinesis::error_text;
 
 use super::item::{ENTITY_TYPE, LEASE_KEY};
 use super::worker_metrics::{
@@ -516,7 +516,7 @@ impl Leadership {
         me: &str,
         client: Client,
         lease_table: &str,
-        settings: &common::config::WorkerMetricsSettings,
+        settings: &kinesis_common::config::WorkerMetricsSettings,
         lease_duration: Duration,
         heartbeat: Duration,
     ) -> Self {

@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
-use common::aws::{classify, ErrorKind};
-use common::config::{CpuSource, WorkerMetricsSettings};
-use common::kinesis::error_text;
+use kinesis_common::aws::{classify, ErrorKind};
+use kinesis_common::config::{CpuSource, WorkerMetricsSettings};
+use kinesis_common::kinesis::error_text;
 use tokio_util::sync::CancellationToken;
 
 use super::cpu::CpuSampler;

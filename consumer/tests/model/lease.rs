@@ -43,7 +43,7 @@
 
 use std::time::Duration;
 
-use consumer::lease::machine::{
+use kinesis_consumer::lease::machine::{
     follow_rule, take_rule, Action, Event, LeaseMachine, Op, Ownership, State, TaskEnd, Timing,
 };
 use stateright::{Model, Property};

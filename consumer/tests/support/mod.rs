@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use serde_json::Value;
 use testkit::{field, Emulator, ServiceProcess};
 
@@ -109,7 +109,7 @@ impl Setup {
             Ok(out) => out
                 .items()
                 .iter()
-                .filter(|i| consumer::lease::item::is_lease_item(i))
+                .filter(|i| kinesis_consumer::lease::item::is_lease_item(i))
                 .cloned()
                 .collect(),
             Err(_) => Vec::new(),
