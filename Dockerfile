@@ -18,7 +18,7 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked -p producer -p consumer --bins
+RUN cargo build --release --locked -p kinesis-producer -p kinesis-consumer --bins
 
 # glibc, libgcc and CA certificates, no shell; runs as uid/gid 65532 ("nonroot").
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime

@@ -5,8 +5,8 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-cargo build --release --locked -p producer --bin producer --example plain_sdk_peer
-cargo build --release --locked -p consumer --bin consumer
+cargo build --release --locked -p kinesis-producer --bin producer --example plain_sdk_peer
+cargo build --release --locked -p kinesis-consumer --bin consumer
 npm ci --prefix emulators --no-audit --no-fund --loglevel=error
 npm ci --prefix bench/node-peer --no-audit --no-fund --loglevel=error
 scripts/dev-venv.sh >/dev/null

@@ -53,14 +53,14 @@ run_tests() {
 }
 
 echo "==> interoperability tests (consumer/tests/interop.rs)" >&2
-run_tests -p consumer --test interop -- --ignored
+run_tests -p kinesis-consumer --test interop -- --ignored
 
 echo "==> leased-mode tests with DynamoDB Local" >&2
 (
     export TEST_DYNAMODB=dynamodb-local
-    run_tests -p consumer --test leased
-    run_tests -p consumer --test lease_moves
-    run_tests -p consumer --test aggregation -- leased
+    run_tests -p kinesis-consumer --test leased
+    run_tests -p kinesis-consumer --test lease_moves
+    run_tests -p kinesis-consumer --test aggregation -- leased
 )
 
 echo "==> interop: all passed" >&2

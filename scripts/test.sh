@@ -74,7 +74,7 @@ if (($# == 0)); then
   cargo test --workspace --doc --locked
   echo "==> consumer Kinesis suites again, against kinesis-mock 0.5.2 (LocalStack 4.14.0's)" >&2
   KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 \
-    cargo test --locked -p consumer --test polling --test aggregation --test leased
+    cargo test --locked -p kinesis-consumer --test polling --test aggregation --test leased
   echo "==> library crates: MSRV, cargo package, API baseline (scripts/api-check.sh)" >&2
   scripts/api-check.sh
 fi

@@ -10,7 +10,7 @@
 //! ([`hash_key`]), unless an explicit hash key (a decimal 128-bit number) is given.
 //!
 //! ```
-//! use common::kpl::{deaggregate, Aggregator};
+//! use kinesis_common::kpl::{deaggregate, Aggregator};
 //!
 //! let mut aggregator = Aggregator::new();
 //! aggregator.add("user-1", None, b"first");

@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// field names.
 ///
 /// ```
-/// use common::message::DataMessage;
+/// use kinesis_common::message::DataMessage;
 ///
 /// let sent = DataMessage {
 ///     message: Some("hello".into()),

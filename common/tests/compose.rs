@@ -1,5 +1,5 @@
 //! Checks docker-compose.yml against the variables the services actually read
-//! (`common::config`), so the compose file cannot drift from the code:
+//! (`kinesis_common::config`), so the compose file cannot drift from the code:
 //!
 //! - `producer` and `consumer` set only variables they read (their own, shared or standard AWS /
 //!   `RUST_LOG` names), and the values there are accepted by the config loader;
@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::config::vars::{Service, STANDARD_VARS, STREAM_NAME};
-use common::config::{ConsumerSettings, ProducerSettings, RawConfig};
+use kinesis_common::config::vars::{Service, STANDARD_VARS, STREAM_NAME};
+use kinesis_common::config::{ConsumerSettings, ProducerSettings, RawConfig};
 use serde_yaml::Value;
 
 const INIT: &str = "localstack-init";

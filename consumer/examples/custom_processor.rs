@@ -10,16 +10,16 @@
 //! AWS_ENDPOINT_URL=http://localhost:4566 AWS_REGION=us-east-1 \
 //! AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
 //! CONSUMER_APPLICATION_NAME=custom-processor-example \
-//! cargo run -p consumer --example custom_processor
+//! cargo run -p kinesis-consumer --example custom_processor
 //! ```
 //!
 //! It stops on Ctrl-C or SIGTERM, checkpointing what it processed.
 
 use std::collections::BTreeMap;
 
-use common::config::ConsumerSettings;
-use common::message::DataMessage;
-use consumer::lease::{
+use kinesis_common::config::ConsumerSettings;
+use kinesis_common::message::DataMessage;
+use kinesis_consumer::lease::{
     Checkpointer, InitializationInput, ProcessRecordsInput, RecordProcessor,
     RecordProcessorFactory, Worker, WorkerConfig,
 };
@@ -133,13 +133,13 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("EXAMPLE_CHECKPOINT_EVERY: {v:?} is not a number"))?,
         Err(_) => 100,
     };
-    common::telemetry::init(settings.shared.log_format);
-    let sdk = common::aws::load().await?;
-    let worker_id = consumer::lease::worker_id(&settings);
+    kinesis_common::telemetry::init(settings.shared.log_format);
+    let sdk = kinesis_common::aws::load().await?;
+    let worker_id = kinesis_consumer::lease::worker_id(&settings);
     let config = WorkerConfig::from_settings(&settings, worker_id);
-    let kinesis = common::aws::kinesis(&sdk, &settings.shared.timeouts);
-    let dynamodb = common::aws::dynamodb(&sdk, &settings.shared.timeouts);
+    let kinesis = kinesis_common::aws::kinesis(&sdk, &settings.shared.timeouts);
+    let dynamodb = kinesis_common::aws::dynamodb(&sdk, &settings.shared.timeouts);
     Worker::new(config, kinesis, dynamodb, Counters { checkpoint_every })
-        .run(common::shutdown::on_signal())
+        .run(kinesis_common::shutdown::on_signal())
         .await
 }

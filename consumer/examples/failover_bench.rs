@@ -7,7 +7,7 @@
 //! - duplicates (records processed twice across both workers), and how many records the stopped
 //!   worker had processed after its last checkpoint on its shards (the most kill -9 may repeat).
 //!
-//! Run: `cargo run --release -p consumer --example failover_bench` (it builds the release
+//! Run: `cargo run --release -p kinesis-consumer --example failover_bench` (it builds the release
 //! consumer and producer binaries first). Knobs, by environment: `BENCH_FAILOVER_MS` (default
 //! 10000, the service default), `BENCH_RUNS` (3 of each kind), `BENCH_INTERVAL_MS` (producer
 //! interval, 20). Needs the emulators (`npm ci --prefix emulators`).

@@ -5,8 +5,8 @@
 //! `MODEL_MAX_STATES` (20 million states generated: runs of 60 million and more outgrew 24 GiB).
 //!
 //! ```sh
-//! cargo run --release -p consumer --example lease_model            # the deep configuration
-//! MODEL_WORKERS=a,a MODEL_SECONDS=300 cargo run --release -p consumer --example lease_model
+//! cargo run --release -p kinesis-consumer --example lease_model            # the deep configuration
+//! MODEL_WORKERS=a,a MODEL_SECONDS=300 cargo run --release -p kinesis-consumer --example lease_model
 //! ```
 //!
 //! Prints the number of states explored, whether that was all of them, and the time taken; exits

@@ -11,7 +11,7 @@
 //!   with `kill -9`; the time until the other has processed a record put after the kill on
 //!   every shard the killed one held.
 //!
-//! Run: `cargo run --release -p consumer --example multilang_bench` (it builds the release
+//! Run: `cargo run --release -p kinesis-consumer --example multilang_bench` (it builds the release
 //! consumer first). Needs the emulators (`npm ci --prefix emulators`) and amazon-kclpy in
 //! .venv (`scripts/dev-venv.sh`). Knobs: `BENCH_RECORDS` (20000), `BENCH_SHARDS` (4),
 //! `BENCH_FAILOVER_MS` (10000, the default of the daemon and of the Java KCL).

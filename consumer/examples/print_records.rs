@@ -1,9 +1,9 @@
 //! The smallest consumer application (docs/library.md shows it whole): prints each user record
 //! of `STREAM_NAME`, shares the shards with every process of the same
 //! `CONSUMER_APPLICATION_NAME`, and checkpoints after each batch. Stop it with Ctrl-C.
-use common::config::ConsumerSettings;
-use consumer::lease::{self, Checkpointer, InitializationInput, ProcessRecordsInput};
-use consumer::lease::{RecordProcessor, RecordProcessorFactory, Worker, WorkerConfig};
+use kinesis_common::config::ConsumerSettings;
+use kinesis_consumer::lease::{self, Checkpointer, InitializationInput, ProcessRecordsInput};
+use kinesis_consumer::lease::{RecordProcessor, RecordProcessorFactory, Worker, WorkerConfig};
 
 struct Printer;
 
@@ -42,10 +42,10 @@ impl RecordProcessorFactory for Printers {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = ConsumerSettings::from_env()?; // the consumer service's variables
-    let sdk = common::aws::load().await?;
+    let sdk = kinesis_common::aws::load().await?;
     let config = WorkerConfig::from_settings(&settings, lease::worker_id(&settings));
-    let kinesis = common::aws::kinesis(&sdk, &settings.shared.timeouts);
-    let dynamodb = common::aws::dynamodb(&sdk, &settings.shared.timeouts);
+    let kinesis = kinesis_common::aws::kinesis(&sdk, &settings.shared.timeouts);
+    let dynamodb = kinesis_common::aws::dynamodb(&sdk, &settings.shared.timeouts);
     let worker = Worker::new(config, kinesis, dynamodb, Printers);
-    worker.run(common::shutdown::on_signal()).await
+    worker.run(kinesis_common::shutdown::on_signal()).await
 }

@@ -12,7 +12,7 @@
 //! - **idle cost**: one worker holding every lease: CPU (utime + stime from `/proc/<pid>/stat`)
 //!   as a percentage of one core over `BENCH_MEASURE_S` seconds, and `VmRSS` at the end.
 //!
-//! Run: `cargo run --release -p consumer --example scale_bench` (it builds the release
+//! Run: `cargo run --release -p kinesis-consumer --example scale_bench` (it builds the release
 //! binaries first). Knobs: `BENCH_SHARDS` (200), `BENCH_FAILOVER_MS` (10000, the service
 //! default), `BENCH_MEASURE_S` (60), `BENCH_ONLY` (a comma-separated subset of `join,idle,calls`;
 //! `join` includes the SIGTERM run), `BENCH_SKIP_BUILD=1` (use the binaries in

@@ -36,9 +36,9 @@ use aws_sdk_kinesis::types::{
     ConsumerStatus, Record, Shard, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
 use aws_sdk_kinesis::Client;
-use common::aws::{classify, ErrorKind};
-use common::backoff::Backoff;
-use common::kinesis::error_text;
+use kinesis_common::aws::{classify, ErrorKind};
+use kinesis_common::backoff::Backoff;
+use kinesis_common::kinesis::error_text;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -241,7 +241,7 @@ impl ClosedShards {
     pub fn note_listing(&self, shards: &[Shard]) {
         let closed: Vec<String> = shards
             .iter()
-            .filter(|s| !common::kinesis::is_open(s))
+            .filter(|s| !kinesis_common::kinesis::is_open(s))
             .map(|s| s.shard_id().to_string())
             .collect();
         self.0.send_if_modified(|set| {

@@ -9,7 +9,7 @@
 //! Delivery is at-least-once: what was processed after the last checkpoint is delivered again
 //! to the next holder. `examples/custom_processor.rs` is a complete application.
 //!
-//! The service around it (`cargo run -p consumer`, variables in the README):
+//! The service around it (`cargo run -p kinesis-consumer`, variables in the README):
 //!
 //! - [`run`] and [`serve`]: polling mode (one process reads every shard and keeps no state) or
 //!   leased mode, with the HTTP server (metrics, health, status page);
@@ -34,9 +34,9 @@ mod retrieval;
 
 use std::sync::Arc;
 
-use common::config::{ConsumerMode, ConsumerSettings};
-use common::http::Probe;
-use common::telemetry::RecentEvents;
+use kinesis_common::config::{ConsumerMode, ConsumerSettings};
+use kinesis_common::http::Probe;
+use kinesis_common::telemetry::RecentEvents;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::RecordProcessorFactory;
@@ -54,8 +54,8 @@ pub async fn run(
     cancel: CancellationToken,
     recent: RecentEvents,
 ) -> anyhow::Result<()> {
-    let kinesis = common::aws::kinesis(sdk, &settings.shared.timeouts);
-    let dynamodb = common::aws::dynamodb(sdk, &settings.shared.timeouts);
+    let kinesis = kinesis_common::aws::kinesis(sdk, &settings.shared.timeouts);
+    let dynamodb = kinesis_common::aws::dynamodb(sdk, &settings.shared.timeouts);
     serve(
         settings,
         kinesis,
@@ -93,7 +93,7 @@ pub async fn serve<F: RecordProcessorFactory>(
         recent,
     );
     let routes = observe::routes(observer.clone());
-    common::http::run_with_server(
+    kinesis_common::http::run_with_server(
         settings.shared.http_addr,
         probe.clone(),
         registry,
@@ -127,7 +127,7 @@ async fn run_service<F: RecordProcessorFactory>(
     let client = clients.kinesis;
     let stream = &settings.shared.stream_name;
     probe.set_not_ready(format!("waiting for stream {stream} to become ACTIVE"));
-    match common::kinesis::wait_for_stream(
+    match kinesis_common::kinesis::wait_for_stream(
         &client,
         stream,
         settings.shared.stream_wait_timeout,
@@ -136,7 +136,7 @@ async fn run_service<F: RecordProcessorFactory>(
     .await
     {
         Ok(()) => {}
-        Err(common::kinesis::StreamWaitError::Cancelled(_)) => return Ok(()),
+        Err(kinesis_common::kinesis::StreamWaitError::Cancelled(_)) => return Ok(()),
         Err(other) => return Err(other.into()),
     }
     match settings.mode {

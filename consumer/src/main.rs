@@ -2,7 +2,7 @@
 //!
 //! `consumer multilang FILE` (or `consumer multilang --properties-file FILE`) runs a KCL
 //! application written in another language from the Java MultiLangDaemon's properties file:
-//! one child process per lease (see `consumer::multilang`).
+//! one child process per lease (see `kinesis_consumer::multilang`).
 //!
 //! `consumer healthcheck` asks a running consumer's `/healthz` (on `HTTP_ADDR`) and exits 0 if
 //! it answered 200: the container health check, since the image has no shell or curl.
@@ -14,7 +14,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use common::config::ConsumerSettings;
+use kinesis_common::config::ConsumerSettings;
 
 /// The properties file of `consumer multilang FILE`, `--properties-file FILE` or `-p FILE`.
 fn properties_file(args: &[String]) -> Option<&str> {
@@ -37,16 +37,16 @@ async fn multilang(args: &[String]) -> std::process::ExitCode {
         eprintln!("usage: consumer multilang FILE | consumer multilang --properties-file FILE");
         return std::process::ExitCode::from(2);
     };
-    let settings = match consumer::multilang::load(file.as_ref(), environment()) {
+    let settings = match kinesis_consumer::multilang::load(file.as_ref(), environment()) {
         Ok(s) => s,
         Err(err) => {
             eprintln!("consumer: configuration error: {err}");
             return std::process::ExitCode::from(2);
         }
     };
-    let recent = common::telemetry::init(settings.consumer.shared.log_format);
-    let cancel = common::shutdown::on_signal();
-    exit_code(consumer::multilang::run(settings, cancel, recent).await)
+    let recent = kinesis_common::telemetry::init(settings.consumer.shared.log_format);
+    let cancel = kinesis_common::shutdown::on_signal();
+    exit_code(kinesis_consumer::multilang::run(settings, cancel, recent).await)
 }
 
 #[tokio::main]
@@ -63,13 +63,13 @@ async fn main() -> std::process::ExitCode {
         }
     };
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return common::http::healthcheck_main("consumer", settings.shared.http_addr);
+        return kinesis_common::http::healthcheck_main("consumer", settings.shared.http_addr);
     }
-    let recent = common::telemetry::init(settings.shared.log_format);
-    let cancel = common::shutdown::on_signal();
+    let recent = kinesis_common::telemetry::init(settings.shared.log_format);
+    let cancel = kinesis_common::shutdown::on_signal();
     let result = async {
-        let sdk = common::aws::load().await?;
-        consumer::run(settings, &sdk, cancel, recent).await
+        let sdk = kinesis_common::aws::load().await?;
+        kinesis_consumer::run(settings, &sdk, cancel, recent).await
     }
     .await;
     exit_code(result)
@@ -79,10 +79,10 @@ fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            common::telemetry::log_error_chain("consumer failed", &err);
+            kinesis_common::telemetry::log_error_chain("consumer failed", &err);
             // STREAM_NAME and CONSUMER_APPLICATION_NAME do not go together: a setting to fix.
             if err
-                .downcast_ref::<consumer::lease::OtherStreamError>()
+                .downcast_ref::<kinesis_consumer::lease::OtherStreamError>()
                 .is_some()
             {
                 std::process::ExitCode::from(2)

@@ -16,8 +16,8 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::http::Probe;
-use common::telemetry::RecentEvents;
+use kinesis_common::http::Probe;
+use kinesis_common::telemetry::RecentEvents;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -162,7 +162,7 @@ struct StatusDoc {
     stopped_shards: Vec<StoppedShard>,
     /// `consumer multilang`: one child process per shard held.
     children: Vec<ChildRow>,
-    recent_errors: Vec<common::telemetry::RecentEvent>,
+    recent_errors: Vec<kinesis_common::telemetry::RecentEvent>,
     /// The charts: one point every [`HISTORY_STEP`] over the last [`HISTORY_WINDOW`].
     history: Vec<HistoryPoint>,
     /// Every shard of the last listing, open and closed, sorted by shard id.
@@ -257,12 +257,12 @@ impl Observer {
         let mut keyspace: Vec<KeyspaceShard> = shards
             .iter()
             .filter_map(|shard| {
-                let (start, end) = common::kinesis::hash_range(shard)?;
+                let (start, end) = kinesis_common::kinesis::hash_range(shard)?;
                 Some(KeyspaceShard {
                     shard_id: shard.shard_id().to_string(),
                     start: start as f64 / TWO_128,
                     end: (end as f64 + 1.0) / TWO_128,
-                    open: common::kinesis::is_open(shard),
+                    open: kinesis_common::kinesis::is_open(shard),
                     parents: shard
                         .parent_shard_id()
                         .into_iter()

@@ -24,8 +24,8 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::Shard;
 use aws_sdk_kinesis::Client;
 use chrono::{DateTime, Utc};
-use common::backoff::Backoff;
-use common::config::{ConsumerSettings, InitialPosition};
+use kinesis_common::backoff::Backoff;
+use kinesis_common::config::{ConsumerSettings, InitialPosition};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,7 @@ impl ShardGraph {
 /// Records each shard's inclusive hash key range, to skip aggregates with a member outside it.
 fn remember_ranges(ranges: &mut HashMap<String, (u128, u128)>, shards: &[Shard]) {
     for shard in shards {
-        if let Some(range) = common::kinesis::hash_range(shard) {
+        if let Some(range) = kinesis_common::kinesis::hash_range(shard) {
             ranges.insert(shard.shard_id().to_string(), range);
         }
     }
@@ -134,7 +134,7 @@ fn first_listing(
     let mut skip = Vec::new();
     for shard in shards {
         match position {
-            InitialPosition::Latest if !common::kinesis::is_open(shard) => {
+            InitialPosition::Latest if !kinesis_common::kinesis::is_open(shard) => {
                 skip.push(shard.shard_id().to_string())
             }
             InitialPosition::Latest => read.push((shard.shard_id().to_string(), Vec::new())),
@@ -303,7 +303,7 @@ async fn list(
 ) -> anyhow::Result<Option<Vec<Shard>>> {
     tokio::select! {
         _ = cancel.cancelled() => Ok(None),
-        listed = common::kinesis::list_shards(client, stream) => listed.map(Some),
+        listed = kinesis_common::kinesis::list_shards(client, stream) => listed.map(Some),
     }
 }
 
@@ -467,7 +467,7 @@ mod tests {
     use std::time::Duration;
 
     use aws_sdk_kinesis::types::Record;
-    use common::message::DataMessage;
+    use kinesis_common::message::DataMessage;
     use testkit::Kind;
 
     /// Payloads that make their reader panic the first time it handles them, as a bug in
@@ -520,7 +520,7 @@ mod tests {
                 ("CONSUMER_SHARD_SYNC_MS", "1000"),
             ],
         );
-        let raw = common::config::RawConfig::load(env).expect("settings");
+        let raw = kinesis_common::config::RawConfig::load(env).expect("settings");
         let settings = ConsumerSettings::from_raw(&raw).expect("settings");
         let cancel = CancellationToken::new();
         let running = tokio::spawn({
@@ -543,9 +543,14 @@ mod tests {
         );
         testkit::split_in_half(&kinesis, &stream, &parent).await;
         let never = CancellationToken::new();
-        common::kinesis::wait_for_stream(&kinesis, &stream, Duration::from_secs(30), &never)
-            .await
-            .expect("split");
+        kinesis_common::kinesis::wait_for_stream(
+            &kinesis,
+            &stream,
+            Duration::from_secs(30),
+            &never,
+        )
+        .await
+        .expect("split");
         for (i, m) in messages[3..].iter().enumerate() {
             testkit::put_record(&kinesis, &stream, &format!("after-split-{i}"), m.to_json()).await;
         }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 use chrono::{DateTime, Utc};
-use common::aws::{classify, ErrorKind};
-use common::backoff::Backoff;
-use common::kinesis::error_text;
+use kinesis_common::aws::{classify, ErrorKind};
+use kinesis_common::backoff::Backoff;
+use kinesis_common::kinesis::error_text;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use aws_sdk_kinesis::types::Record;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use common::kpl;
-use common::message::DataMessage;
+use kinesis_common::kpl;
+use kinesis_common::message::DataMessage;
 
 use crate::lease::table::ExtendedSequenceNumber;
 
@@ -31,7 +31,7 @@ use crate::lease::table::ExtendedSequenceNumber;
 /// repeated, so a batch costs memory in proportion to the records' own size.
 ///
 /// ```
-/// use consumer::lease::KinesisClientRecord;
+/// use kinesis_consumer::lease::KinesisClientRecord;
 ///
 /// # fn show(record: &KinesisClientRecord) {
 /// // Where the record is, for a checkpoint or a log line.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::Shard;
 use aws_sdk_kinesis::Client;
-use common::config::{ConsumerSettings, FanOutSettings};
+use kinesis_common::config::{ConsumerSettings, FanOutSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{ClosedShards, FanOutContext, FanoutReader, RegisterError};
@@ -44,19 +44,21 @@ impl RetrievalConfig {
     /// The retrieval the `consumer` service's variables choose.
     pub fn from_settings(settings: &ConsumerSettings) -> Self {
         match settings.retrieval {
-            common::config::Retrieval::Polling => RetrievalConfig::Polling {
+            kinesis_common::config::Retrieval::Polling => RetrievalConfig::Polling {
                 max_records: settings.max_records,
                 poll_interval: settings.poll_interval,
             },
-            common::config::Retrieval::FanOut => RetrievalConfig::FanOut(settings.fan_out.clone()),
+            kinesis_common::config::Retrieval::FanOut => {
+                RetrievalConfig::FanOut(settings.fan_out.clone())
+            }
         }
     }
 
     /// `polling` or `fanout`, as `CONSUMER_RETRIEVAL` writes it.
     pub fn name(&self) -> &'static str {
         match self {
-            RetrievalConfig::Polling { .. } => common::config::Retrieval::Polling.as_str(),
-            RetrievalConfig::FanOut(_) => common::config::Retrieval::FanOut.as_str(),
+            RetrievalConfig::Polling { .. } => kinesis_common::config::Retrieval::Polling.as_str(),
+            RetrievalConfig::FanOut(_) => kinesis_common::config::Retrieval::FanOut.as_str(),
         }
     }
 }
@@ -95,8 +97,8 @@ impl Retrieval {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Retrieval::Polling { .. } => common::config::Retrieval::Polling.as_str(),
-            Retrieval::FanOut(_) => common::config::Retrieval::FanOut.as_str(),
+            Retrieval::Polling { .. } => kinesis_common::config::Retrieval::Polling.as_str(),
+            Retrieval::FanOut(_) => kinesis_common::config::Retrieval::FanOut.as_str(),
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use serde_json::{json, Value};
 use testkit::{field, Kind, ServiceProcess};
 
@@ -75,7 +75,7 @@ async fn records_aggregated_by_the_official_library_are_read_one_by_one() {
         .collect();
     let aggregated = official("aggregate", &Value::from(input));
     let data = unb64(aggregated["data"].as_str().unwrap());
-    assert!(data.starts_with(&common::kpl::MAGIC));
+    assert!(data.starts_with(&kinesis_common::kpl::MAGIC));
     let put = testkit::put_record(
         &client,
         &stream,
@@ -365,10 +365,10 @@ async fn an_aggregate_with_keys_kinesis_would_refuse_is_a_malformed_record() {
     let stream = testkit::unique_name("agg-badkeys");
     testkit::create_stream(&client, &stream, 1).await;
     let inner: Vec<DataMessage> = (0..4).map(|_| DataMessage::new()).collect();
-    let mut long_key = common::kpl::Aggregator::new();
+    let mut long_key = kinesis_common::kpl::Aggregator::new();
     long_key.add(&"k".repeat(257), None, &inner[0].to_json());
     long_key.add("fine", None, &inner[1].to_json());
-    let mut bad_hash = common::kpl::Aggregator::new();
+    let mut bad_hash = kinesis_common::kpl::Aggregator::new();
     bad_hash.add("fine", Some("not-a-number"), &inner[2].to_json());
     bad_hash.add("fine", None, &inner[3].to_json());
     let bad = [
@@ -424,7 +424,7 @@ fn hostile_aggregate(key_len: usize, size: usize) -> (Vec<u8>, usize) {
         message.extend_from_slice(&member);
         members += 1;
     }
-    let mut record = common::kpl::MAGIC.to_vec();
+    let mut record = kinesis_common::kpl::MAGIC.to_vec();
     record.extend_from_slice(&message);
     record.extend_from_slice(&md5::Md5::digest(&message));
     (record, members)

@@ -11,8 +11,8 @@
 //! Short in CI. For a soak run:
 //!
 //! ```sh
-//! CHAOS_SECONDS=1800 CHAOS_SEED=42 cargo test -p consumer --test chaos chaos_with_polling -- --nocapture
-//! CHAOS_SECONDS=1800 cargo test -p consumer --test chaos chaos_with_fanout -- --nocapture
+//! CHAOS_SECONDS=1800 CHAOS_SEED=42 cargo test -p kinesis-consumer --test chaos chaos_with_polling -- --nocapture
+//! CHAOS_SECONDS=1800 cargo test -p kinesis-consumer --test chaos chaos_with_fanout -- --nocapture
 //! ```
 //!
 //! The seed is printed at the start and again when the run fails, so that a failing run can be
@@ -94,7 +94,8 @@ fn worker(setup: &Setup, n: usize) -> Worker {
 
 /// The open shards, with their hash key ranges, sorted by starting hash key.
 async fn open_shards(setup: &Setup) -> Vec<(String, u128, u128)> {
-    let Ok(shards) = common::kinesis::list_shards(&setup.kinesis, &setup.stream).await else {
+    let Ok(shards) = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream).await
+    else {
         return Vec::new();
     };
     let mut open: Vec<(String, u128, u128)> = shards

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use serde_json::Value;
 use support::*;
 use testkit::{field, FaultProxy, Kind, Rule, ServiceProcess};
@@ -236,7 +236,7 @@ async fn a_split_mid_run_loses_nothing_and_reads_the_parent_before_its_children(
     );
     let ended = reader.events("shard ended");
     assert_eq!(field(&ended, "shard_id"), vec![parent.clone()]);
-    let children = common::kinesis::list_shards(&client, &stream)
+    let children = kinesis_common::kinesis::list_shards(&client, &stream)
         .await
         .unwrap();
     for child in children
@@ -596,12 +596,12 @@ async fn leased_fanout_sigterm_hands_shards_over_with_no_duplicates_and_no_loss(
 async fn leased_fanout_resumes_inside_an_aggregate_from_its_checkpoint() {
     let _serial = SERIAL.lock().await;
     let setup = setup("efo-agg", 1).await;
-    let shards = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let shards = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap();
     let before = put_messages(&setup.kinesis, &setup.stream, 3).await;
     let messages: Vec<DataMessage> = (0..3).map(|_| DataMessage::new()).collect();
-    let mut aggregator = common::kpl::Aggregator::new();
+    let mut aggregator = kinesis_common::kpl::Aggregator::new();
     for m in &messages {
         aggregator.add(&m.id.to_string(), None, &m.to_json());
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use serde_json::Value;
 use testkit::{http_get, metric_value, Kind, ServiceProcess};
 
@@ -279,13 +279,13 @@ async fn the_consumer_page_charts_move_and_its_keyspace_shows_a_split_under_load
 
     // A split while records flow: the parent closes above its two children.
     let parent = "shardId-000000000000";
-    let shards = common::kinesis::list_shards(&kinesis, &stream)
+    let shards = kinesis_common::kinesis::list_shards(&kinesis, &stream)
         .await
         .expect("ListShards");
     let (start, end) = shards
         .iter()
         .find(|s| s.shard_id() == parent)
-        .and_then(common::kinesis::hash_range)
+        .and_then(kinesis_common::kinesis::hash_range)
         .expect("the parent's range");
     kinesis
         .split_shard()

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use serde_json::Value;
 use testkit::{field, Emulator, Kind, ServiceProcess};
 
@@ -672,10 +672,10 @@ async fn misplaced_members(client: &aws_sdk_kinesis::Client, stream: &str) -> us
     let ranges = testkit::shard_ranges(client, stream).await;
     let mut misplaced = 0;
     for (shard, record) in testkit::read_stream(client, stream).await {
-        let Some(aggregate) = common::kpl::deaggregate(record.data().as_ref()) else {
+        let Some(aggregate) = kinesis_common::kpl::deaggregate(record.data().as_ref()) else {
             continue;
         };
-        if common::kpl::is_misplaced(Some(ranges[&shard]), &aggregate) {
+        if kinesis_common::kpl::is_misplaced(Some(ranges[&shard]), &aggregate) {
             misplaced += aggregate.len();
         }
     }

@@ -1,11 +1,11 @@
 //! The lease protocol, model-checked: the production state machine of one lease
-//! (`consumer::lease::machine`) run by several worker processes against a model of the lease
+//! (`kinesis_consumer::lease::machine`) run by several worker processes against a model of the lease
 //! table (see `model/lease.rs` for what is modelled and the assumptions).
 //!
 //! These are bounded checks: every interleaving of up to `depth` steps (takes, steals, writes
 //! applied or refused, answers delivered or lost, timers, processing, faults) is explored, and
 //! every safety property must hold in every state reached. The deeper check, to the end of
-//! time with liveness, is `cargo run --release -p consumer --example lease_model`.
+//! time with liveness, is `cargo run --release -p kinesis-consumer --example lease_model`.
 
 #[path = "model/lease.rs"]
 mod model;

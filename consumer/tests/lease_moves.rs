@@ -227,7 +227,7 @@ async fn a_split_parents_lease_is_deleted_once_its_children_are_read_and_not_cre
     let _serial = SERIAL.lock().await;
     let kinesis = kinesis_mock();
     let setup = Setup::new("cleanup", 1, &kinesis).await;
-    let parent = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let parent = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap()[0]
         .shard_id()

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use support::*;
 use testkit::{field, FaultProxy, Kind, Rule, ServiceProcess};
 
@@ -325,7 +325,7 @@ async fn sigterm_hands_shards_over_with_no_duplicates_and_no_loss() {
 async fn split_and_merge_while_records_flow_read_parents_before_children() {
     let _serial = SERIAL.lock().await;
     let setup = setup("reshard", 1).await;
-    let parent = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let parent = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap()[0]
         .shard_id()
@@ -340,7 +340,7 @@ async fn split_and_merge_while_records_flow_read_parents_before_children() {
     })
     .await;
     assert!(parent_ended, "{}", worker.dump());
-    let shards = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let shards = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap();
     let children: Vec<String> = shards
@@ -375,7 +375,7 @@ async fn split_and_merge_while_records_flow_read_parents_before_children() {
     assert!(duplicates(&[&worker]).is_empty(), "{}", worker.dump());
 
     // Lineage from the stream itself, then the order of the worker's log.
-    let shards = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let shards = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap();
     let merged: Vec<&aws_sdk_kinesis::types::Shard> = shards
@@ -471,7 +471,7 @@ async fn split_and_merge_while_records_flow_read_parents_before_children() {
 async fn a_lease_table_written_by_the_java_kcl_is_taken_over_from_its_checkpoint() {
     let _serial = SERIAL.lock().await;
     let setup = setup("kcl", 2).await;
-    let shards = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let shards = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap();
     // Records on both shards: partition keys spread over the hash range.
@@ -658,11 +658,11 @@ async fn a_restarted_worker_resumes_from_the_checkpoint() {
 async fn a_checkpoint_at_the_first_user_record_of_an_aggregate_resumes_with_the_second() {
     let _serial = SERIAL.lock().await;
     let setup = setup("agg-first", 1).await;
-    let shards = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let shards = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap();
     let messages: Vec<DataMessage> = (0..3).map(|_| DataMessage::new()).collect();
-    let mut aggregator = common::kpl::Aggregator::new();
+    let mut aggregator = kinesis_common::kpl::Aggregator::new();
     for m in &messages {
         aggregator.add(&m.id.to_string(), None, &m.to_json());
     }
@@ -740,7 +740,7 @@ async fn a_latest_lease_that_changes_hands_before_its_first_checkpoint_loses_not
 async fn capped_workers_take_the_parent_before_its_children_after_a_split() {
     let _serial = SERIAL.lock().await;
     let setup = setup("cap-split", 1).await;
-    let parent = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let parent = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap()[0]
         .shard_id()
@@ -804,7 +804,7 @@ fn vars<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)>
 async fn a_holder_whose_lease_table_hangs_lets_go_within_the_failover_time() {
     let _serial = SERIAL.lock().await;
     let setup = setup("hang-holder", 1).await;
-    let shard = common::kinesis::list_shards(&setup.kinesis, &setup.stream)
+    let shard = kinesis_common::kinesis::list_shards(&setup.kinesis, &setup.stream)
         .await
         .unwrap()[0]
         .shard_id()

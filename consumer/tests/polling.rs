@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use testkit::{field, FaultProxy, Kind, Rule, ServiceProcess};
 
 fn consumer_bin() -> &'static Path {
@@ -149,7 +149,7 @@ async fn a_malformed_record_is_skipped_with_a_warning_and_later_records_still_ar
     let stream = testkit::unique_name("malformed");
     testkit::create_stream(&client, &stream, 1).await;
     let bad = testkit::put_record(&client, &stream, "k", b"this is not json".to_vec()).await;
-    let good_message = common::message::DataMessage::new();
+    let good_message = kinesis_common::message::DataMessage::new();
     testkit::put_record(&client, &stream, "k", good_message.to_json()).await;
 
     let reader = consumer(&emu.endpoint(), &stream);
@@ -176,7 +176,7 @@ async fn latest_skips_what_was_written_before_the_consumer_started() {
     let client = emu.kinesis();
     let stream = testkit::unique_name("latest");
     testkit::create_stream(&client, &stream, 1).await;
-    let old = common::message::DataMessage::new();
+    let old = kinesis_common::message::DataMessage::new();
     testkit::put_record(&client, &stream, "k", old.to_json()).await;
 
     let reader = ServiceProcess::spawn(
@@ -195,7 +195,7 @@ async fn latest_skips_what_was_written_before_the_consumer_started() {
     })
     .await;
     assert!(reading, "{}", reader.dump());
-    let new = common::message::DataMessage::new();
+    let new = kinesis_common::message::DataMessage::new();
     let new_id = new.id.to_string();
     let wrote = async {
         // Keep writing the same message until it shows up: LATEST starts wherever the iterator
@@ -327,18 +327,19 @@ async fn latest_does_not_read_shards_closed_before_the_start() {
         old.insert(m.id.to_string());
     }
     testkit::split_in_half(&client, &stream, &parent).await;
-    let children: Vec<(String, (u128, u128))> = common::kinesis::list_shards(&client, &stream)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|s| s.parent_shard_id() == Some(parent.as_str()))
-        .map(|s| {
-            (
-                s.shard_id().to_string(),
-                common::kinesis::hash_range(s).unwrap(),
-            )
-        })
-        .collect();
+    let children: Vec<(String, (u128, u128))> =
+        kinesis_common::kinesis::list_shards(&client, &stream)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.parent_shard_id() == Some(parent.as_str()))
+            .map(|s| {
+                (
+                    s.shard_id().to_string(),
+                    kinesis_common::kinesis::hash_range(s).unwrap(),
+                )
+            })
+            .collect();
     assert_eq!(children.len(), 2);
 
     let reader = ServiceProcess::spawn(

@@ -12,8 +12,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine as _;
-use common::config::InitialPosition;
-use consumer::lease::{
+use kinesis_common::config::InitialPosition;
+use kinesis_consumer::lease::{
     Checkpoint, Checkpointer, ExtendedSequenceNumber, FailurePolicy, InitializationInput,
     KinesisClientRecord, OnFailure, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory,
     RetrievalConfig, Worker, WorkerConfig,
@@ -213,7 +213,7 @@ impl App {
             table_wait_timeout: Duration::from_secs(30),
             failure,
             handoff_timeout: Duration::from_secs(30),
-            cleanup: common::config::LeaseCleanupSettings {
+            cleanup: kinesis_common::config::LeaseCleanupSettings {
                 interval: Duration::from_secs(60),
                 completed_interval: Duration::from_secs(300),
                 garbage_interval: Duration::from_secs(1800),
@@ -332,7 +332,7 @@ fn n_attr(item: &std::collections::HashMap<String, AttributeValue>, name: &str) 
 #[tokio::test]
 async fn a_processor_gets_the_user_records_of_aggregates_and_resumes_inside_one() {
     let app = App::new("proc-users").await;
-    let mut agg = common::kpl::Aggregator::new();
+    let mut agg = kinesis_common::kpl::Aggregator::new();
     for i in 0..5 {
         let ehk = (i == 3).then_some("170141183460469231731687303715884105728");
         agg.add(&format!("k{i}"), ehk, format!("member-{i}").as_bytes());
@@ -813,7 +813,7 @@ async fn the_custom_processor_example_reads_and_checkpoints() {
     let (logs, _guard) = testkit::LogCapture::start();
     let app = App::new("proc-example").await;
     let messages: Vec<String> = (0..5)
-        .map(|_| String::from_utf8(common::message::DataMessage::new().to_json()).unwrap())
+        .map(|_| String::from_utf8(kinesis_common::message::DataMessage::new().to_json()).unwrap())
         .collect();
     let refs: Vec<&str> = messages.iter().map(String::as_str).collect();
     app.put_all(&app.stream, &refs).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use tokio::task::JoinSet;
 
 fn number(name: &str, default: usize) -> usize {
@@ -58,8 +58,9 @@ async fn main() -> anyhow::Result<()> {
     let stream = std::env::var("STREAM_NAME")?;
     let count = number("COUNT", 100_000);
     let concurrency = number("CONCURRENCY", 8);
-    let sdk = common::aws::load().await?;
-    let client = common::aws::kinesis(&sdk, &common::config::AwsTimeouts::default());
+    let sdk = kinesis_common::aws::load().await?;
+    let client =
+        kinesis_common::aws::kinesis(&sdk, &kinesis_common::config::AwsTimeouts::default());
 
     let started = Instant::now();
     let mut calls = JoinSet::new();

@@ -7,7 +7,7 @@
 //! bounded ([`ProducerConfig::max_buffered_records`], [`ProducerConfig::max_buffered_bytes`]):
 //! handing over waits while the buffer is full.
 //!
-//! [`service`] is the service (`cargo run -p producer`, variables in the README): every
+//! [`service`] is the service (`cargo run -p kinesis-producer`, variables in the README): every
 //! message it logs as `record sent` carries the shard id and sequence number Kinesis returned
 //! for it; a message that could not be sent is logged as `record not sent` with the reason.
 

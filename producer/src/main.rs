@@ -10,7 +10,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use common::config::ProducerSettings;
+use kinesis_common::config::ProducerSettings;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -22,21 +22,21 @@ async fn main() -> std::process::ExitCode {
         }
     };
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return common::http::healthcheck_main("producer", settings.shared.http_addr);
+        return kinesis_common::http::healthcheck_main("producer", settings.shared.http_addr);
     }
     // The producer's page keeps its own list of records not sent.
-    let _recent = common::telemetry::init(settings.shared.log_format);
-    let cancel = common::shutdown::on_signal();
+    let _recent = kinesis_common::telemetry::init(settings.shared.log_format);
+    let cancel = kinesis_common::shutdown::on_signal();
     let result = async {
-        let sdk = common::aws::load().await?;
-        let client = common::aws::kinesis(&sdk, &settings.shared.timeouts);
-        producer::service::run(settings, client, cancel).await
+        let sdk = kinesis_common::aws::load().await?;
+        let client = kinesis_common::aws::kinesis(&sdk, &settings.shared.timeouts);
+        kinesis_producer::service::run(settings, client, cancel).await
     }
     .await;
     match result {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            common::telemetry::log_error_chain("producer failed", &err);
+            kinesis_common::telemetry::log_error_chain("producer failed", &err);
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,6 +1,6 @@
 //! The producer's Prometheus metrics, named after the KPL's CloudWatch metrics they stand for
 //! (in brackets). Every series carries the `stream` label; nothing else is unbounded:
-//! `error_code` takes the AWS error codes [`common::aws::ErrorKind`] knows, or the kind of
+//! `error_code` takes the AWS error codes [`kinesis_common::aws::ErrorKind`] knows, or the kind of
 //! failure (`Expired`, `Rejected`, `Invalid`).
 //!
 //! - `kinesis_producer_user_records_put_total` (UserRecordsPut): user records acknowledged.
@@ -149,7 +149,11 @@ impl ProducerMetrics {
         // codes one can end in.
         for code in ["Invalid", "Stopped", "Rejected", "Expired"]
             .into_iter()
-            .chain(common::aws::KNOWN_ERROR_CODES.iter().map(|(code, _)| *code))
+            .chain(
+                kinesis_common::aws::KNOWN_ERROR_CODES
+                    .iter()
+                    .map(|(code, _)| *code),
+            )
         {
             metrics.failed(code, 0);
         }

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use common::config::ProducerSettings;
-use common::http::Probe;
-use common::message::DataMessage;
+use kinesis_common::config::ProducerSettings;
+use kinesis_common::http::Probe;
+use kinesis_common::message::DataMessage;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -72,7 +72,7 @@ pub async fn run(
     let status = ProducerStatus::new(&stream, metrics.clone(), probe.clone());
     // The server outlives the main loop's cancellation: it answers during the final flush.
     let routes = crate::status::routes(status.clone());
-    common::http::run_with_server(
+    kinesis_common::http::run_with_server(
         settings.shared.http_addr,
         probe.clone(),
         registry,
@@ -93,7 +93,7 @@ async fn run_service(
 ) -> anyhow::Result<RunSummary> {
     let stream = settings.shared.stream_name.clone();
     probe.set_not_ready(format!("waiting for stream {stream} to become ACTIVE"));
-    common::kinesis::wait_for_stream(
+    kinesis_common::kinesis::wait_for_stream(
         &client,
         &stream,
         settings.shared.stream_wait_timeout,
@@ -101,7 +101,7 @@ async fn run_service(
     )
     .await
     .or_else(|e| match e {
-        common::kinesis::StreamWaitError::Cancelled(_) => Ok(()),
+        kinesis_common::kinesis::StreamWaitError::Cancelled(_) => Ok(()),
         other => Err(other),
     })?;
     if cancel.is_cancelled() {

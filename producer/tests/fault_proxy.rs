@@ -1,13 +1,13 @@
 //! The test kit's fault-injecting proxy, checked with the AWS SDK against a real kinesis-mock:
 //! each fault reaches the SDK the way the real failure would, and the error classification the
-//! services branch on (`common::aws::classify`) reads it correctly.
+//! services branch on (`kinesis_common::aws::classify`) reads it correctly.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use common::aws::{classify, ErrorKind};
-use common::config::AwsTimeouts;
+use kinesis_common::aws::{classify, ErrorKind};
+use kinesis_common::config::AwsTimeouts;
 use testkit::{FaultProxy, Kind, Rule};
 
 /// A client through the proxy without SDK retries, so each call is one request.
@@ -19,7 +19,7 @@ fn client(proxy: &FaultProxy, attempt_timeout: Duration) -> aws_sdk_kinesis::Cli
         .endpoint_url(proxy.endpoint())
         .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::standard().with_max_attempts(1))
         .build();
-    common::aws::kinesis(
+    kinesis_common::aws::kinesis(
         &sdk,
         &AwsTimeouts {
             kinesis_attempt: attempt_timeout,

@@ -169,12 +169,12 @@ async fn the_status_page_shows_the_hot_shard_its_key_and_its_throttles_live_in_a
     let stream = testkit::unique_name("producer-page");
     testkit::create_stream(&emu.kinesis(), &stream, 2).await;
     // The shard "hot-key" hashes to, and the other one.
-    let shards = common::kinesis::list_shards(&emu.kinesis(), &stream)
+    let shards = kinesis_common::kinesis::list_shards(&emu.kinesis(), &stream)
         .await
         .expect("list shards");
-    let hash = common::kpl::effective_hash_key("hot-key", None);
+    let hash = kinesis_common::kpl::effective_hash_key("hot-key", None);
     let (hot, cold): (Vec<_>, Vec<_>) = shards.iter().partition(|s| {
-        common::kinesis::hash_range(s).is_some_and(|(a, b)| (a..=b).contains(&hash))
+        kinesis_common::kinesis::hash_range(s).is_some_and(|(a, b)| (a..=b).contains(&hash))
     });
     let (hot, cold) = (
         hot[0].shard_id().to_string(),

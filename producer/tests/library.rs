@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use producer::{Producer, ProducerConfig, ProducerRecord, SendError};
+use kinesis_producer::{Producer, ProducerConfig, ProducerRecord, SendError};
 use testkit::Kind;
 
 /// Explicit hash keys Kinesis refuses: empty, not a number, a leading zero, 2^128.

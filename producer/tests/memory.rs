@@ -2,13 +2,13 @@
 //! the fault proxy failing 97 % of the `PutRecords` entries (a stream that accepts slowly): a
 //! check that the byte bound holds for small records, and a measurement (ignored by plain
 //! `cargo test`) with the service's own messages and with 8 KB ones (`PRODUCER_SOURCE`): run
-//! `cargo test --release -p producer --test memory -- --ignored --nocapture`, which prints
+//! `cargo test --release -p kinesis-producer --test memory -- --ignored --nocapture`, which prints
 //! one line per configuration (README, "The producer", bounded memory).
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use testkit::{FaultProxy, Kind, Rule, ServiceProcess};
 
 /// A `/proc/<pid>/status` figure, in kB.

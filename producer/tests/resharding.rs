@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::kpl;
-use common::message::DataMessage;
+use kinesis_common::kpl;
+use kinesis_common::message::DataMessage;
 use testkit::{Kind, ServiceProcess};
 
 fn producer_bin() -> &'static Path {

@@ -443,7 +443,7 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         .await
         .expect("CreateStream");
     let never = tokio_util::sync::CancellationToken::new();
-    common::kinesis::wait_for_stream(client, name, Duration::from_secs(30), &never)
+    kinesis_common::kinesis::wait_for_stream(client, name, Duration::from_secs(30), &never)
         .await
         .expect("stream becomes ACTIVE");
 }
@@ -468,7 +468,7 @@ pub async fn put_record(
 /// Creates a one-shard stream and returns the id of its shard.
 pub async fn create_single_shard_stream(client: &aws_sdk_kinesis::Client, name: &str) -> String {
     create_stream(client, name, 1).await;
-    common::kinesis::list_shards(client, name)
+    kinesis_common::kinesis::list_shards(client, name)
         .await
         .expect("ListShards")[0]
         .shard_id()
@@ -480,12 +480,12 @@ pub async fn shard_ranges(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
 ) -> HashMap<String, (u128, u128)> {
-    common::kinesis::list_shards(client, stream)
+    kinesis_common::kinesis::list_shards(client, stream)
         .await
         .expect("ListShards")
         .iter()
         .map(|s| {
-            let range = common::kinesis::hash_range(s).expect("hash range");
+            let range = kinesis_common::kinesis::hash_range(s).expect("hash range");
             (s.shard_id().to_string(), range)
         })
         .collect()
@@ -507,15 +507,15 @@ pub async fn split_in_half(client: &aws_sdk_kinesis::Client, stream: &str, shard
 /// each time waiting until the stream is `ACTIVE` again (a stream being resharded takes no
 /// other split).
 pub async fn split_open_shards(client: &aws_sdk_kinesis::Client, stream: &str, count: usize) {
-    let open: Vec<_> = common::kinesis::list_shards(client, stream)
+    let open: Vec<_> = kinesis_common::kinesis::list_shards(client, stream)
         .await
         .expect("ListShards")
         .into_iter()
-        .filter(common::kinesis::is_open)
+        .filter(kinesis_common::kinesis::is_open)
         .take(count)
         .collect();
     for shard in open {
-        let (start, end) = common::kinesis::hash_range(&shard).expect("hash range");
+        let (start, end) = kinesis_common::kinesis::hash_range(&shard).expect("hash range");
         client
             .split_shard()
             .stream_name(stream)
@@ -525,7 +525,7 @@ pub async fn split_open_shards(client: &aws_sdk_kinesis::Client, stream: &str, c
             .await
             .expect("SplitShard");
         let never = tokio_util::sync::CancellationToken::new();
-        common::kinesis::wait_for_stream(client, stream, Duration::from_secs(30), &never)
+        kinesis_common::kinesis::wait_for_stream(client, stream, Duration::from_secs(30), &never)
             .await
             .expect("ACTIVE again after the split");
     }
@@ -805,7 +805,7 @@ pub async fn stored_messages(
     let mut stored: std::collections::HashMap<String, Vec<(String, String)>> =
         std::collections::HashMap::new();
     for (shard, r) in read_stream(client, stream).await {
-        let m = common::message::DataMessage::from_json(r.data().as_ref())
+        let m = kinesis_common::message::DataMessage::from_json(r.data().as_ref())
             .expect("the stream holds DataMessages");
         stored
             .entry(m.id.to_string())
@@ -837,7 +837,7 @@ pub async fn read_stream(
     stream: &str,
 ) -> Vec<(String, aws_sdk_kinesis::types::Record)> {
     let mut found = Vec::new();
-    for shard in common::kinesis::list_shards(client, stream)
+    for shard in kinesis_common::kinesis::list_shards(client, stream)
         .await
         .expect("ListShards")
     {

@@ -18,10 +18,10 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine as _;
 use chrono::Utc;
-use common::aws::classify;
-use common::backoff::Backoff;
-pub use common::config::{FailurePolicy, OnFailure};
-use common::kinesis::{error_text, is_retryable_code, put_entries, PutEntry};
+use kinesis_common::aws::classify;
+use kinesis_common::backoff::Backoff;
+pub use kinesis_common::config::{FailurePolicy, OnFailure};
+use kinesis_common::kinesis::{error_text, is_retryable_code, put_entries, PutEntry};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 

@@ -58,7 +58,7 @@ pub use worker::{Worker, WorkerConfig};
 
 pub use crate::retrieval::RetrievalConfig;
 
-use common::config::ConsumerSettings;
+use kinesis_common::config::ConsumerSettings;
 use tokio_util::sync::CancellationToken;
 
 /// This worker's id: `CONSUMER_WORKER_ID`, or [`default_worker_id`].

@@ -62,7 +62,7 @@ pub struct ProcessRecordsInput<'a> {
 /// for the order of calls.
 ///
 /// ```no_run
-/// use consumer::lease::{
+/// use kinesis_consumer::lease::{
 ///     Checkpointer, InitializationInput, ProcessRecordsInput, RecordProcessor,
 ///     RecordProcessorFactory,
 /// };
@@ -218,8 +218,8 @@ struct Progress {
 ///
 /// ```no_run
 /// # async fn example(
-/// #     checkpointer: &consumer::lease::Checkpointer,
-/// #     records: &[consumer::lease::KinesisClientRecord],
+/// #     checkpointer: &kinesis_consumer::lease::Checkpointer,
+/// #     records: &[kinesis_consumer::lease::KinesisClientRecord],
 /// # ) -> anyhow::Result<()> {
 /// // After the last record delivered:
 /// checkpointer.checkpoint().await?;

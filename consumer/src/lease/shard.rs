@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::backoff::Backoff;
-use common::config::InitialPosition;
+use kinesis_common::backoff::Backoff;
+use kinesis_common::config::InitialPosition;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -419,7 +419,7 @@ mod tests {
     }
 
     fn aggregate(members: usize) -> Vec<u8> {
-        let mut agg = common::kpl::Aggregator::new();
+        let mut agg = kinesis_common::kpl::Aggregator::new();
         for i in 0..members {
             agg.add(&format!("k{i}"), None, b"x");
         }

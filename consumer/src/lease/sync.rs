@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use common::config::InitialPosition;
+use kinesis_common::config::InitialPosition;
 
 use super::table::{Checkpoint, Lease};
 
@@ -41,7 +41,7 @@ impl ShardInfo {
                 .flatten()
                 .map(str::to_string)
                 .collect(),
-            open: common::kinesis::is_open(shard),
+            open: kinesis_common::kinesis::is_open(shard),
             hash_key_range: shard.hash_key_range().map(|r| {
                 (
                     r.starting_hash_key().to_string(),

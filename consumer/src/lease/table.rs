@@ -21,8 +21,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use common::aws::{classify, ErrorKind};
-use common::kinesis::error_text;
+use kinesis_common::aws::{classify, ErrorKind};
+use kinesis_common::kinesis::error_text;
 use tokio_util::sync::CancellationToken;
 
 pub use super::item::*;

@@ -36,10 +36,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::backoff::Backoff;
-use common::config::{ConsumerSettings, InitialPosition, LeaseCleanupSettings};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
+use kinesis_common::backoff::Backoff;
+use kinesis_common::config::{ConsumerSettings, InitialPosition, LeaseCleanupSettings};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::Notify;
@@ -184,14 +184,14 @@ struct Observation {
 /// ```no_run
 /// use std::time::Duration;
 ///
-/// use common::config::ConsumerSettings;
-/// use consumer::lease::{FailurePolicy, LoggingProcessorFactory, OnFailure, Worker, WorkerConfig};
+/// use kinesis_common::config::ConsumerSettings;
+/// use kinesis_consumer::lease::{FailurePolicy, LoggingProcessorFactory, OnFailure, Worker, WorkerConfig};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # async fn run() -> anyhow::Result<()> {
 /// let settings = ConsumerSettings::from_env()?;
-/// let sdk = common::aws::load().await?;
-/// let mut config = WorkerConfig::from_settings(&settings, consumer::lease::worker_id(&settings));
+/// let sdk = kinesis_common::aws::load().await?;
+/// let mut config = WorkerConfig::from_settings(&settings, kinesis_consumer::lease::worker_id(&settings));
 /// // Give a record up after 3 retries, isolating it first; keep it on a failure stream.
 /// config.failure = FailurePolicy {
 ///     retry_attempts: Some(3),
@@ -199,8 +199,8 @@ struct Observation {
 ///     on_failure: OnFailure::Stream("orders-failed".into()),
 ///     ..FailurePolicy::default()
 /// };
-/// let kinesis = common::aws::kinesis(&sdk, &settings.shared.timeouts);
-/// let dynamodb = common::aws::dynamodb(&sdk, &settings.shared.timeouts);
+/// let kinesis = kinesis_common::aws::kinesis(&sdk, &settings.shared.timeouts);
+/// let dynamodb = kinesis_common::aws::dynamodb(&sdk, &settings.shared.timeouts);
 /// let stop = CancellationToken::new();
 /// Worker::new(config, kinesis, dynamodb, LoggingProcessorFactory)
 ///     .run(stop)
@@ -426,11 +426,13 @@ async fn check_failure_stream(
         .await
     {
         Ok(_) => Ok(()),
-        Err(err) if common::aws::classify(&err) == common::aws::ErrorKind::NotFound => {
+        Err(err)
+            if kinesis_common::aws::classify(&err) == kinesis_common::aws::ErrorKind::NotFound =>
+        {
             anyhow::bail!("CONSUMER_ON_FAILURE names stream {name:?}, which does not exist")
         }
         Err(err) => {
-            tracing::warn!(failure_stream = %name, error = %common::kinesis::error_text(&err), "cannot check the failure stream; going on");
+            tracing::warn!(failure_stream = %name, error = %kinesis_common::kinesis::error_text(&err), "cannot check the failure stream; going on");
             Ok(())
         }
     }
@@ -950,7 +952,9 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
 
     /// Creates leases for shards that have none.
     async fn sync_shards(&mut self) {
-        let shards = match common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
+        let shards = match kinesis_common::kinesis::list_shards(&self.kinesis, &self.config.stream)
+            .await
+        {
             Ok(shards) => {
                 self.ctx.retrieval.note_listing(&shards);
                 shards
@@ -1043,7 +1047,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let listed: Option<HashSet<String>> = if garbage_due {
             self.next_garbage_cleanup = now + self.config.cleanup.garbage_interval;
             // Listed after the scan: every lease scanned was created from an older listing.
-            match common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
+            match kinesis_common::kinesis::list_shards(&self.kinesis, &self.config.stream).await {
                 Ok(shards) => Some(shards.iter().map(|s| s.shard_id().to_string()).collect()),
                 Err(err) => {
                     tracing::warn!(error = %format!("{err:#}"), "lease cleanup: ListShards failed, no lease of a vanished shard is deleted this time");

@@ -17,7 +17,7 @@ mod child;
 mod properties;
 mod protocol;
 
-use common::telemetry::RecentEvents;
+use kinesis_common::telemetry::RecentEvents;
 use tokio_util::sync::CancellationToken;
 
 pub use child::{ChildConfig, ChildProcessorFactory};
@@ -32,10 +32,12 @@ pub async fn run(
     for (key, instead) in &settings.unimplemented {
         tracing::warn!(key = %key, instead = %instead, "property not implemented");
     }
-    let sdk = common::aws::load_in_region(settings.region.clone()).await?;
+    let sdk = kinesis_common::aws::load_in_region(settings.region.clone()).await?;
     let timeouts = &settings.consumer.shared.timeouts;
-    let kinesis = common::aws::kinesis_at(&sdk, timeouts, settings.kinesis_endpoint.as_deref());
-    let dynamodb = common::aws::dynamodb_at(&sdk, timeouts, settings.dynamodb_endpoint.as_deref());
+    let kinesis =
+        kinesis_common::aws::kinesis_at(&sdk, timeouts, settings.kinesis_endpoint.as_deref());
+    let dynamodb =
+        kinesis_common::aws::dynamodb_at(&sdk, timeouts, settings.dynamodb_endpoint.as_deref());
     tracing::info!(
         command = %settings.command.join(" "),
         timeout_seconds = settings.timeout.map(|t| t.as_secs()),

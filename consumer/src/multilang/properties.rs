@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::config::{ConfigError, ConsumerSettings, RawConfig};
+use kinesis_common::config::{ConfigError, ConsumerSettings, RawConfig};
 
 /// What `consumer multilang FILE` runs with.
 #[derive(Debug, Clone)]
@@ -372,8 +372,14 @@ regionName = us-east-1
         assert_eq!(s.command, vec!["sample_kclpy_app.py"]);
         assert_eq!(s.consumer.shared.stream_name, "kclpysample");
         assert_eq!(s.consumer.lease.application_name, "PythonKCLSample");
-        assert_eq!(s.consumer.mode, common::config::ConsumerMode::Leased);
-        assert_eq!(s.consumer.retrieval, common::config::Retrieval::FanOut);
+        assert_eq!(
+            s.consumer.mode,
+            kinesis_common::config::ConsumerMode::Leased
+        );
+        assert_eq!(
+            s.consumer.retrieval,
+            kinesis_common::config::Retrieval::FanOut
+        );
         assert_eq!(s.region.as_deref(), Some("us-east-1"));
         assert!(s.unimplemented.is_empty(), "{:?}", s.unimplemented);
         assert!(!s.empty_batches);
@@ -408,12 +414,15 @@ dynamoDBEndpoint = http://localhost:4567
         );
         assert_eq!(
             s.consumer.initial_position,
-            common::config::InitialPosition::AtTimestamp(
+            kinesis_common::config::InitialPosition::AtTimestamp(
                 chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()
             )
         );
         // Polling keys set, no retrievalMode: polling, as the Java daemon decides.
-        assert_eq!(s.consumer.retrieval, common::config::Retrieval::Polling);
+        assert_eq!(
+            s.consumer.retrieval,
+            kinesis_common::config::Retrieval::Polling
+        );
         assert_eq!(s.timeout, Some(Duration::from_secs(30)));
         assert!(s.empty_batches);
         assert_eq!(s.kinesis_endpoint.as_deref(), Some("http://localhost:4566"));
@@ -423,7 +432,10 @@ dynamoDBEndpoint = http://localhost:4567
         );
         let fanout = format!("{text}retrievalMode = fanout\n");
         let s = from_properties(&props(&fanout), env()).unwrap();
-        assert_eq!(s.consumer.retrieval, common::config::Retrieval::FanOut);
+        assert_eq!(
+            s.consumer.retrieval,
+            kinesis_common::config::Retrieval::FanOut
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@
 
 use std::time::Duration;
 
-use consumer::lease::machine::{
+use kinesis_consumer::lease::machine::{
     take_rule, Action, Event, LeaseMachine, Op, Ownership, State, TaskEnd, Timing,
 };
 use stateright::{Model, Property};

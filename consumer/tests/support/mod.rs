@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::message::DataMessage;
+use kinesis_common::message::DataMessage;
 use serde_json::Value;
 use testkit::{field, Emulator, ServiceProcess};
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::kpl::Aggregator;
+use kinesis_common::kpl::Aggregator;
 use tokio::time::Instant;
 
 use super::entry::{Entry, Pending};
@@ -175,11 +175,11 @@ mod tests {
         assert_eq!(entry.partition_key, "a");
         assert_eq!(
             entry.explicit_hash_key,
-            Some(common::kpl::hash_key("a").to_string())
+            Some(kinesis_common::kpl::hash_key("a").to_string())
         );
         assert_eq!(entry.predicted_shard.as_deref(), Some("s"));
         assert_eq!(entry.deadline, now + Duration::from_secs(5));
-        let decoded = common::kpl::deaggregate(&entry.data).expect("an aggregate");
+        let decoded = kinesis_common::kpl::deaggregate(&entry.data).expect("an aggregate");
         let keys: Vec<&str> = decoded.iter().map(|m| m.partition_key).collect();
         assert_eq!(keys, ["a", "b"]);
         // The members' data is now the aggregate's: held once, not twice.

@@ -95,7 +95,7 @@ impl ProducerConfig {
         };
         let ms = |d: Duration| format!("{} ms", d.as_millis());
         check(
-            common::kinesis::is_valid_stream_name(&self.stream_name),
+            kinesis_common::kinesis::is_valid_stream_name(&self.stream_name),
             "stream_name",
             format!("{:?}", self.stream_name),
             "1-128 characters of a-z, A-Z, 0-9, _ . -",

@@ -45,7 +45,7 @@ impl Drop for BufferedGuard {
 impl Pending {
     /// The hash key the record routes by.
     pub(super) fn hash_key(&self) -> u128 {
-        common::kpl::effective_hash_key(
+        kinesis_common::kpl::effective_hash_key(
             &self.record.partition_key,
             self.record.explicit_hash_key.as_deref(),
         )

@@ -37,7 +37,7 @@ impl Future for Receipt {
 /// ```no_run
 /// use std::time::Duration;
 ///
-/// use producer::{Producer, ProducerConfig, ProducerRecord};
+/// use kinesis_producer::{Producer, ProducerConfig, ProducerRecord};
 ///
 /// # async fn example() -> anyhow::Result<()> {
 /// let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

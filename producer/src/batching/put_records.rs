@@ -6,7 +6,7 @@ use std::sync::Arc;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
-use common::kinesis::{error_text, is_retryable, is_retryable_code};
+use kinesis_common::kinesis::{error_text, is_retryable, is_retryable_code};
 use tokio::time::Instant;
 
 use super::entry::Entry;
@@ -201,7 +201,7 @@ pub(super) async fn put_records(
             let text = error_text(&err);
             tracing::warn!(stream = %stream, records = batch.len(), error = %text, "PutRecords failed, will retry");
             let text: Arc<str> = text.into();
-            let throttled = common::kinesis::error_code(&err) == Some(THROTTLED);
+            let throttled = kinesis_common::kinesis::error_code(&err) == Some(THROTTLED);
             let mut tally = metrics.and_then(|m| m.shards.tally());
             for mut e in batch {
                 if let Some(t) = &mut tally {

@@ -85,11 +85,11 @@ pub enum SendError {
 
 impl SendError {
     /// A short, bounded code for metrics: the AWS error code behind the failure when it is one
-    /// [`common::aws::ErrorKind`] knows, else the kind of failure.
+    /// [`kinesis_common::aws::ErrorKind`] knows, else the kind of failure.
     pub fn code(&self) -> &str {
         let known = |text: &str| {
             let code = text.split(':').next().unwrap_or_default().trim();
-            common::aws::ErrorKind::from_code(code).map(|_| code.len())
+            kinesis_common::aws::ErrorKind::from_code(code).map(|_| code.len())
         };
         match self {
             SendError::Invalid(_) => "Invalid",
@@ -108,14 +108,14 @@ pub(super) fn validate(
     record: &ProducerRecord,
     max_buffered_bytes: usize,
 ) -> Result<(), SendError> {
-    if !common::kpl::is_valid_partition_key(&record.partition_key) {
+    if !kinesis_common::kpl::is_valid_partition_key(&record.partition_key) {
         return Err(SendError::Invalid(format!(
             "partition key must have 1 to 256 characters, has {}",
             record.partition_key.chars().count()
         )));
     }
     if let Some(key) = &record.explicit_hash_key {
-        if !common::kpl::is_valid_explicit_hash_key(key) {
+        if !kinesis_common::kpl::is_valid_explicit_hash_key(key) {
             return Err(SendError::Invalid(format!(
                 "explicit hash key {key:?} is not a decimal number from 0 to 2^128 - 1 without \
                  leading zeros"

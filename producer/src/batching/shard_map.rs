@@ -10,7 +10,7 @@ use super::record::ProducerRecord;
 
 /// Lists the stream's shards into a map; `None` (with a warning) when the listing failed.
 pub(super) async fn list(client: &Client, stream: &str) -> Option<ShardMap> {
-    match common::kinesis::list_shards(client, stream).await {
+    match kinesis_common::kinesis::list_shards(client, stream).await {
         Ok(shards) => Some(ShardMap::from_shards(&shards)),
         Err(err) => {
             tracing::warn!(error = %format!("{err:#}"), "shard map refresh failed; until it works records go out unaggregated and not rate limited");
@@ -34,11 +34,16 @@ impl ShardMap {
     pub fn from_shards(shards: &[aws_sdk_kinesis::types::Shard]) -> Self {
         let listed: HashMap<String, (u128, u128)> = shards
             .iter()
-            .filter_map(|s| Some((s.shard_id().to_string(), common::kinesis::hash_range(s)?)))
+            .filter_map(|s| {
+                Some((
+                    s.shard_id().to_string(),
+                    kinesis_common::kinesis::hash_range(s)?,
+                ))
+            })
             .collect();
         let mut ranges: Vec<(u128, u128, Arc<str>)> = shards
             .iter()
-            .filter(|s| common::kinesis::is_open(s))
+            .filter(|s| kinesis_common::kinesis::is_open(s))
             .filter_map(|s| {
                 let (start, end) = listed.get(s.shard_id())?;
                 Some((*start, *end, s.shard_id().into()))
@@ -73,7 +78,7 @@ impl ShardMap {
     /// The open shard `record` lands on.
     #[cfg(test)]
     fn shard_for(&self, record: &ProducerRecord) -> Option<&str> {
-        self.shard_for_hash(common::kpl::effective_hash_key(
+        self.shard_for_hash(kinesis_common::kpl::effective_hash_key(
             &record.partition_key,
             record.explicit_hash_key.as_deref(),
         ))
@@ -81,7 +86,7 @@ impl ShardMap {
 
     /// [`ShardMap::shard_for`], as the map's own shared id (for the records that carry it).
     pub(super) fn shared_shard_for(&self, record: &ProducerRecord) -> Option<Arc<str>> {
-        let hash = common::kpl::effective_hash_key(
+        let hash = kinesis_common::kpl::effective_hash_key(
             &record.partition_key,
             record.explicit_hash_key.as_deref(),
         );
