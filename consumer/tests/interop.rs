@@ -1410,36 +1410,6 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
     stop_java(&mut java4);
 }
 
-/// Creates a table with one string hash key, as a KCL 3.0-3.4 application created its
-/// `-CoordinatorState` (`key`) and `-WorkerMetricStats` (`wid`) tables.
-async fn create_legacy_table(name: &str, key: &str) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    dynamo()
-        .dynamodb()
-        .create_table()
-        .table_name(name)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("CreateTable");
-}
-
 /// `interop.WorkerMetricsCheck`: what the KCL's own classes make of the application's
 /// worker-metrics items (one event per item).
 fn java_worker_metrics(app: &str, layout: &str, interval_ms: &str) -> Vec<Value> {
@@ -1477,8 +1447,18 @@ async fn a_java_kcl_leader_counts_our_workers_metrics_as_valid_and_fresh_in_both
     for (layout, cpu) in [("lease-table", "auto"), ("legacy-table", "none")] {
         let app = testkit::unique_name("metrics-app");
         if layout == "legacy-table" {
-            create_legacy_table(&format!("{app}-CoordinatorState"), "key").await;
-            create_legacy_table(&format!("{app}-WorkerMetricStats"), "wid").await;
+            testkit::create_hash_key_table(
+                &dynamo().dynamodb(),
+                &format!("{app}-CoordinatorState"),
+                "key",
+            )
+            .await;
+            testkit::create_hash_key_table(
+                &dynamo().dynamodb(),
+                &format!("{app}-WorkerMetricStats"),
+                "wid",
+            )
+            .await;
         }
         let worker = format!("rust-{layout}");
         let mut env = testkit::service_env_with_dynamo(

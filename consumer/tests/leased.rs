@@ -27,31 +27,8 @@ impl Setup {
     /// Creates the lease table the way a Java KCL application does (hash key `leaseKey`,
     /// on-demand) and waits until it is ACTIVE.
     async fn create_kcl_table(&self) {
-        use aws_sdk_dynamodb::types::{
-            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-            TableStatus,
-        };
-        self.dynamo
-            .create_table()
-            .table_name(&self.app)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("leaseKey")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("leaseKey")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("CreateTable");
+        use aws_sdk_dynamodb::types::TableStatus;
+        testkit::create_hash_key_table(&self.dynamo, &self.app, "leaseKey").await;
         let active = until(Duration::from_secs(30), || async {
             self.dynamo
                 .describe_table()

@@ -68,34 +68,6 @@ fn status(addr: &str) -> Value {
     serde_json::from_str(&body).expect("status JSON")
 }
 
-async fn create_table(setup: &Setup, name: &str, key: &str) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    setup
-        .dynamo
-        .create_table()
-        .table_name(name)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("CreateTable");
-}
-
 /// Two workers of a new application: each publishes a valid, fresh item into the lease table,
 /// with the CPU this machine reads, rewritten every interval; the leases of the shards that
 /// deliver records get a `throughputKBps` above 0; one worker's `/status` shows both workers'
@@ -238,8 +210,8 @@ async fn a_kcl_3_4_application_gets_the_item_in_its_worker_metrics_table_until_m
     let setup = setup("wm-legacy", 1).await;
     let coordinator = format!("{}-CoordinatorState", setup.app);
     let legacy = format!("{}-WorkerMetricStats", setup.app);
-    create_table(&setup, &coordinator, "key").await;
-    create_table(&setup, &legacy, "wid").await;
+    testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
+    testkit::create_hash_key_table(&setup.dynamo, &legacy, "wid").await;
 
     let extra = [
         ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),

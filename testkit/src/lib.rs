@@ -448,6 +448,35 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
         .expect("stream becomes ACTIVE");
 }
 
+/// Creates an on-demand DynamoDB table whose hash key `key` is a string, as the Java KCL creates
+/// its tables (lease table, `-CoordinatorState`, `-WorkerMetricStats`); it does not wait.
+pub async fn create_hash_key_table(client: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    client
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("CreateTable");
+}
+
 /// Puts one record with `PutRecord`, as a client other than the producer would.
 pub async fn put_record(
     client: &aws_sdk_kinesis::Client,

@@ -35,8 +35,8 @@ use kinesis_common::kinesis::error_text;
 
 use super::item::{ENTITY_TYPE, LEASE_KEY};
 use super::worker_metrics::{
-    effective_migration_status, is_worker_metrics_item, MetricsLayout, TableMigrationStatus,
-    WorkerMetrics, COORDINATOR_STATE_KEY, TABLE_MIGRATION_KEY, TABLE_MIGRATION_STATUS,
+    effective_migration_status, TableMigrationStatus, COORDINATOR_STATE_KEY, TABLE_MIGRATION_KEY,
+    TABLE_MIGRATION_STATUS,
 };
 
 /// The lock's key, in either layout.
@@ -420,68 +420,6 @@ impl LockTable {
             Err(err) => Err(self.error("DeleteItem", classify(&err), error_text(&err))),
         }
     }
-}
-
-/// Every worker-metrics item of the application, as the leader reads them each pass (the
-/// KCL's `MigrationAwareLAMDataManager`): the lease table's, and the legacy
-/// `<application>-WorkerMetricStats` table's unless the lock lives in the lease table (the
-/// migration is complete). Unreadable items are skipped with a warning.
-pub async fn read_worker_metrics(
-    client: &Client,
-    lock: &Layout,
-    lease_table: &str,
-    worker_metrics_table: &str,
-) -> Result<Vec<WorkerMetrics>, LockError> {
-    let mut sources = vec![(lease_table.to_string(), MetricsLayout::LeaseTable)];
-    if matches!(lock, Layout::CoordinatorState(_)) {
-        sources.push((worker_metrics_table.to_string(), MetricsLayout::LegacyTable));
-    }
-    let mut out = Vec::new();
-    for (table, layout) in sources {
-        let mut start = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(&table)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await;
-            let page = match page {
-                Ok(page) => page,
-                // A legacy table that is not there: nothing to read in it.
-                Err(err)
-                    if layout == MetricsLayout::LegacyTable
-                        && classify(&err) == ErrorKind::NotFound =>
-                {
-                    break
-                }
-                Err(err) => {
-                    return Err(LockError {
-                        table,
-                        operation: "Scan",
-                        kind: classify(&err),
-                        message: error_text(&err),
-                    })
-                }
-            };
-            for item in page.items() {
-                if layout == MetricsLayout::LeaseTable && !is_worker_metrics_item(item) {
-                    continue;
-                }
-                match WorkerMetrics::from_item(item, layout) {
-                    Ok(m) => out.push(m),
-                    Err(err) => {
-                        tracing::warn!(table = %table, error = %err, "unreadable worker-metrics item skipped")
-                    }
-                }
-            }
-            match page.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Who leads, as this worker last read the lock (for `/status` and the status page).

@@ -60,7 +60,7 @@ pub struct Placement {
 
 impl Placement {
     /// The tables a reader scans, with their layouts.
-    fn read_tables(&self) -> Vec<(&str, MetricsLayout)> {
+    pub fn read_tables(&self) -> Vec<(&str, MetricsLayout)> {
         let mut tables = vec![(self.lease_table.as_str(), MetricsLayout::LeaseTable)];
         if self.status.reads_legacy() {
             tables.push((self.legacy_table.as_str(), MetricsLayout::LegacyTable));
@@ -311,7 +311,7 @@ impl Reporter {
         let Some(observer) = crate::observe::observer() else {
             return;
         };
-        match read_all(&self.client, &self.placement).await {
+        match read_all(&self.client, &self.placement.read_tables()).await {
             Ok(all) => observer.worker_metrics_read(all, self.interval),
             Err(err) => {
                 tracing::debug!(error = %err, "reading the workers' metrics for the status page failed")
@@ -332,15 +332,15 @@ fn failed() -> crate::metrics::Outcome {
     }
 }
 
-/// Every worker-metrics item of the application, with the table's layout, as the KCL's leader
-/// reads them (both tables until the migration is complete). A legacy table that does not
-/// exist has none; items that cannot be read are skipped with a warning.
+/// Every worker-metrics item in `tables`, with the table's layout, as the KCL's leader reads
+/// them (both tables until the migration is complete: [`Placement::read_tables`]). A legacy
+/// table that does not exist has none; items that cannot be read are skipped with a warning.
 pub async fn read_all(
     client: &Client,
-    placement: &Placement,
+    tables: &[(&str, MetricsLayout)],
 ) -> anyhow::Result<Vec<(WorkerMetrics, MetricsLayout)>> {
     let mut all = Vec::new();
-    for (table, layout) in placement.read_tables() {
+    for &(table, layout) in tables {
         let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
         loop {
             let mut scan = client

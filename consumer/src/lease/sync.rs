@@ -154,6 +154,20 @@ pub fn parents_done<'a>(parents: impl IntoIterator<Item = (&'a str, Option<&'a L
         .all(|(_, lease)| lease.is_none_or(|l| l.checkpoint == Checkpoint::ShardEnd))
 }
 
+/// The leases someone can work on now: not at `SHARD_END`, and every parent done (so parents
+/// are always taken before their children, and a child never takes the slot its parent needs).
+pub fn workable(leases: &[Lease]) -> impl Iterator<Item = &Lease> {
+    let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    leases.iter().filter(move |l| {
+        l.checkpoint != Checkpoint::ShardEnd
+            && parents_done(
+                l.parent_shard_ids
+                    .iter()
+                    .map(|p| (p.as_str(), by_key.get(p.as_str()).copied())),
+            )
+    })
+}
+
 /// Parents of `lease` not yet done, for a log line.
 pub fn pending_parents(lease: &Lease, parents: &HashMap<String, Option<Lease>>) -> Vec<String> {
     lease

@@ -675,8 +675,9 @@ struct Update<'a> {
 }
 
 impl<'a> Update<'a> {
-    fn new(lease: &'a Lease) -> Self {
-        let mut update = Self {
+    /// No attribute written yet, and no condition beyond the lease's own.
+    fn blank(lease: &'a Lease) -> Self {
+        Self {
             lease,
             names: HashMap::new(),
             values: HashMap::new(),
@@ -685,7 +686,11 @@ impl<'a> Update<'a> {
             handoff: None,
             absent: Vec::new(),
             owner_only: None,
-        };
+        }
+    }
+
+    fn new(lease: &'a Lease) -> Self {
+        let mut update = Self::blank(lease);
         update.set(LEASE_COUNTER, n(lease.counter.saturating_add(1)));
         update
     }
@@ -694,14 +699,8 @@ impl<'a> Update<'a> {
     /// `checkpointOwner = old_owner`.
     fn handoff(lease: &'a Lease, old_owner: &str) -> Self {
         Self {
-            lease,
-            names: HashMap::new(),
-            values: HashMap::new(),
-            sets: Vec::new(),
-            removes: Vec::new(),
             handoff: Some(old_owner.to_string()),
-            absent: Vec::new(),
-            owner_only: None,
+            ..Self::blank(lease)
         }
     }
 
@@ -709,14 +708,8 @@ impl<'a> Update<'a> {
     /// `leaseOwner = owner`.
     fn owner_only(lease: &'a Lease, owner: &str) -> Self {
         Self {
-            lease,
-            names: HashMap::new(),
-            values: HashMap::new(),
-            sets: Vec::new(),
-            removes: Vec::new(),
-            handoff: None,
-            absent: Vec::new(),
             owner_only: Some(owner.to_string()),
+            ..Self::blank(lease)
         }
     }
 

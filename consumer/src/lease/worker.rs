@@ -58,8 +58,9 @@ use super::leader::Leadership;
 use super::machine::{follow_rule, take_rule, Event, LeaseMachine, Op, State, TaskEnd, Timing};
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
-use super::sync::{leases_to_create, parents_done, ShardInfo};
+use super::sync::{leases_to_create, workable, ShardInfo};
 use super::table::{Checkpoint, Lease, LeaseTable, WriteError};
+use super::worker_metrics::MetricsLayout;
 use crate::fanout::RegisterError;
 use crate::retrieval::{Retrieval, RetrievalConfig};
 
@@ -625,16 +626,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         self.observe(&leases, now);
         let workers = self.worker_loads().await;
         let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-        let loads: Vec<LeaseLoad> = leases
-            .iter()
-            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
-            .filter(|l| {
-                parents_done(
-                    l.parent_shard_ids
-                        .iter()
-                        .map(|p| (p.as_str(), by_key.get(p.as_str()).copied())),
-                )
-            })
+        let loads: Vec<LeaseLoad> = workable(&leases)
             .map(|l| LeaseLoad {
                 key: l.key.clone(),
                 owner: l.owner.clone(),
@@ -705,14 +697,16 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let Some(layout) = leadership.layout() else {
             return Vec::new();
         };
-        let read = super::leader::read_worker_metrics(
-            leadership.client(),
-            layout,
-            self.table.name(),
-            &self.config.worker_metrics.legacy_table,
-        )
-        .await;
-        let metrics = match read {
+        // The lease table's items, and the legacy table's unless the lock lives in the lease
+        // table (the migration is complete), as the KCL's `MigrationAwareLAMDataManager` reads.
+        let mut tables = vec![(self.table.name(), MetricsLayout::LeaseTable)];
+        if matches!(layout, super::leader::Layout::CoordinatorState(_)) {
+            tables.push((
+                self.config.worker_metrics.legacy_table.as_str(),
+                MetricsLayout::LegacyTable,
+            ));
+        }
+        let metrics = match super::metrics_reporter::read_all(leadership.client(), &tables).await {
             Ok(metrics) => metrics,
             Err(err) => {
                 tracing::warn!(error = %err, "reading worker metrics failed: nobody is eligible this pass");
@@ -722,6 +716,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         metrics
             .into_iter()
+            .map(|(m, _)| m)
             // The KCL's leader counts an item as gone after twice its own reporting interval.
             .filter(|m| {
                 m.is_valid() && !m.is_expired(now_ms, 2 * self.config.worker_metrics.interval)
@@ -966,19 +961,8 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         // A failure long past is forgotten, backoff included.
         let (_, cap) = FAILED_SHARD_BACKOFF;
         self.cooling.retain(|_, (until, _)| *until + 2 * cap > now);
-        // Only leases someone can work on now: not at SHARD_END, and every parent done, so
-        // parents are always taken before their children, and a child never takes the slot its
-        // parent needs.
-        let views: Vec<LeaseView> = leases
-            .iter()
-            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
-            .filter(|l| {
-                parents_done(
-                    l.parent_shard_ids
-                        .iter()
-                        .map(|p| (p.as_str(), by_key.get(p.as_str()).copied())),
-                )
-            })
+        // Only leases someone can work on now (`sync::workable`).
+        let views: Vec<LeaseView> = workable(&leases)
             .map(|l| {
                 if held.contains(&l.key) {
                     LeaseView {
