@@ -107,8 +107,14 @@ fn stop_java(process: &mut ServiceProcess) {
 /// its shutdown hook still reports a graceful stop.
 fn stop_java_holding_any(process: &mut ServiceProcess) {
     process.signal("TERM");
-    let code = process.wait_exit(Duration::from_secs(30)).and_then(|s| s.code());
-    assert!(matches!(code, Some(0 | 143)), "exit {code:?}: {}", process.dump());
+    let code = process
+        .wait_exit(Duration::from_secs(30))
+        .and_then(|s| s.code());
+    assert!(
+        matches!(code, Some(0 | 143)),
+        "exit {code:?}: {}",
+        process.dump()
+    );
     let stopped = process.events("stopped");
     assert_eq!(
         stopped.first().map(|e| &e["graceful"]),

@@ -290,3 +290,98 @@ async fn a_kcl_3_4_application_gets_the_item_in_its_worker_metrics_table_until_m
     assert!(started.elapsed() < Duration::from_secs(60));
     stop(&mut new);
 }
+
+/// A leader deletes the worker-metrics items of workers gone for more than a day
+/// (`STALE_AFTER`, the KCL's `staleWorkerMetricsEntryCleanupDuration`), in the table each lives
+/// in: the lease table (KCL 3.5) and the `-WorkerMetricStats` table (KCL 3.0-3.4). An item
+/// gone for an hour only, and the live workers' items, stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_deletes_worker_metrics_items_gone_for_a_day_in_either_layout() {
+    let _serial = SERIAL.lock().await;
+    for legacy_layout in [false, true] {
+        let setup = setup(
+            if legacy_layout {
+                "wm-stale-34"
+            } else {
+                "wm-stale"
+            },
+            1,
+        )
+        .await;
+        let (table, layout) = if legacy_layout {
+            let legacy = format!("{}-WorkerMetricStats", setup.app);
+            let coordinator = format!("{}-CoordinatorState", setup.app);
+            testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
+            testkit::create_hash_key_table(&setup.dynamo, &legacy, "wid").await;
+            (legacy, MetricsLayout::LegacyTable)
+        } else {
+            (setup.app.clone(), MetricsLayout::LeaseTable)
+        };
+        let mut leader = setup.worker_with(
+            "leader",
+            &[
+                ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+                ("CONSUMER_WORKER_CPU_SOURCE", "none"),
+                ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+                ("CONSUMER_LEADER_LEASE_DURATION_MS", "6000"),
+                ("CONSUMER_LEADER_HEARTBEAT_MS", "1000"),
+            ],
+        );
+        // The worker's own item first: the table exists and the worker publishes.
+        let mut items;
+        let published = poll_until!(Duration::from_secs(60), {
+            items = metrics_items(&setup, &table, layout).await;
+            items.iter().any(|w| w.worker_id == "leader")
+        });
+        assert!(published, "{items:?}\n{}", leader.dump());
+        let now_secs = now_ms() / 1000;
+        for (worker, age_secs) in [("gone-a-day", 25 * 3600), ("gone-an-hour", 3600)] {
+            let item = WorkerMetrics::report(
+                worker,
+                now_secs - age_secs,
+                Default::default(),
+                Default::default(),
+            )
+            .to_item(layout);
+            setup
+                .dynamo
+                .put_item()
+                .table_name(&table)
+                .set_item(Some(item))
+                .send()
+                .await
+                .expect("PutItem");
+        }
+        let deleted = poll_until!(Duration::from_secs(60), {
+            items = metrics_items(&setup, &table, layout).await;
+            !items.iter().any(|w| w.worker_id == "gone-a-day")
+        });
+        assert!(deleted, "{items:?}\n{}", leader.dump());
+        let events = leader.events("stale worker-metrics item deleted");
+        assert_eq!(events.len(), 1, "{}", leader.dump());
+        assert_eq!(events[0]["worker_id"], "gone-a-day");
+        assert_eq!(events[0]["table"], table.as_str());
+        // Two more passes later, the others are still there.
+        let passes = leader.events("assignment pass").len();
+        let two_more = poll_until!(Duration::from_secs(60), {
+            leader.events("assignment pass").len() >= passes + 2
+        });
+        assert!(two_more, "{}", leader.dump());
+        let left: Vec<String> = metrics_items(&setup, &table, layout)
+            .await
+            .into_iter()
+            .map(|w| w.worker_id)
+            .collect();
+        assert!(
+            left.contains(&"gone-an-hour".to_string()) && left.contains(&"leader".to_string()),
+            "{left:?}"
+        );
+        assert_eq!(
+            leader.events("stale worker-metrics item deleted").len(),
+            1,
+            "{}",
+            leader.dump()
+        );
+        stop(&mut leader);
+    }
+}

@@ -37,7 +37,7 @@ use super::cpu::CpuSampler;
 use super::item::ENTITY_TYPE;
 use super::worker_metrics::{
     effective_migration_status, round_value, MetricsLayout, TableMigrationStatus, WorkerMetrics,
-    COORDINATOR_STATE_KEY, CPU, CPU_MAX_UTILIZATION, FAILED_VALUE, SAMPLE_INTERVAL,
+    COORDINATOR_STATE_KEY, CPU, CPU_MAX_UTILIZATION, FAILED_VALUE, LAST_UPDATE, SAMPLE_INTERVAL,
     TABLE_MIGRATION_KEY, TABLE_MIGRATION_STATUS, VALUES_KEPT, WORKER_METRICS_ENTITY_TYPE,
 };
 
@@ -381,6 +381,43 @@ pub async fn read_all(
         }
     }
     Ok(all)
+}
+
+/// Deletes `metrics`, read from `table` in `layout`, unless its worker wrote it again since it
+/// was read: the condition is the `lut` read (and, in the lease table, the worker-metrics
+/// `entityType`), as the KCL's `WorkerMetricStatsDAO.deleteMetrics` conditions it. `Ok(false)`:
+/// the condition failed (the worker came back, or someone else deleted it first).
+pub async fn delete_if_unchanged(
+    client: &Client,
+    table: &str,
+    layout: MetricsLayout,
+    metrics: &WorkerMetrics,
+) -> anyhow::Result<bool> {
+    let Some(lut) = metrics.last_update else {
+        anyhow::bail!("worker-metrics item of {:?} has no lut", metrics.worker_id);
+    };
+    let mut condition = "#lut = :lut AND attribute_exists(#key)".to_string();
+    let mut delete = client
+        .delete_item()
+        .table_name(table)
+        .set_key(Some(WorkerMetrics::key(&metrics.worker_id, layout)))
+        .expression_attribute_names("#lut", LAST_UPDATE)
+        .expression_attribute_names("#key", layout.key_attribute())
+        .expression_attribute_values(":lut", AttributeValue::N(lut.to_string()));
+    if layout == MetricsLayout::LeaseTable {
+        condition.push_str(" AND #et = :et");
+        delete = delete
+            .expression_attribute_names("#et", ENTITY_TYPE)
+            .expression_attribute_values(
+                ":et",
+                AttributeValue::S(WORKER_METRICS_ENTITY_TYPE.into()),
+            );
+    }
+    match delete.condition_expression(condition).send().await {
+        Ok(_) => Ok(true),
+        Err(err) if classify(&err) == ErrorKind::ConditionFailed => Ok(false),
+        Err(err) => anyhow::bail!("DeleteItem on {table:?}: {}", error_text(&err)),
+    }
 }
 
 /// Starts publishing for `worker_id`; `None` (logged) when where to publish cannot be found

@@ -56,11 +56,12 @@ use super::failure::{FailurePolicy, OnFailure};
 use super::held::{DuplicateReport, HeldLease};
 use super::leader::Leadership;
 use super::machine::{follow_rule, take_rule, Event, LeaseMachine, Op, State, TaskEnd, Timing};
+use super::metrics_reporter;
 use super::processor::RecordProcessorFactory;
 use super::shard::{self, ShardContext, ShardOutcome};
 use super::sync::{leases_to_create, workable, ShardInfo};
 use super::table::{Checkpoint, Lease, LeaseTable, WriteError};
-use super::worker_metrics::MetricsLayout;
+use super::worker_metrics::{MetricsLayout, WorkerMetrics, STALE_AFTER};
 use crate::fanout::RegisterError;
 use crate::retrieval::{Retrieval, RetrievalConfig};
 
@@ -358,6 +359,7 @@ impl<F: RecordProcessorFactory> Worker<F> {
             },
             passes: 0,
             next_pass: Instant::now(),
+            stale_cleanup: None,
         };
         if let Some(o) = crate::observe::observer() {
             o.metrics
@@ -560,6 +562,8 @@ struct Coordinator<F: RecordProcessorFactory> {
     /// Assignment passes run since this worker took the lead, and when the next one is due.
     passes: u32,
     next_pass: Instant,
+    /// The leader's deletion of stale worker-metrics items, while one runs: one at a time.
+    stale_cleanup: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<F: RecordProcessorFactory> Coordinator<F> {
@@ -690,7 +694,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
     /// The workers eligible for leases (the KCL's rules, [`super::worker_metrics`]): a valid
     /// worker-metrics item updated within twice `CONSUMER_WORKER_METRICS_INTERVAL_MS`. A worker whose
     /// newest value of a metric failed is left out by [`assignment::assign`].
-    async fn worker_loads(&self) -> Vec<WorkerLoad> {
+    async fn worker_loads(&mut self) -> Vec<WorkerLoad> {
         let Some(leadership) = self.leadership.as_ref() else {
             return Vec::new();
         };
@@ -714,6 +718,8 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             }
         };
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let client = leadership.client().clone();
+        self.delete_stale_worker_metrics(&client, &metrics, now_ms);
         metrics
             .into_iter()
             .map(|(m, _)| m)
@@ -727,6 +733,56 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 operating_range: m.operating_range.unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// The leader deletes the worker-metrics items not updated for [`STALE_AFTER`] (workers
+    /// long gone, whose ids would otherwise pile up in the table), in the background and one
+    /// deletion run at a time, as the KCL's `MigrationAwareLAMDataManager` does. An item whose
+    /// worker wrote it again since it was read stays ([`metrics_reporter::delete_if_unchanged`]).
+    fn delete_stale_worker_metrics(
+        &mut self,
+        client: &aws_sdk_dynamodb::Client,
+        metrics: &[(WorkerMetrics, MetricsLayout)],
+        now_ms: i64,
+    ) {
+        if self
+            .stale_cleanup
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            return;
+        }
+        let stale: Vec<(String, MetricsLayout, WorkerMetrics)> = metrics
+            .iter()
+            .filter(|(m, _)| m.last_update.is_some() && m.is_expired(now_ms, STALE_AFTER))
+            .map(|(m, layout)| {
+                let table = match layout {
+                    MetricsLayout::LeaseTable => self.table.name().to_string(),
+                    MetricsLayout::LegacyTable => self.config.worker_metrics.legacy_table.clone(),
+                };
+                (table, *layout, m.clone())
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let client = client.clone();
+        self.stale_cleanup = Some(tokio::spawn(async move {
+            for (table, layout, m) in stale {
+                let lut = m.last_update.unwrap_or_default();
+                match metrics_reporter::delete_if_unchanged(&client, &table, layout, &m).await {
+                    Ok(true) => {
+                        tracing::info!(worker_id = %m.worker_id, table = %table, lut, "stale worker-metrics item deleted")
+                    }
+                    Ok(false) => {
+                        tracing::debug!(worker_id = %m.worker_id, table = %table, "stale worker-metrics item changed since read: kept")
+                    }
+                    Err(err) => {
+                        tracing::warn!(worker_id = %m.worker_id, table = %table, error = %err, "deleting a stale worker-metrics item failed; the next pass tries again")
+                    }
+                }
+            }
+        }));
     }
 
     fn held_keys(&self) -> HashSet<String> {
