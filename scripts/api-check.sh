@@ -6,6 +6,8 @@
 #    workspace's `rust-version`, installed by rustup (minimal profile) when missing.
 # 2. `cargo package` of the library crates together (path dependencies packaged as one), with
 #    verification: each package builds on its own, from its files and metadata alone.
+#    Then `cargo doc` of the same crates with warnings as errors: the documentation docs.rs
+#    would build, with no broken or private intra-doc link.
 # 3. The API against a baseline with cargo-semver-checks: no breaking change within a version
 #    series (0.1.x, 0.2.x, 1.x, ...). The baseline of a crate is the oldest commit of this
 #    history where the crate already has its current name and version series and this script
@@ -16,7 +18,7 @@
 # $KINESIS_TOOLS_DIR (default ~/.cache/kinesis-tools), which outlives the clone; the first build
 # takes several minutes (see docs/library.md for a measured figure).
 #
-# Usage: scripts/api-check.sh            # all three checks
+# Usage: scripts/api-check.sh            # all the checks
 #        scripts/api-check.sh --install  # only install what they need (scripts/test.sh does it first)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,7 +69,7 @@ for name in "${packages[@]}"; do
   package_args+=(-p "$name")
 done
 
-# The three checks build in a target directory of their own under $tools, which outlives the
+# The checks build in a target directory of their own under $tools, which outlives the
 # clone like the tools: a fresh clone then rebuilds only the workspace's crates, not every
 # dependency with two toolchains and for the baseline (about 15 minutes on 2 cores).
 export CARGO_TARGET_DIR="$tools/api-check-target"
@@ -78,6 +80,9 @@ cargo "+$msrv" check --locked --lib --bins "${package_args[@]}"
 echo "==> cargo package of ${packages[*]}, verified" >&2
 # --allow-dirty: a working copy with changes is what a developer runs the tests on.
 cargo package --locked --allow-dirty "${package_args[@]}"
+
+echo "==> cargo doc of ${packages[*]}, warnings as errors" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps "${package_args[@]}"
 
 # The version series a version belongs to: 0.y for 0.y.z, x for x.y.z.
 series() {

@@ -12,7 +12,7 @@
 # into ~/.cache/kinesis-tools), then the Prometheus alert rules are checked and unit-tested with
 # promtool (monitoring/check.sh, which builds the pinned promtool on first use), the
 # documentation examples run after the workspace tests, the library crates are checked last
-# (scripts/api-check.sh: MSRV, `cargo package`, cargo-semver-checks; the MSRV toolchain and
+# (scripts/api-check.sh: MSRV, `cargo package`, `cargo doc`, cargo-semver-checks; the MSRV toolchain and
 # cargo-semver-checks are installed first, with the other tools), and the consumer's
 # Kinesis suites (polling, aggregation, leased)
 # then run a second time against kinesis-mock 0.5.2, the engine LocalStack 4.14.0 installs, so
@@ -83,6 +83,6 @@ if (($# == 0)); then
   echo "==> consumer Kinesis suites again, against kinesis-mock 0.5.2 (LocalStack 4.14.0's)" >&2
   KINESIS_MOCK_PACKAGE=kinesis-local-0.5.2 \
     cargo test --locked -p kinesis-consumer --test polling --test aggregation --test leased
-  echo "==> library crates: MSRV, cargo package, API baseline (scripts/api-check.sh)" >&2
+  echo "==> library crates: MSRV, cargo package, cargo doc, API baseline (scripts/api-check.sh)" >&2
   scripts/api-check.sh
 fi

@@ -75,7 +75,7 @@ impl KinesisClientRecord {
         self.aggregated.then_some(self.sub_sequence_number)
     }
 
-    /// A borrowed view, for [`log_user_record`].
+    /// A borrowed view, for `log_user_record`.
     pub fn as_user_record(&self) -> UserRecord<'_> {
         UserRecord {
             sequence_number: &self.sequence_number,

@@ -8,7 +8,7 @@
 //!
 //! Messages are handed over tagged ([`Producer::enqueue_tagged`]) and their outcomes come back
 //! in batches, one per `PutRecords` answer: the tag finds the message's id and `CreatedOn` for its
-//! log line in [`Handed`].
+//! log line in `Handed`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,6 +1,6 @@
 //! The lease item: one DynamoDB item per shard, in the Java KCL 2.x format, so a table written
 //! by a Java KCL application is read here and the other way round. The format only: the calls
-//! on the table are in [`super::table`].
+//! on the table are in `lease::table`.
 //!
 //! | attribute | type | meaning |
 //! |---|---|---|
@@ -15,7 +15,7 @@
 //! | `pendingCheckpoint`, `pendingCheckpointSubSequenceNumber` | S, N | the KCL's two-phase checkpoint; read, cleared by a checkpoint |
 //! | `startingHashKey` / `endingHashKey` | S | the shard's hash key range |
 //! | `checkpointOwner` | S | KCL 3.x: a graceful handoff in progress, naming the previous owner |
-//! | `throughputKBps` | N | KCL 3.x: the holder's recent read rate, KiB/s, written with each renewal ([`super::throughput`]) |
+//! | `throughputKBps` | N | KCL 3.x: the holder's recent read rate, KiB/s, written with each renewal (`lease::throughput`) |
 //! | `kinesisStreamName` | S | this project's: the stream the lease was created for |
 //! | `latestStartTimestamp` | N | this project's: while the checkpoint is `LATEST`, the time (ms since the epoch) the application first read the shard; removed by a checkpoint |
 //! | `handedOverBy` | S | this project's: a stopping worker handed the lease to `leaseOwner`, which has not taken it up |

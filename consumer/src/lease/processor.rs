@@ -114,7 +114,7 @@ pub trait RecordProcessor: Send + 'static {
         input: InitializationInput,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// Processes one batch. An `Err` applies the worker's [`FailurePolicy`]
+    /// Processes one batch. An `Err` applies the worker's [`FailurePolicy`](super::FailurePolicy)
     /// (`crate::lease::FailurePolicy`): by default the same records are offered again after a
     /// pause, for ever.
     fn process_records(

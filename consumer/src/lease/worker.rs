@@ -149,7 +149,7 @@ pub struct WorkerConfig {
     pub failure: FailurePolicy,
     /// Count-based taking by every worker, or a KCL 3.x leader that assigns by load.
     pub assignment: LeaseAssignment,
-    /// The worker-metrics item this worker publishes ([`super::metrics_reporter`]).
+    /// The worker-metrics item this worker publishes (`lease::metrics_reporter`).
     pub worker_metrics: WorkerMetricsSettings,
 }
 

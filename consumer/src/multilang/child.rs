@@ -53,7 +53,7 @@ pub struct ChildConfig {
     pub empty_batches: bool,
 }
 
-/// Makes a [`ChildProcessor`] for each lease taken.
+/// Makes a `ChildProcessor` for each lease taken.
 #[derive(Debug, Clone)]
 pub struct ChildProcessorFactory {
     config: Arc<ChildConfig>,

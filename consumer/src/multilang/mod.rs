@@ -2,9 +2,9 @@
 //! written in Python (amazon-kclpy), Node.js (`aws-kcl`), .NET or Ruby run unchanged, with
 //! the same properties file, and no JVM.
 //!
-//! - [`properties`]: the daemon's properties file, read into the consumer's settings.
-//! - [`protocol`]: the JSON-lines messages, as the Java daemon writes and reads them.
-//! - [`child`]: the [`crate::lease::RecordProcessor`] that runs one child process per lease
+//! - `properties`: the daemon's properties file, read into the consumer's settings.
+//! - `protocol`: the JSON-lines messages, as the Java daemon writes and reads them.
+//! - `child`: the [`crate::lease::RecordProcessor`] that runs one child process per lease
 //!   held and speaks the protocol with it.
 //!
 //! Everything else is leased mode as it is: the lease table in the KCL's format, checkpoints,

@@ -41,7 +41,7 @@ impl ProducerRecord {
     }
 
     /// Bytes the record takes of `max_buffered_bytes`: its size and
-    /// [`RECORD_OVERHEAD_BYTES`].
+    /// `RECORD_OVERHEAD_BYTES`.
     pub fn buffered_size(&self) -> usize {
         self.size() + RECORD_OVERHEAD_BYTES
     }
