@@ -385,3 +385,56 @@ async fn the_leader_deletes_worker_metrics_items_gone_for_a_day_in_either_layout
         stop(&mut leader);
     }
 }
+
+/// A table migration status this consumer does not know (a newer KCL's, say) is read the same
+/// way for the worker-metrics item and for the leader lock: the worker neither publishes nor
+/// takes part in the election, and says why, naming the status; it still reads its shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_table_migration_status_stops_publishing_and_leading_alike() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("wm-unknown", 1).await;
+    let coordinator = format!("{}-CoordinatorState", setup.app);
+    testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
+    setup
+        .dynamo
+        .put_item()
+        .table_name(&coordinator)
+        .item("key", AttributeValue::S("TableMigration3.5".into()))
+        .item(
+            "tm",
+            AttributeValue::S("TABLE_MIGRATION_STATUS_NEXT".into()),
+        )
+        .send()
+        .await
+        .expect("PutItem");
+    let mut worker = setup.worker_with(
+        "worker-u",
+        &[
+            ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+            ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+            ("CONSUMER_LEADER_LEASE_DURATION_MS", "6000"),
+            ("CONSUMER_LEADER_HEARTBEAT_MS", "1000"),
+        ],
+    );
+    let names_it = |events: Vec<Value>| {
+        events.iter().any(|e| {
+            e["error"]
+                .as_str()
+                .is_some_and(|s| s.contains("TABLE_MIGRATION_STATUS_NEXT"))
+        })
+    };
+    let both = poll_until!(Duration::from_secs(60), {
+        names_it(worker.events(
+            "cannot find where to publish worker metrics; not publishing them (a Java KCL 3.x \
+             leader will give this worker no new leases)",
+        )) && names_it(worker.events("leader election round failed"))
+    });
+    assert!(both, "{}", worker.dump());
+    assert!(
+        worker.events("leadership acquired").is_empty(),
+        "{}",
+        worker.dump()
+    );
+    assert!(worker.events("publishing worker metrics").is_empty());
+    stop(&mut worker);
+}

@@ -35,8 +35,7 @@ use kinesis_common::kinesis::error_text;
 
 use super::item::{ENTITY_TYPE, LEASE_KEY};
 use super::worker_metrics::{
-    effective_migration_status, TableMigrationStatus, COORDINATOR_STATE_KEY, TABLE_MIGRATION_KEY,
-    TABLE_MIGRATION_STATUS,
+    effective_migration_status, TableMigrationStatus, COORDINATOR_STATE_KEY,
 };
 
 /// The lock's key, in either layout.
@@ -236,32 +235,14 @@ impl LockTable {
         coordinator_state_table: &str,
     ) -> Result<Layout, LockError> {
         let legacy = coordinator_state_table.to_string();
-        let read = client
-            .get_item()
-            .table_name(&legacy)
-            .key(COORDINATOR_STATE_KEY, s(TABLE_MIGRATION_KEY))
-            .consistent_read(true)
-            .send()
-            .await;
-        let (exists, record) = match read {
-            Ok(out) => (
-                true,
-                out.item()
-                    .and_then(|i| match i.get(TABLE_MIGRATION_STATUS) {
-                        Some(AttributeValue::S(v)) => TableMigrationStatus::parse(v),
-                        _ => None,
-                    }),
-            ),
-            Err(err) if classify(&err) == ErrorKind::NotFound => (false, None),
-            Err(err) => {
-                return Err(LockError {
-                    table: legacy,
-                    operation: "GetItem",
-                    kind: classify(&err),
-                    message: error_text(&err),
-                })
-            }
-        };
+        let (exists, record) = super::metrics_reporter::read_migration_record(client, &legacy)
+            .await
+            .map_err(|(kind, message)| LockError {
+                table: legacy.clone(),
+                operation: "GetItem",
+                kind,
+                message,
+            })?;
         // This worker never migrates tables itself: `migrate_all_to_lease_table` is false.
         match effective_migration_status(exists, record, false) {
             Ok(TableMigrationStatus::Complete) => Ok(Layout::LeaseTable(lease_table.to_string())),

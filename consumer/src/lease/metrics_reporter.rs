@@ -69,50 +69,63 @@ impl Placement {
     }
 }
 
+/// What an application's coordinator-state table says of the KCL 3.4 -> 3.5 table migration:
+/// whether the table exists, and its `TableMigration3.5` record's status (`None`: no record).
+/// One reading for the two that need it ([`find_layout`] and the leader lock's
+/// `LockTable::detect`): a status this consumer does not know, or one that is not a string, is
+/// an error for both, with [`ErrorKind::Invalid`].
+pub async fn read_migration_record(
+    client: &Client,
+    coordinator: &str,
+) -> Result<(bool, Option<TableMigrationStatus>), (ErrorKind, String)> {
+    let out = match client
+        .get_item()
+        .table_name(coordinator)
+        .key(
+            COORDINATOR_STATE_KEY,
+            AttributeValue::S(TABLE_MIGRATION_KEY.into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(err) if classify(&err) == ErrorKind::NotFound => return Ok((false, None)),
+        Err(err) => {
+            return Err((
+                classify(&err),
+                format!(
+                    "reading the table migration record from {coordinator:?}: {}",
+                    error_text(&err)
+                ),
+            ))
+        }
+    };
+    match out.item().and_then(|i| i.get(TABLE_MIGRATION_STATUS)) {
+        None => Ok((true, None)),
+        Some(AttributeValue::S(v)) => match TableMigrationStatus::parse(v) {
+            Some(status) => Ok((true, Some(status))),
+            None => Err((
+                ErrorKind::Invalid,
+                format!("{coordinator:?}: unknown table migration status {v:?}"),
+            )),
+        },
+        Some(other) => Err((
+            ErrorKind::Invalid,
+            format!("{coordinator:?}: the table migration status is not a string: {other:?}"),
+        )),
+    }
+}
+
 /// Decides, as the KCL does at start, where this worker writes its item.
 pub async fn find_layout(
     client: &Client,
     lease_table: &str,
     settings: &WorkerMetricsSettings,
 ) -> anyhow::Result<Placement> {
-    let coordinator = &settings.coordinator_state_table;
-    let (exists, record) = match client.describe_table().table_name(coordinator).send().await {
-        Ok(_) => {
-            let out = client
-                .get_item()
-                .table_name(coordinator)
-                .key(
-                    COORDINATOR_STATE_KEY,
-                    AttributeValue::S(TABLE_MIGRATION_KEY.into()),
-                )
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "reading the table migration record from {coordinator:?}: {}",
-                        error_text(&e)
-                    )
-                })?;
-            let record = match out.item().and_then(|i| i.get(TABLE_MIGRATION_STATUS)) {
-                None => None,
-                Some(AttributeValue::S(v)) => {
-                    Some(TableMigrationStatus::parse(v).ok_or_else(|| {
-                        anyhow::anyhow!("{coordinator:?}: unknown table migration status {v:?}")
-                    })?)
-                }
-                Some(other) => anyhow::bail!(
-                    "{coordinator:?}: the table migration status is not a string: {other:?}"
-                ),
-            };
-            (true, record)
-        }
-        Err(err) if classify(&err) == ErrorKind::NotFound => (false, None),
-        Err(err) => anyhow::bail!(
-            "cannot tell whether the coordinator-state table {coordinator:?} exists: {}",
-            error_text(&err)
-        ),
-    };
+    let (exists, record) = read_migration_record(client, &settings.coordinator_state_table)
+        .await
+        .map_err(|(_, message)| anyhow::anyhow!(message))?;
     let status = effective_migration_status(exists, record, settings.migrate_to_lease_table)?;
     let layout = status.write_layout();
     Ok(Placement {
