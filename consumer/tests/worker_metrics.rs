@@ -4,7 +4,9 @@
 //! (`kinesis_consumer::lease::worker_metrics`; `tests/interop.rs` has the KCL's own classes judge it),
 //! `throughputKBps` written with the renewals of the leases whose shards deliver records, and
 //! both shown on `/status` and the status page for every worker and every lease of the
-//! application.
+//! application. And the rest of the KCL 3.x coordination state a worker reads: the leader's
+//! deletion of stale items, the table-migration record, and the `Migration3.0` record that
+//! says which algorithms the fleet runs.
 //!
 //! Short timings: failover 3 s, a report every 2 s.
 
@@ -437,4 +439,105 @@ async fn an_unknown_table_migration_status_stops_publishing_and_leading_alike() 
     );
     assert!(worker.events("publishing worker metrics").is_empty());
     stop(&mut worker);
+}
+
+/// Leader mode follows the KCL 3.x's migration record (`Migration3.0`, `cv`): while it says the
+/// application's Java workers run the KCL 2.x algorithms (upgrading from 2.x, or rolled back),
+/// our workers take by lease count and stay out of the lock-based election, as those workers
+/// do; when it flips to 3.x they elect a leader and follow it; rolled back, the leader gives
+/// the lock up and they take by count again. The leases stay held throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("wm-cv", 4).await;
+    // A KCL 3.5 application upgrading from 2.x: the record in the lease table.
+    testkit::create_hash_key_table(&setup.dynamo, &setup.app, "leaseKey").await;
+    let set_cv = |cv: &'static str| {
+        let dynamo = setup.dynamo.clone();
+        let table = setup.app.clone();
+        async move {
+            dynamo
+                .put_item()
+                .table_name(&table)
+                .item("leaseKey", AttributeValue::S("Migration3.0".into()))
+                .item(
+                    "entityType",
+                    AttributeValue::S("CLIENT_VERSION_MIGRATION".into()),
+                )
+                .item("cv", AttributeValue::S(cv.into()))
+                .item("mb", AttributeValue::S("java-worker".into()))
+                .item("mts", AttributeValue::N(now_ms().to_string()))
+                .send()
+                .await
+                .expect("PutItem");
+        }
+    };
+    set_cv("CLIENT_VERSION_UPGRADE_FROM_2X").await;
+    let vars = [
+        ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+        ("CONSUMER_WORKER_CPU_SOURCE", "none"),
+        ("CONSUMER_LEASE_ASSIGNMENT", "leader"),
+        ("CONSUMER_LEADER_LEASE_DURATION_MS", "6000"),
+        ("CONSUMER_LEADER_HEARTBEAT_MS", "1000"),
+    ];
+    let mut a = setup.worker_with("worker-a", &vars);
+    let mut b = setup.worker_with("worker-b", &vars);
+    const ON_2X: &str = "the application runs the KCL 2.x algorithms (Migration3.0): taking by lease count, out of the leader election";
+    const ON_3X: &str =
+        "the application runs the KCL 3.x algorithms (Migration3.0): following the leader";
+    let lock_exists = || async {
+        setup
+            .dynamo
+            .get_item()
+            .table_name(&setup.app)
+            .key("leaseKey", AttributeValue::S("Leader".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("GetItem")
+            .item()
+            .is_some_and(|i| !i.contains_key("isReleased"))
+    };
+    let held_by = |owners: &std::collections::BTreeMap<String, Option<String>>, w: &str| {
+        owners.values().filter(|o| o.as_deref() == Some(w)).count()
+    };
+
+    // Upgrading from 2.x: both take by count, two leases each, and nobody leads.
+    let mut owners: std::collections::BTreeMap<String, Option<String>>;
+    let even = poll_until!(Duration::from_secs(60), {
+        owners = setup.owners().await;
+        held_by(&owners, "worker-a") == 2 && held_by(&owners, "worker-b") == 2
+    });
+    assert!(even, "{owners:?}\n{}", dump_all(&[&a, &b]));
+    for w in [&a, &b] {
+        assert_eq!(w.events(ON_2X).len(), 1, "{}", w.dump());
+        assert!(w.events("leadership acquired").is_empty(), "{}", w.dump());
+    }
+    assert!(!lock_exists().await);
+
+    // The fleet is ready: the record flips to 3.x; one of ours leads, both follow.
+    set_cv("CLIENT_VERSION_3X_WITH_ROLLBACK").await;
+    let led = poll_until!(Duration::from_secs(60), {
+        [&a, &b].iter().all(|w| w.events(ON_3X).len() == 1)
+            && a.events("leadership acquired").len() + b.events("leadership acquired").len() == 1
+            && lock_exists().await
+    });
+    assert!(led, "{}", dump_all(&[&a, &b]));
+
+    // Rolled back: the leader gives the lock up, and both take by count again.
+    set_cv("CLIENT_VERSION_2X").await;
+    let back = poll_until!(Duration::from_secs(60), {
+        [&a, &b].iter().all(|w| w.events(ON_2X).len() == 2)
+            && a.events("leadership released").len() + b.events("leadership released").len() == 1
+            && !lock_exists().await
+    });
+    assert!(back, "{}", dump_all(&[&a, &b]));
+    owners = setup.owners().await;
+    assert_eq!(
+        held_by(&owners, "worker-a") + held_by(&owners, "worker-b"),
+        4,
+        "{owners:?}"
+    );
+    stop(&mut a);
+    stop(&mut b);
 }

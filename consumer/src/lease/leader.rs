@@ -79,6 +79,50 @@ impl Layout {
     }
 }
 
+/// The key of the KCL 3.x's migration record (`MigrationState`), next to the lock in either
+/// layout: its `cv` says which algorithms the application's Java workers run.
+pub const MIGRATION_KEY: &str = "Migration3.0";
+const CLIENT_VERSION: &str = "cv";
+/// How often the migration record is read (the KCL's `ClientVersionChangeMonitor` reads it
+/// every minute), or every lock duration when that is shorter, so that a worker never leads
+/// for a whole lock duration on a stale reading.
+pub const CLIENT_VERSION_CHECK: Duration = Duration::from_secs(60);
+
+/// The KCL 3.x's `ClientVersion`, as the migration record's `cv` stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientVersion {
+    /// Upgrading from 2.x: the KCL 2.x algorithms (lease-count taking, no lock-based leader),
+    /// worker metrics published, until the fleet is ready and the record flips to
+    /// [`ClientVersion::V3xWithRollback`].
+    UpgradeFrom2x,
+    /// Rolled back to 2.x: the KCL 2.x algorithms, no worker metrics.
+    V2x,
+    /// The KCL 3.x algorithms (the lock-based leader assigns), rollback still possible.
+    V3xWithRollback,
+    /// The KCL 3.x algorithms.
+    V3x,
+}
+
+impl ClientVersion {
+    /// `None` for a value this consumer does not know (`CLIENT_VERSION_INIT` is transient and
+    /// never stored).
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "CLIENT_VERSION_UPGRADE_FROM_2X" => Self::UpgradeFrom2x,
+            "CLIENT_VERSION_2X" => Self::V2x,
+            "CLIENT_VERSION_3X_WITH_ROLLBACK" => Self::V3xWithRollback,
+            "CLIENT_VERSION_3X" => Self::V3x,
+            _ => return None,
+        })
+    }
+
+    /// Whether the Java workers run the KCL 2.x algorithms: they take and steal by lease
+    /// count and elect no leader by the lock, so a worker of ours must do the same.
+    pub fn runs_2x_algorithms(self) -> bool {
+        matches!(self, Self::UpgradeFrom2x | Self::V2x)
+    }
+}
+
 /// The lock item as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
@@ -309,6 +353,36 @@ impl LockTable {
         }))
     }
 
+    /// The migration record's `cv`, read consistently from the lock's table: `Ok(None)` when
+    /// there is no record (an application no Java KCL 3.x worker has started on yet), an
+    /// error naming the value when it is not one this consumer knows.
+    pub async fn read_client_version(&self) -> Result<Option<ClientVersion>, LockError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.layout.table())
+            .key(self.layout.key_attribute(), s(MIGRATION_KEY))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem", classify(&e), error_text(&e)))?;
+        match out.item().and_then(|i| i.get(CLIENT_VERSION)) {
+            None => Ok(None),
+            Some(AttributeValue::S(v)) => ClientVersion::parse(v).map(Some).ok_or_else(|| {
+                self.error(
+                    "GetItem",
+                    ErrorKind::Invalid,
+                    format!("{MIGRATION_KEY}: unknown client version {v:?}"),
+                )
+            }),
+            Some(other) => Err(self.error(
+                "GetItem",
+                ErrorKind::Invalid,
+                format!("{MIGRATION_KEY}: the client version is not a string: {other:?}"),
+            )),
+        }
+    }
+
     /// Puts the lock with `me` as owner; `Ok(Some(version))` when it went through, `Ok(None)`
     /// when its condition failed.
     pub async fn acquire(
@@ -428,6 +502,10 @@ pub struct Leadership {
     /// When the last write that went through was sent.
     last_write: Option<tokio::time::Instant>,
     leader: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    /// The migration record's client version as last read (`None`: no record, or not read
+    /// yet), and when to read it next.
+    client_version: Option<ClientVersion>,
+    next_version_check: tokio::time::Instant,
 }
 
 impl Leadership {
@@ -450,7 +528,17 @@ impl Leadership {
             heartbeat,
             last_write: None,
             leader: None,
+            client_version: None,
+            next_version_check: tokio::time::Instant::now(),
         }
+    }
+
+    /// Whether the application's Java workers run the KCL 2.x algorithms (the migration
+    /// record's [`ClientVersion::runs_2x_algorithms`], as last read): this worker then takes by
+    /// lease count and stays out of the election, as they do.
+    pub fn fleet_runs_2x(&self) -> bool {
+        self.client_version
+            .is_some_and(ClientVersion::runs_2x_algorithms)
     }
 
     /// Where the lock lives, once found.
@@ -492,6 +580,33 @@ impl Leadership {
         }
     }
 
+    /// Reads the migration record when due; logs each change of which algorithms the fleet
+    /// runs. A failed or unknown reading keeps the last one.
+    async fn check_client_version(&mut self, lock: &LockTable) {
+        let now = tokio::time::Instant::now();
+        if now < self.next_version_check {
+            return;
+        }
+        self.next_version_check = now + CLIENT_VERSION_CHECK.min(self.lease_duration);
+        match lock.read_client_version().await {
+            Ok(version) => {
+                let runs_2x = version.is_some_and(ClientVersion::runs_2x_algorithms);
+                if runs_2x != self.fleet_runs_2x() {
+                    let cv = format!("{version:?}");
+                    if runs_2x {
+                        tracing::info!(worker_id = %self.me, client_version = %cv, "the application runs the KCL 2.x algorithms (Migration3.0): taking by lease count, out of the leader election");
+                    } else {
+                        tracing::info!(worker_id = %self.me, client_version = %cv, "the application runs the KCL 3.x algorithms (Migration3.0): following the leader");
+                    }
+                }
+                self.client_version = version;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, worker_id = %self.me, "reading the migration record failed; going on as last read")
+            }
+        }
+    }
+
     async fn round(&mut self) -> Result<(), LockError> {
         if self.lock.is_none() {
             let layout = LockTable::detect(
@@ -506,6 +621,13 @@ impl Leadership {
         let Some(lock) = self.lock.clone() else {
             return Ok(());
         };
+        self.check_client_version(&lock).await;
+        if self.fleet_runs_2x() {
+            // No lock-based leader under the 2.x algorithms: give the lock up if held.
+            self.release().await;
+            self.leader = None;
+            return Ok(());
+        }
         let now = tokio::time::Instant::now();
         let read = lock.read().await?;
         match self.election.on_read(read, now) {

@@ -582,6 +582,13 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         }
     }
 
+    /// Leader mode, with the application on the KCL 3.x algorithms: this worker takes only
+    /// what the leader assigns it. Otherwise (count mode, or an application whose migration
+    /// record says its Java workers run the 2.x algorithms) it takes and steals by count.
+    fn following(&self) -> bool {
+        self.leadership.as_ref().is_some_and(|l| !l.fleet_runs_2x())
+    }
+
     /// How often the leader runs an assignment pass: twice the failover time (the KCL's
     /// `leaseAssignmentIntervalMillis` default).
     fn assignment_interval(&self) -> Duration {
@@ -896,8 +903,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             // next pass counts it as expired and moves it again.
             .filter(|o| {
                 o.owner.is_some()
-                    && (o.owner.as_deref() != Some(self.me())
-                        || (self.leadership.is_some() && !o.held_here))
+                    && (o.owner.as_deref() != Some(self.me()) || (self.following() && !o.held_here))
                     && !o.ended
             })
             .map(|o| o.since + self.config.failover + EXPIRY_MARGIN)
@@ -1042,7 +1048,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
             .collect();
         // Following a leader: take only what the table shows as ours (assigned to us, or
         // handed over), by `follow_rule`; balancing is the leader's.
-        let plan = if self.leadership.is_some() {
+        let plan = if self.following() {
             balance::Plan {
                 take: views
                     .iter()
@@ -1064,7 +1070,7 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
                 &mut self.rng,
             )
         };
-        let following = self.leadership.is_some();
+        let following = self.following();
         // The takes run side by side: a worker stealing 100 leases does it in a fraction of a
         // second, before the victim's next renewal moves their counters. Each is a lease state
         // machine from its first write: `take_rule` says which write (a take, or a steal with a
