@@ -1046,6 +1046,113 @@ async fn a_mixed_fleet_shares_one_table_under_one_leader() {
     );
 }
 
+/// The `cv` of the application's `Migration3.0` record in the lease table (KCL 3.5), if any.
+async fn client_version(app: &str) -> Option<String> {
+    items_if_any(app)
+        .await
+        .into_iter()
+        .find(|i| s(i, "leaseKey").as_deref() == Some("Migration3.0"))
+        .and_then(|i| s(&i, "cv"))
+}
+
+/// A Java KCL 3.5 application upgrading from 2.x (`CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X`):
+/// its worker writes `Migration3.0` = `CLIENT_VERSION_UPGRADE_FROM_2X` and takes by lease count,
+/// electing no leader by the lock. Ours, in leader mode, reads that record and takes by count
+/// too, out of the election: the leases end up two and two, ours never leads, nothing moves for
+/// three failover intervals after that (no fight), and every record acknowledged is processed.
+#[tokio::test]
+#[ignore = "needs Java 17+ and the Maven build: run scripts/interop.sh"]
+async fn ours_in_leader_mode_takes_by_count_beside_a_java_fleet_upgrading_from_2x() {
+    let _serial = SERIAL.lock().await;
+    let client = kinesis().0.kinesis();
+    let stream = testkit::unique_name("upgrade-2x");
+    testkit::create_stream(&client, &stream, 4).await;
+    let app = testkit::unique_name("upgrade-2x-app");
+    let mut producer = load(&stream, 1000);
+    let mut java = kcl_app(
+        &stream,
+        &app,
+        "java-2x",
+        &[
+            (
+                "CLIENT_VERSION_CONFIG",
+                "CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X",
+            ),
+            ("LEADER_LEASE_MS", LEADER_LEASE_MS),
+            ("LEADER_HEARTBEAT_MS", LEADER_HEARTBEAT_MS),
+        ],
+    );
+    let java_alone = wait_until(Duration::from_secs(90), || async {
+        client_version(&app).await.as_deref() == Some("CLIENT_VERSION_UPGRADE_FROM_2X")
+            && lease_owners(&app).await.get("java-2x").map_or(0, Vec::len) == 4
+    })
+    .await;
+    assert!(
+        java_alone,
+        "cv {:?}, leases {:?}: {}",
+        client_version(&app).await,
+        lease_owners(&app).await,
+        save_logs("upgrade-2x-java", &[&java])
+    );
+    let mut ours = our_led_consumer(&stream, &app, "rust-2x");
+    let two_and_two = wait_until(Duration::from_secs(90), || async {
+        let owners = lease_owners(&app).await;
+        owners.get("java-2x").map_or(0, Vec::len) == 2
+            && owners.get("rust-2x").map_or(0, Vec::len) == 2
+    })
+    .await;
+    assert!(
+        two_and_two,
+        "{:?}: {}",
+        lease_owners(&app).await,
+        save_logs("upgrade-2x-share", &[&java, &ours])
+    );
+    let on_2x = ours.events(
+        "the application runs the KCL 2.x algorithms (Migration3.0): taking by lease count, out \
+         of the leader election",
+    );
+    assert_eq!(on_2x.len(), 1, "{}", ours.dump());
+    assert_eq!(on_2x[0]["client_version"], "CLIENT_VERSION_UPGRADE_FROM_2X");
+    // Settled: no lease moves for three failover intervals.
+    let owners = lease_owners(&app).await;
+    tokio::time::sleep(3 * Duration::from_millis(FAILOVER_MS.parse().unwrap())).await;
+    assert_eq!(
+        lease_owners(&app).await,
+        owners,
+        "{}",
+        save_logs("upgrade-2x-moves", &[&java, &ours])
+    );
+    assert!(
+        ours.events("leadership acquired").is_empty(),
+        "{}",
+        ours.dump()
+    );
+    let sent = sent_ids(&mut producer);
+    let all = testkit::eventually(Duration::from_secs(90), || {
+        let mut got = ids(&ours_received(&ours));
+        got.extend(ids(&java_received(&java)));
+        got.is_superset(&sent)
+    })
+    .await;
+    let mut got = ids(&ours_received(&ours));
+    got.extend(ids(&java_received(&java)));
+    let lost = sent.difference(&got).count();
+    assert!(
+        all,
+        "{lost} of {} lost: {}",
+        sent.len(),
+        save_logs("upgrade-2x-lost", &[&java, &ours])
+    );
+    eprintln!(
+        "upgrading from 2.x: leases {owners:?}, {} records sent, all processed (ours {}, Java {})",
+        sent.len(),
+        ours_received(&ours).len(),
+        java_received(&java).len()
+    );
+    ours.stop();
+    stop_java(&mut java);
+}
+
 /// Leadership moves: the leader is killed (-9), the other kind takes the lock once its version
 /// stood for the lock's duration, and goes on assigning: the dead worker's leases end up with
 /// the survivor. Both directions: ours leading first, then a Java worker leading.

@@ -511,6 +511,10 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
     assert!(even, "{owners:?}\n{}", dump_all(&[&a, &b]));
     for w in [&a, &b] {
         assert_eq!(w.events(ON_2X).len(), 1, "{}", w.dump());
+        assert_eq!(
+            w.events(ON_2X)[0]["client_version"],
+            "CLIENT_VERSION_UPGRADE_FROM_2X"
+        );
         assert!(w.events("leadership acquired").is_empty(), "{}", w.dump());
     }
     assert!(!lock_exists().await);

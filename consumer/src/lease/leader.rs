@@ -116,6 +116,16 @@ impl ClientVersion {
         })
     }
 
+    /// The value as `cv` stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpgradeFrom2x => "CLIENT_VERSION_UPGRADE_FROM_2X",
+            Self::V2x => "CLIENT_VERSION_2X",
+            Self::V3xWithRollback => "CLIENT_VERSION_3X_WITH_ROLLBACK",
+            Self::V3x => "CLIENT_VERSION_3X",
+        }
+    }
+
     /// Whether the Java workers run the KCL 2.x algorithms: they take and steal by lease
     /// count and elect no leader by the lock, so a worker of ours must do the same.
     pub fn runs_2x_algorithms(self) -> bool {
@@ -592,7 +602,7 @@ impl Leadership {
             Ok(version) => {
                 let runs_2x = version.is_some_and(ClientVersion::runs_2x_algorithms);
                 if runs_2x != self.fleet_runs_2x() {
-                    let cv = format!("{version:?}");
+                    let cv = version.map_or("none", ClientVersion::as_str);
                     if runs_2x {
                         tracing::info!(worker_id = %self.me, client_version = %cv, "the application runs the KCL 2.x algorithms (Migration3.0): taking by lease count, out of the leader election");
                     } else {
@@ -706,6 +716,25 @@ mod tests {
             version: version.into(),
             released: false,
         }
+    }
+
+    #[test]
+    fn client_versions_read_as_the_kcl_writes_them_and_two_of_them_run_2x() {
+        for v in [
+            ClientVersion::UpgradeFrom2x,
+            ClientVersion::V2x,
+            ClientVersion::V3xWithRollback,
+            ClientVersion::V3x,
+        ] {
+            assert_eq!(ClientVersion::parse(v.as_str()), Some(v));
+        }
+        assert!(ClientVersion::UpgradeFrom2x.runs_2x_algorithms());
+        assert!(ClientVersion::V2x.runs_2x_algorithms());
+        assert!(!ClientVersion::V3xWithRollback.runs_2x_algorithms());
+        assert!(!ClientVersion::V3x.runs_2x_algorithms());
+        // Transient in the KCL, never stored; and anything newer: unknown.
+        assert_eq!(ClientVersion::parse("CLIENT_VERSION_INIT"), None);
+        assert_eq!(ClientVersion::parse("client_version_3x"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ import software.amazon.awssdk.services.kinesis.KinesisAsyncClient;
 import software.amazon.kinesis.common.ConfigsBuilder;
 import software.amazon.kinesis.common.InitialPositionInStream;
 import software.amazon.kinesis.common.InitialPositionInStreamExtended;
+import software.amazon.kinesis.coordinator.CoordinatorConfig;
 import software.amazon.kinesis.coordinator.Scheduler;
 import software.amazon.kinesis.leases.LeaseManagementConfig;
 import software.amazon.kinesis.lifecycle.events.InitializationInput;
@@ -50,7 +51,9 @@ import software.amazon.kinesis.retrieval.polling.PollingConfig;
  * {@code WORKER_ID}, {@code KINESIS_ENDPOINT}, {@code DYNAMODB_ENDPOINT} (URLs),
  * {@code AWS_REGION}, {@code AWS_ACCESS_KEY_ID}, {@code AWS_SECRET_ACCESS_KEY};
  * optional {@code FAILOVER_MS} (10000, the KCL default), {@code MAX_RECORDS} (GetRecords limit,
- * 10000), {@code IDLE_MS} (idle time between reads, 1500) and {@code STOP_AT}.
+ * 10000), {@code IDLE_MS} (idle time between reads, 1500), {@code CLIENT_VERSION_CONFIG}
+ * ({@code CLIENT_VERSION_CONFIG_3X}, the KCL default, or {@code
+ * CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X}) and {@code STOP_AT}.
  *
  * <p>{@code STOP_AT=shardId:sequence:subsequence,...} simulates a crash at a known position:
  * when a shard's processor meets that user record it checkpoints exactly there (as
@@ -124,9 +127,14 @@ public final class KclApp {
         // move the leadership.
         leases.dynamoDbLockBasedLeaderLeaseDurationInMillis(Env.number("LEADER_LEASE_MS", 120_000));
         leases.dynamoDbLockBasedLeaderHeartbeatPeriodInMillis(Env.number("LEADER_HEARTBEAT_MS", 30_000));
+        // CLIENT_VERSION_CONFIG_COMPATIBLE_WITH_2X: an application upgrading from 2.x (the KCL 2.x
+        // algorithms until the fleet is ready); the KCL's default is CLIENT_VERSION_CONFIG_3X.
+        CoordinatorConfig coordinator = configs.coordinatorConfig().parentShardPollIntervalMillis(1000);
+        coordinator.clientVersionConfig(CoordinatorConfig.ClientVersionConfig.valueOf(
+                Env.optional("CLIENT_VERSION_CONFIG", "CLIENT_VERSION_CONFIG_3X")));
         Scheduler scheduler = new Scheduler(
                 configs.checkpointConfig(),
-                configs.coordinatorConfig().parentShardPollIntervalMillis(1000),
+                coordinator,
                 leases,
                 configs.lifecycleConfig(),
                 configs.metricsConfig().metricsLevel(MetricsLevel.NONE).metricsFactory(new NullMetricsFactory()),
