@@ -63,6 +63,7 @@ fn main() {
         horizon: knob("MODEL_HORIZON", 12) as u8,
         leader: false,
         assigns: 0,
+        counting: Vec::new(),
     };
     eprintln!("{model:?}");
     let started = std::time::Instant::now();

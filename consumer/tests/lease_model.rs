@@ -69,6 +69,7 @@ fn model(processes: &[&str], shards: Vec<ShardSpec>, faults: u8) -> LeaseModel {
         horizon: 6,
         leader: false,
         assigns: 0,
+        counting: Vec::new(),
     }
 }
 
@@ -136,4 +137,17 @@ fn led_two_workers_one_shard_with_a_fault() {
 #[test]
 fn led_two_processes_with_one_worker_id() {
     check(led(&["a", "a"], vec![shard(&[], true)], 1, 1), 16, false);
+}
+
+/// The switch between the KCL 2.x and 3.x algorithms, which each worker reads from the
+/// `Migration3.0` record at its own time: one worker takes and steals by count while the other
+/// follows a leader, and any live worker may assign (two at once included).
+#[test]
+fn led_one_follower_beside_one_worker_taking_by_count() {
+    let mixed = LeaseModel {
+        counting: vec![1],
+        steals: 1,
+        ..led(&["a", "b"], vec![shard(&[], true)], 0, 2)
+    };
+    check(mixed, 20, true);
 }

@@ -32,7 +32,10 @@
 //!   no `checkpointOwner`: `leaseOwner = to`, `checkpointOwner` = the old owner, counter left
 //!   alone), marking it `handedOverBy` or not (our leader marks it, a Java leader does not).
 //!   Liveness is not checked in this mode: it rests on the leader's passes going on, which a
-//!   budget cuts short.
+//!   budget cuts short. The processes listed in `counting` take by [`take_rule`] (count mode,
+//!   with the budget of steals) beside the followers: the window in which workers have read
+//!   the `Migration3.0` record's switch between the KCL 2.x and 3.x algorithms at different
+//!   times.
 //! - **Faults**: a process crashes (kill -9), is stopped (SIGTERM: its tasks finish, then each
 //!   lease is handed to a live worker or released), or restarts, within a budget of faults and
 //!   only before `quiet_from`, so that liveness can be checked after the last one. Two
@@ -76,6 +79,8 @@ pub struct LeaseModel {
     pub leader: bool,
     /// How many assignments the leaders make in all.
     pub assigns: u8,
+    /// With `leader`: the processes that take by count all the same (see the module doc).
+    pub counting: Vec<usize>,
 }
 
 const FAILOVER: u8 = 3;
@@ -234,7 +239,7 @@ impl LeaseModel {
             .iter()
             .all(|&q| p.seen[q].as_ref().is_some_and(|x| x.item.checkpoint == END));
         let expired = w.now - seen.since > FAILOVER;
-        if self.leader {
+        if self.leader && !self.counting.contains(&i) {
             return follow_rule(&seen.item.own, &self.processes[i], expired)
                 .filter(|_| parents_ended);
         }
