@@ -118,6 +118,8 @@ struct Seen {
     workers: Vec<String>,
     /// Leader mode: who leads, as this worker last read the lock.
     leader: Option<crate::lease::leader::LeaderStatus>,
+    /// Leased mode: how this worker takes leases now.
+    taking: Option<crate::lease::leader::TakingStatus>,
     scanned_at: Option<DateTime<Utc>>,
     shards: BTreeMap<String, ShardSeen>,
     /// Shards stopped by the failure policy, with why.
@@ -189,6 +191,10 @@ struct StatusDoc {
     /// Leader mode (`CONSUMER_LEASE_ASSIGNMENT=leader`): the KCL 3.x leader as last read from
     /// its lock (worker id, since when, `lease-table` or `coordinator-state`); absent otherwise.
     leader: Option<crate::lease::leader::LeaderStatus>,
+    /// Leased mode: how this worker takes leases now (`taking`: `count` or `follow`) and, in
+    /// leader mode, the `Migration3.0` record's `client_version` as last read.
+    #[serde(flatten)]
+    taking: Option<crate::lease::leader::TakingStatus>,
     /// Every worker's published worker-metrics item (leased mode), sorted by worker id.
     worker_metrics: Vec<WorkerMetricsRow>,
     leases: Vec<LeaseRow>,
@@ -295,6 +301,13 @@ impl Observer {
     pub fn leader_seen(&self, leader: Option<crate::lease::leader::LeaderStatus>) {
         if let Ok(mut s) = self.state.lock() {
             s.leader = leader;
+        }
+    }
+
+    /// How this worker takes leases, as its last election round (or its start) decided.
+    pub fn taking_seen(&self, taking: crate::lease::leader::TakingStatus) {
+        if let Ok(mut s) = self.state.lock() {
+            s.taking = Some(taking);
         }
     }
 
@@ -454,7 +467,7 @@ impl Observer {
         ) = match self.state.lock() {
             Ok(s) => (
                 s.leases.clone(),
-                (s.workers.clone(), s.leader.clone()),
+                (s.workers.clone(), s.leader.clone(), s.taking.clone()),
                 s.scanned_at,
                 s.shards.clone(),
                 s.stopped.values().cloned().collect(),
@@ -502,6 +515,7 @@ impl Observer {
             scanned_at: scanned_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             workers: workers.0,
             leader: workers.1,
+            taking: workers.2,
             worker_metrics,
             leases,
             stopped_shards: stopped,

@@ -480,8 +480,17 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
         ("CONSUMER_LEADER_LEASE_DURATION_MS", "6000"),
         ("CONSUMER_LEADER_HEARTBEAT_MS", "1000"),
     ];
-    let mut a = setup.worker_with("worker-a", &vars);
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let mut a = setup.worker_with(
+        "worker-a",
+        &[&vars[..], &[("HTTP_ADDR", addr.as_str())]].concat(),
+    );
     let mut b = setup.worker_with("worker-b", &vars);
+    // What `/status` says of how worker-a takes leases.
+    let taking = || {
+        let doc = status(&addr);
+        (doc["taking"].clone(), doc["client_version"].clone())
+    };
     const ON_2X: &str = "the application runs the KCL 2.x algorithms (Migration3.0): taking by lease count, out of the leader election";
     const ON_3X: &str =
         "the application runs the KCL 3.x algorithms (Migration3.0): following the leader";
@@ -518,6 +527,14 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
         assert!(w.events("leadership acquired").is_empty(), "{}", w.dump());
     }
     assert!(!lock_exists().await);
+    let counts = poll_until!(Duration::from_secs(10), {
+        taking()
+            == (
+                Value::from("count"),
+                Value::from("CLIENT_VERSION_UPGRADE_FROM_2X"),
+            )
+    });
+    assert!(counts, "{:?}", taking());
 
     // The fleet is ready: the record flips to 3.x; one of ours leads, both follow.
     set_cv("CLIENT_VERSION_3X_WITH_ROLLBACK").await;
@@ -527,6 +544,14 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
             && lock_exists().await
     });
     assert!(led, "{}", dump_all(&[&a, &b]));
+    let follows = poll_until!(Duration::from_secs(10), {
+        taking()
+            == (
+                Value::from("follow"),
+                Value::from("CLIENT_VERSION_3X_WITH_ROLLBACK"),
+            )
+    });
+    assert!(follows, "{:?}", taking());
 
     // Rolled back: the leader gives the lock up, and both take by count again.
     set_cv("CLIENT_VERSION_2X").await;

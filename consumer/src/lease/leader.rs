@@ -487,6 +487,15 @@ impl LockTable {
     }
 }
 
+/// How this worker takes leases now (for `/status` and the status page): `count` (count mode,
+/// or leader mode while the `Migration3.0` record names a KCL 2.x version) or `follow` (leader
+/// mode: only what the leader assigns), with that record's `cv` as last read (leader mode).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TakingStatus {
+    pub taking: &'static str,
+    pub client_version: Option<&'static str>,
+}
+
 /// Who leads, as this worker last read the lock (for `/status` and the status page).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LeaderStatus {
@@ -541,6 +550,11 @@ impl Leadership {
             client_version: None,
             next_version_check: tokio::time::Instant::now(),
         }
+    }
+
+    /// The migration record's `cv` as last read (`None`: no record, or not read yet).
+    pub fn client_version(&self) -> Option<ClientVersion> {
+        self.client_version
     }
 
     /// Whether the application's Java workers run the KCL 2.x algorithms (the migration
@@ -665,6 +679,16 @@ impl Leadership {
                 }
             }
             Decision::Acquire(how) => {
+                // A lock given up or absent may be the sign that the migration record just
+                // flipped to 2.x (a leader that read it released the lock): read the record
+                // again before taking the lock, rather than lead until the next reading.
+                self.next_version_check = now;
+                self.check_client_version(&lock).await;
+                if self.fleet_runs_2x() {
+                    self.election.on_conflict();
+                    self.leader = None;
+                    return Ok(());
+                }
                 let sent = tokio::time::Instant::now();
                 match lock.acquire(&self.me, &how, self.lease_duration).await? {
                     Some(version) => {

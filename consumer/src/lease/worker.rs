@@ -54,7 +54,7 @@ use super::balance::{self, LeaseView};
 use super::cleanup;
 use super::failure::{FailurePolicy, OnFailure};
 use super::held::{DuplicateReport, HeldLease};
-use super::leader::Leadership;
+use super::leader::{ClientVersion, Leadership, TakingStatus};
 use super::machine::{follow_rule, take_rule, Event, LeaseMachine, Op, State, TaskEnd, Timing};
 use super::metrics_reporter;
 use super::processor::RecordProcessorFactory;
@@ -365,6 +365,13 @@ impl<F: RecordProcessorFactory> Worker<F> {
             o.metrics
                 .failover_seconds
                 .set(self.config.failover.as_secs_f64());
+            // Leader mode says once its first round read the migration record.
+            if coordinator.leadership.is_none() {
+                o.taking_seen(TakingStatus {
+                    taking: "count",
+                    client_version: None,
+                });
+            }
         }
         tracing::info!(
             stream = %self.config.stream,
@@ -606,6 +613,14 @@ impl<F: RecordProcessorFactory> Coordinator<F> {
         let leading = leadership.is_leader();
         if let Some(o) = crate::observe::observer() {
             o.leader_seen(leadership.status());
+            o.taking_seen(TakingStatus {
+                taking: if leadership.fleet_runs_2x() {
+                    "count"
+                } else {
+                    "follow"
+                },
+                client_version: leadership.client_version().map(ClientVersion::as_str),
+            });
         }
         if leading && !was_leader {
             // A new reign: rebalance at its first pass, as the KCL does.
