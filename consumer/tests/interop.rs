@@ -977,6 +977,36 @@ fn sent_ids(producer: &mut ServiceProcess) -> HashSet<String> {
         .collect()
 }
 
+/// What `process` logged as processed, read as its kind logs it (the Java KCL application or
+/// ours).
+fn received(process: &ServiceProcess) -> Vec<(String, Position)> {
+    if process.name.contains("KclApp") {
+        java_received(process)
+    } else {
+        ours_received(process)
+    }
+}
+
+/// Waits up to 90 s for `processes` together to have processed every id in `sent`, then
+/// asserts they did, saving their logs under `test` if not.
+async fn assert_all_processed(sent: &HashSet<String>, processes: &[&ServiceProcess], test: &str) {
+    let everyone = || {
+        processes
+            .iter()
+            .flat_map(|p| received(p))
+            .map(|(id, _)| id)
+            .collect::<HashSet<String>>()
+    };
+    let all = testkit::eventually(Duration::from_secs(90), || everyone().is_superset(sent)).await;
+    let lost = sent.difference(&everyone()).count();
+    assert!(
+        all,
+        "{lost} of {} lost: {}",
+        sent.len(),
+        save_logs(test, processes)
+    );
+}
+
 /// Mixed fleet: one Java KCL 3.5 worker and one of ours on one table, 8 shards, under load.
 /// Both hold leases within two assignment passes of both being up, whoever leads; every record
 /// acknowledged is processed.
@@ -1017,22 +1047,7 @@ async fn a_mixed_fleet_shares_one_table_under_one_leader() {
         "both held leases only {took:?} after both were up"
     );
     let sent = sent_ids(&mut producer);
-    let all = testkit::eventually(Duration::from_secs(90), || {
-        let mut got = ids(&ours_received(&ours));
-        got.extend(ids(&java_received(&java)));
-        got.is_superset(&sent)
-    })
-    .await;
-    let mut got = ids(&ours_received(&ours));
-    got.extend(ids(&java_received(&java)));
-    let lost: Vec<&String> = sent.difference(&got).collect();
-    assert!(
-        all,
-        "{} of {} lost: {}",
-        lost.len(),
-        sent.len(),
-        save_logs("mixed-lost", &[&ours, &java])
-    );
+    assert_all_processed(&sent, &[&ours, &java], "mixed-lost").await;
     eprintln!(
         "mixed fleet: leader {leader:?}; both held leases {took:?} after both were up: {:?}; \
          {} records sent, all processed (ours {}, Java {})",
@@ -1128,21 +1143,7 @@ async fn ours_in_leader_mode_takes_by_count_beside_a_java_fleet_upgrading_from_2
         ours.dump()
     );
     let sent = sent_ids(&mut producer);
-    let all = testkit::eventually(Duration::from_secs(90), || {
-        let mut got = ids(&ours_received(&ours));
-        got.extend(ids(&java_received(&java)));
-        got.is_superset(&sent)
-    })
-    .await;
-    let mut got = ids(&ours_received(&ours));
-    got.extend(ids(&java_received(&java)));
-    let lost = sent.difference(&got).count();
-    assert!(
-        all,
-        "{lost} of {} lost: {}",
-        sent.len(),
-        save_logs("upgrade-2x-lost", &[&java, &ours])
-    );
+    assert_all_processed(&sent, &[&java, &ours], "upgrade-2x-lost").await;
     eprintln!(
         "upgrading from 2.x: leases {owners:?}, {} records sent, all processed (ours {}, Java {})",
         sent.len(),
@@ -1469,34 +1470,14 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
     let sent = sent_ids(&mut producer);
     let stopped = [&java1, &java2, &rust1, &rust2];
     let live = [&java3, &java4];
-    let received = |p: &ServiceProcess| {
-        if p.name.contains("KclApp") {
-            java_received(p)
-        } else {
-            ours_received(p)
-        }
-    };
-    let everyone = || {
-        stopped
-            .iter()
-            .chain(live.iter())
-            .flat_map(|p| received(p))
-            .collect::<Vec<_>>()
-    };
-    let all = testkit::eventually(Duration::from_secs(90), || {
-        ids(&everyone()).is_superset(&sent)
-    })
-    .await;
-    let got = everyone();
-    let lost = sent.difference(&ids(&got)).count();
-    let logs = save_logs("rolling", &[&java1, &java2, &rust1, &rust2, &java3, &java4]);
-    assert!(all && lost == 0, "{lost} of {} lost: {logs}", sent.len());
+    let processes: Vec<&ServiceProcess> = stopped.iter().chain(live.iter()).copied().collect();
+    assert_all_processed(&sent, &processes, "rolling").await;
+    let logs = save_logs("rolling", &processes);
     // Duplicates: the first receipt of a record received twice was by a stopped worker, past
     // its last checkpoint on that shard.
     let mut first: HashMap<String, (usize, Position)> = HashMap::new();
     let mut duplicates = 0;
     let mut from_stopped_batches = 0;
-    let processes: Vec<&ServiceProcess> = stopped.iter().chain(live.iter()).copied().collect();
     for (i, p) in processes.iter().enumerate() {
         for (id, at) in received(p) {
             match first.entry(id) {

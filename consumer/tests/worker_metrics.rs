@@ -491,6 +491,7 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
         let doc = status(&addr);
         (doc["taking"].clone(), doc["client_version"].clone())
     };
+    let taking_is = |how: &str, cv: &str| taking() == (Value::from(how), Value::from(cv));
     const ON_2X: &str = "the application runs the KCL 2.x algorithms (Migration3.0): taking by lease count, out of the leader election";
     const ON_3X: &str =
         "the application runs the KCL 3.x algorithms (Migration3.0): following the leader";
@@ -528,11 +529,7 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
     }
     assert!(!lock_exists().await);
     let counts = poll_until!(Duration::from_secs(10), {
-        taking()
-            == (
-                Value::from("count"),
-                Value::from("CLIENT_VERSION_UPGRADE_FROM_2X"),
-            )
+        taking_is("count", "CLIENT_VERSION_UPGRADE_FROM_2X")
     });
     assert!(counts, "{:?}", taking());
 
@@ -545,11 +542,7 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
     });
     assert!(led, "{}", dump_all(&[&a, &b]));
     let follows = poll_until!(Duration::from_secs(10), {
-        taking()
-            == (
-                Value::from("follow"),
-                Value::from("CLIENT_VERSION_3X_WITH_ROLLBACK"),
-            )
+        taking_is("follow", "CLIENT_VERSION_3X_WITH_ROLLBACK")
     });
     assert!(follows, "{:?}", taking());
 
