@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone: installs the pinned emulators (npm) and dev tools
 # (PyPI, into .venv), the KCL client libraries for the multilang suite (npm aws-kcl, PyPI
 # amazon-kclpy) and the status page test driver (npm: playwright-core), then runs every test of
-# the workspace. Needs Rust, Node.js, Python 3, Go (to build promtool) and Chromium (Debian's
+# the workspace. Needs Rust, Node.js, Python 3, Go (to build promtool and AWS's EC2 metadata
+# mock, into .tools/bin) and Chromium (Debian's
 # `chromium`, installed with apt-get when this runs as root, or CHROMIUM_PATH); a missing tool
 # stops it at once with one line saying how to get it.
 # Usage: scripts/test.sh [extra cargo test arguments]
@@ -32,9 +33,7 @@ command -v cargo >/dev/null || missing "cargo (Rust)" "install it from https://r
 command -v node >/dev/null || missing "Node.js 20+" "install it from https://nodejs.org or your package manager"
 command -v npm >/dev/null || missing "npm" "it comes with Node.js"
 command -v python3 >/dev/null || missing "Python 3" "install python3 (with venv) from your package manager"
-if (($# == 0)); then
-  command -v go >/dev/null || missing "Go 1.26+ (it builds promtool for the alert rule tests)" "install it from https://go.dev/dl/"
-fi
+command -v go >/dev/null || missing "Go 1.26+ (it builds promtool for the alert rule tests and the EC2 metadata mock)" "install it from https://go.dev/dl/"
 if [[ -n "${CHROMIUM_PATH:-}" ]]; then
   [[ -x "$CHROMIUM_PATH" ]] || {
     echo "scripts/test.sh: CHROMIUM_PATH=$CHROMIUM_PATH is not an executable file: point it at a Chromium or Chrome binary" >&2
@@ -61,6 +60,15 @@ echo "==> installing the Node.js KCL pinned in multilang/package-lock.json" >&2
 npm ci --prefix multilang --no-audit --no-fund --loglevel=error >&2
 echo "==> installing the status page test driver pinned in browser/package-lock.json" >&2
 npm ci --prefix browser --no-audit --no-fund --loglevel=error >&2
+# AWS's EC2 instance metadata mock, for the test of CONSUMER_WORKER_CPU_SOURCE=kcl on EC2.
+EC2_METADATA_MOCK_VERSION=v1.13.0
+if [[ "$(cat .tools/bin/ec2-metadata-mock.version 2>/dev/null)" != "$EC2_METADATA_MOCK_VERSION" ]]; then
+  echo "==> building the EC2 metadata mock (github.com/aws/amazon-ec2-metadata-mock $EC2_METADATA_MOCK_VERSION) into .tools/bin" >&2
+  mkdir -p .tools/bin
+  GOBIN="$PWD/.tools/bin" go install \
+    "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$EC2_METADATA_MOCK_VERSION"
+  echo "$EC2_METADATA_MOCK_VERSION" >.tools/bin/ec2-metadata-mock.version
+fi
 echo "==> installing the dev tools pinned in requirements-dev.txt and amazon-kclpy into .venv" >&2
 scripts/dev-venv.sh >/dev/null
 if (($# == 0)); then

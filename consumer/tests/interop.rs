@@ -866,7 +866,8 @@ fn our_led_consumer_with(
             // worker, balanced by throughput; a worker publishing CPU is compared on CPU with
             // the workers that publish it only, so a fleet mixing both never rebalances
             // between the two kinds (the KCL's algorithm averages each metric over the workers
-            // that have it). Ours publish no CPU either, as a fleet should run here.
+            // that have it). Ours publish no CPU either, as a fleet should run here (`kcl`
+            // decides the same off AWS; `none` spares each worker the EC2 probe).
             ("CONSUMER_WORKER_CPU_SOURCE", "none"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),

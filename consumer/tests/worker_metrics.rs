@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kinesis_consumer::lease::worker_metrics::{MetricsLayout, WorkerMetrics, CPU, EXPIRY};
 use serde_json::Value;
 use support::*;
-use testkit::{http_get, metric_value, Kind};
+use testkit::{http_get, metric_value, Kind, ServiceProcess};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -562,4 +562,54 @@ async fn leader_mode_runs_the_2x_algorithms_while_the_migration_record_says_so()
     );
     stop(&mut a);
     stop(&mut b);
+}
+
+/// `CONSUMER_WORKER_CPU_SOURCE=kcl` publishes what a Java KCL 3.x worker would publish in the
+/// same place: on EC2 (here AWS's EC2 metadata mock, IMDSv2) the CPU from `/proc/stat`; where
+/// no instance metadata service answers (and no ECS or EKS is found, as on this machine) no
+/// CPU, a default worker. Each says at start which platform it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kcl_cpu_source_publishes_cpu_where_the_java_kcl_would() {
+    let _serial = SERIAL.lock().await;
+    let setup = setup("wm-kcl-cpu", 1).await;
+    let (_imds, endpoint) = testkit::ec2_metadata_mock();
+    let closed = format!("http://127.0.0.1:{}", testkit::free_port());
+    let worker = |id: &str, imds: &str| {
+        setup.worker_with(
+            id,
+            &[
+                ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
+                ("CONSUMER_WORKER_CPU_SOURCE", "kcl"),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds),
+            ],
+        )
+    };
+    let mut on_ec2 = worker("on-ec2", &endpoint);
+    let mut elsewhere = worker("elsewhere", &closed);
+    let mut items: Vec<WorkerMetrics>;
+    let published = poll_until!(Duration::from_secs(60), {
+        items = metrics_items(&setup, &setup.app, MetricsLayout::LeaseTable).await;
+        ["on-ec2", "elsewhere"]
+            .iter()
+            .all(|id| items.iter().any(|w| w.worker_id == *id && w.is_valid()))
+    });
+    assert!(published, "{items:?}\n{}", dump_all(&[&on_ec2, &elsewhere]));
+    let item = |id: &str| items.iter().find(|w| w.worker_id == id).unwrap();
+    assert!(!item("on-ec2").is_default(), "{:?}", item("on-ec2"));
+    assert!(item("elsewhere").is_default(), "{:?}", item("elsewhere"));
+    const DETECTED: &str =
+        "CONSUMER_WORKER_CPU_SOURCE=kcl: the CPU source a Java KCL worker would use here";
+    let detected = |w: &ServiceProcess| {
+        let e = w.events(DETECTED);
+        assert_eq!(e.len(), 1, "{}", w.dump());
+        (e[0]["platform"].clone(), e[0]["cpu"].clone())
+    };
+    assert_eq!(detected(&on_ec2), (Value::from("EC2"), Value::from("proc")));
+    assert_eq!(
+        detected(&elsewhere),
+        (Value::from("none"), Value::from("none"))
+    );
+    assert_eq!(on_ec2.events("publishing worker metrics")[0]["cpu"], "proc");
+    stop(&mut on_ec2);
+    stop(&mut elsewhere);
 }

@@ -64,6 +64,38 @@ pub fn dynamodb_local_dir() -> PathBuf {
     dir
 }
 
+/// AWS's EC2 instance metadata mock (`amazon-ec2-metadata-mock`), started on a free port with
+/// IMDSv2 required, as an EC2 instance's metadata service answers: the process and its
+/// endpoint (for `AWS_EC2_METADATA_SERVICE_ENDPOINT`), once it accepts connections.
+/// `scripts/test.sh` builds it into `.tools/bin`; `EC2_METADATA_MOCK` names another binary.
+pub fn ec2_metadata_mock() -> (ServiceProcess, String) {
+    let binary = std::env::var_os("EC2_METADATA_MOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/ec2-metadata-mock")
+        });
+    assert!(
+        binary.is_file(),
+        "the EC2 metadata mock is not built at {}: run scripts/test.sh, or GOBIN=$PWD/.tools/bin \
+         go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@v1.13.0",
+        binary.display()
+    );
+    let port = free_port();
+    let process =
+        ServiceProcess::spawn_with_args(&binary, &["--port", &port.to_string(), "--imdsv2"], &[]);
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the EC2 metadata mock did not listen on {addr} within 20 s: {}",
+            process.dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (process, format!("http://{addr}"))
+}
+
 /// The DynamoDB emulator for lease tables, chosen with `TEST_DYNAMODB`: `dynalite` (the default,
 /// installed by npm) or `dynamodb-local` (the engine LocalStack runs; `scripts/interop.sh` runs
 /// the leased tests again with it).

@@ -68,6 +68,24 @@ pub enum CpuSource {
     ProcStat,
     /// None: a "default" worker, balanced by its leases' throughput.
     None,
+    /// As the Java KCL 3.x chooses (`WorkerMetricsSelector`): on ECS (with the v4 metadata
+    /// endpoint) or EKS the cgroup, on EC2 `/proc/stat`, elsewhere none, so that a fleet
+    /// mixing Java and Rust workers publishes alike. Resolved once at start.
+    Kcl,
+}
+
+impl CpuSource {
+    /// The value of `CONSUMER_WORKER_CPU_SOURCE` that names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuSource::Auto => "auto",
+            CpuSource::CgroupV2 => "cgroup-v2",
+            CpuSource::CgroupV1 => "cgroup-v1",
+            CpuSource::ProcStat => "proc",
+            CpuSource::None => "none",
+            CpuSource::Kcl => "kcl",
+        }
+    }
 }
 
 /// The worker-metrics item and where the Java KCL 3.x keeps it.
@@ -439,12 +457,14 @@ impl ConsumerSettings {
                     cpu: raw.choice(
                         &CONSUMER_WORKER_CPU_SOURCE,
                         &[
-                            ("auto", CpuSource::Auto),
-                            ("cgroup-v2", CpuSource::CgroupV2),
-                            ("cgroup-v1", CpuSource::CgroupV1),
-                            ("proc", CpuSource::ProcStat),
-                            ("none", CpuSource::None),
-                        ],
+                            CpuSource::Auto,
+                            CpuSource::CgroupV2,
+                            CpuSource::CgroupV1,
+                            CpuSource::ProcStat,
+                            CpuSource::None,
+                            CpuSource::Kcl,
+                        ]
+                        .map(|s| (s.name(), s)),
                     )?,
                     legacy_table: raw
                         .text(&CONSUMER_WORKER_METRICS_TABLE, valid_table_name)?

@@ -205,7 +205,7 @@ pub const CONSUMER_WORKER_METRICS_INTERVAL_MS: VarSpec = var(
 pub const CONSUMER_WORKER_CPU_SOURCE: VarSpec = var(
     "CONSUMER_WORKER_CPU_SOURCE",
     Some("auto"),
-    "`auto` (the cgroup v2, else cgroup v1, else /proc/stat), `cgroup-v2`, `cgroup-v1`, `proc` or `none` (publish no CPU: balanced by throughput)",
+    "`auto` (the cgroup v2, else cgroup v1, else /proc/stat), `cgroup-v2`, `cgroup-v1`, `proc`, `none` (publish no CPU: balanced by throughput) or `kcl` (as the Java KCL 3.x: the cgroup on ECS or EKS, /proc/stat on EC2, none elsewhere)",
 );
 pub const CONSUMER_WORKER_METRICS_TABLE: VarSpec = var(
     "CONSUMER_WORKER_METRICS_TABLE",

@@ -91,7 +91,8 @@ impl CpuSampler {
     /// the worker then publishes no CPU.
     pub fn new(source: CpuSource, root: &Path) -> Result<Option<Self>, CpuError> {
         let candidates: &[Reader] = match source {
-            CpuSource::None => return Ok(None),
+            // `kcl` is resolved to one of the others by `platform::detect` before this.
+            CpuSource::None | CpuSource::Kcl => return Ok(None),
             CpuSource::Auto => &[Reader::CgroupV2, Reader::CgroupV1, Reader::ProcStat],
             CpuSource::CgroupV2 => &[Reader::CgroupV2],
             CpuSource::CgroupV1 => &[Reader::CgroupV1],

@@ -457,11 +457,17 @@ pub async fn start(
             return Ok(None);
         }
     };
+    let mut settings = settings.clone();
+    if settings.cpu == CpuSource::Kcl {
+        let (platform, source) = super::platform::detect(Path::new("/")).await;
+        tracing::info!(worker_id = %worker_id, platform = platform.name(), cpu = source.name(), "CONSUMER_WORKER_CPU_SOURCE=kcl: the CPU source a Java KCL worker would use here");
+        settings.cpu = source;
+    }
     let reporter = Reporter::new(
         client,
         worker_id.to_string(),
         placement,
-        settings,
+        &settings,
         Path::new("/"),
     )?;
     let handle = tokio::spawn(reporter.run(cancel));

@@ -51,6 +51,7 @@ pub(crate) mod leader;
 #[doc(hidden)]
 pub mod machine;
 pub(crate) mod metrics_reporter;
+pub(crate) mod platform;
 pub mod processor;
 mod shard;
 mod sync;
