@@ -55,8 +55,10 @@ pub struct LeaseSettings {
     pub worker_metrics: WorkerMetricsSettings,
 }
 
-/// Where a worker's CPU utilisation is read from.
+/// Where a worker's CPU utilisation is read from. More sources may come within a version
+/// series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CpuSource {
     /// The first that can be read of cgroup v2, cgroup v1, `/proc/stat`.
     Auto,

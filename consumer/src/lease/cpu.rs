@@ -91,12 +91,14 @@ impl CpuSampler {
     /// the worker then publishes no CPU.
     pub fn new(source: CpuSource, root: &Path) -> Result<Option<Self>, CpuError> {
         let candidates: &[Reader] = match source {
-            // `kcl` is resolved to one of the others by `platform::detect` before this.
+            // `kcl` is resolved to one of the others by `platform::detect` before this (and a
+            // source this version does not know publishes no CPU).
             CpuSource::None | CpuSource::Kcl => return Ok(None),
             CpuSource::Auto => &[Reader::CgroupV2, Reader::CgroupV1, Reader::ProcStat],
             CpuSource::CgroupV2 => &[Reader::CgroupV2],
             CpuSource::CgroupV1 => &[Reader::CgroupV1],
             CpuSource::ProcStat => &[Reader::ProcStat],
+            _ => return Ok(None),
         };
         let mut last_error = None;
         for reader in candidates {
