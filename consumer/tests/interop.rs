@@ -1409,7 +1409,22 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
             .await
         }
     };
+    let started = std::time::Instant::now();
+    // The Java fleet first, one worker after the other: the second starts once the first has
+    // made the lease table and its leases, so that the two JVMs do not race to create one
+    // table (a CI run saw two started together hold no lease for 90 s; the race between two
+    // fresh Java workers is not what this test is about).
     let mut java1 = java_led(&stream, &app, "java-1");
+    let leases_made = wait_until(Duration::from_secs(90), || async {
+        items_if_any(&app)
+            .await
+            .iter()
+            .filter(|i| s(i, "leaseKey").is_some_and(|k| k.starts_with("shardId-")))
+            .count()
+            == 4
+    })
+    .await;
+    assert!(leases_made, "{}", save_logs("rolling-java-1", &[&java1]));
     let mut java2 = java_led(&stream, &app, "java-2");
     // Which Java worker the Java leader gives the leases to before ours arrive is the Java KCL's
     // affair (runs here saw java-1 keep all 4 for 90 s, and java-2 take all 4): the migration
@@ -1420,8 +1435,17 @@ async fn a_rolling_migration_both_ways_loses_nothing() {
             && owners.values().map(Vec::len).sum::<usize>() == 4
     })
     .await;
-    assert!(java_fleet, "{:?}", lease_owners(&app).await);
-    let mut steps = Vec::new();
+    assert!(
+        java_fleet,
+        "{:?}: {}",
+        lease_owners(&app).await,
+        save_logs("rolling-java", &[&java1, &java2])
+    );
+    let mut steps = vec![format!(
+        "Java fleet holds every lease after {:?}: {:?}",
+        started.elapsed(),
+        lease_owners(&app).await
+    )];
     let mut rust1 = our_led_consumer(&stream, &app, "rust-1");
     assert!(
         holds("rust-1").await,
