@@ -65,6 +65,32 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A KCL 3.0-3.4 application's tables beside the lease table: `<app>-CoordinatorState` and
+/// `<app>-WorkerMetricStats`, created empty; their names.
+async fn kcl_3_4_tables(setup: &Setup) -> (String, String) {
+    let coordinator = format!("{}-CoordinatorState", setup.app);
+    let legacy = format!("{}-WorkerMetricStats", setup.app);
+    testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
+    testkit::create_hash_key_table(&setup.dynamo, &legacy, "wid").await;
+    (coordinator, legacy)
+}
+
+/// Puts the `TableMigration3.5` record with status `tm` into `coordinator`, as a Java worker
+/// writes it.
+async fn set_table_migration(setup: &Setup, coordinator: &str, tm: &str) {
+    setup
+        .dynamo
+        .put_item()
+        .table_name(coordinator)
+        .item("key", AttributeValue::S("TableMigration3.5".into()))
+        .item("tm", AttributeValue::S(tm.into()))
+        .item("mb", AttributeValue::S("java-leader".into()))
+        .item("mts", AttributeValue::N("1796000000000".into()))
+        .send()
+        .await
+        .expect("PutItem");
+}
+
 fn status(addr: &str) -> Value {
     let (_, body) = http_get(addr, "/status").expect("status answers");
     serde_json::from_str(&body).expect("status JSON")
@@ -210,10 +236,7 @@ async fn workers_publish_their_metrics_and_lease_throughput_and_status_shows_the
 async fn a_kcl_3_4_application_gets_the_item_in_its_worker_metrics_table_until_migrated() {
     let _serial = SERIAL.lock().await;
     let setup = setup("wm-legacy", 1).await;
-    let coordinator = format!("{}-CoordinatorState", setup.app);
-    let legacy = format!("{}-WorkerMetricStats", setup.app);
-    testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
-    testkit::create_hash_key_table(&setup.dynamo, &legacy, "wid").await;
+    let (coordinator, legacy) = kcl_3_4_tables(&setup).await;
 
     let extra = [
         ("CONSUMER_WORKER_METRICS_INTERVAL_MS", INTERVAL_MS),
@@ -259,20 +282,7 @@ async fn a_kcl_3_4_application_gets_the_item_in_its_worker_metrics_table_until_m
     );
 
     // Migrated: the record says COMPLETE.
-    setup
-        .dynamo
-        .put_item()
-        .table_name(&coordinator)
-        .item("key", AttributeValue::S("TableMigration3.5".into()))
-        .item(
-            "tm",
-            AttributeValue::S("TABLE_MIGRATION_STATUS_COMPLETE".into()),
-        )
-        .item("mb", AttributeValue::S("java-leader".into()))
-        .item("mts", AttributeValue::N("1796000000000".into()))
-        .send()
-        .await
-        .expect("PutItem");
+    set_table_migration(&setup, &coordinator, "TABLE_MIGRATION_STATUS_COMPLETE").await;
     let started = Instant::now();
     let mut new = setup.worker_with("worker-new", &extra);
     let moved = poll_until!(Duration::from_secs(60), {
@@ -311,10 +321,7 @@ async fn the_leader_deletes_worker_metrics_items_gone_for_a_day_in_either_layout
         )
         .await;
         let (table, layout) = if legacy_layout {
-            let legacy = format!("{}-WorkerMetricStats", setup.app);
-            let coordinator = format!("{}-CoordinatorState", setup.app);
-            testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
-            testkit::create_hash_key_table(&setup.dynamo, &legacy, "wid").await;
+            let (_, legacy) = kcl_3_4_tables(&setup).await;
             (legacy, MetricsLayout::LegacyTable)
         } else {
             (setup.app.clone(), MetricsLayout::LeaseTable)
@@ -395,20 +402,8 @@ async fn the_leader_deletes_worker_metrics_items_gone_for_a_day_in_either_layout
 async fn an_unknown_table_migration_status_stops_publishing_and_leading_alike() {
     let _serial = SERIAL.lock().await;
     let setup = setup("wm-unknown", 1).await;
-    let coordinator = format!("{}-CoordinatorState", setup.app);
-    testkit::create_hash_key_table(&setup.dynamo, &coordinator, "key").await;
-    setup
-        .dynamo
-        .put_item()
-        .table_name(&coordinator)
-        .item("key", AttributeValue::S("TableMigration3.5".into()))
-        .item(
-            "tm",
-            AttributeValue::S("TABLE_MIGRATION_STATUS_NEXT".into()),
-        )
-        .send()
-        .await
-        .expect("PutItem");
+    let (coordinator, _) = kcl_3_4_tables(&setup).await;
+    set_table_migration(&setup, &coordinator, "TABLE_MIGRATION_STATUS_NEXT").await;
     let mut worker = setup.worker_with(
         "worker-u",
         &[

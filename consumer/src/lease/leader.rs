@@ -319,18 +319,23 @@ impl LockTable {
         }
     }
 
-    /// The lock item, read consistently; `None` when there is none.
-    pub async fn read(&self) -> Result<Option<Lock>, LockError> {
+    /// The coordinator-state item keyed `key` in the lock's table, read consistently.
+    async fn get(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, LockError> {
         let out = self
             .client
             .get_item()
             .table_name(self.layout.table())
-            .key(self.layout.key_attribute(), s(LEADER_KEY))
+            .key(self.layout.key_attribute(), s(key))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| self.error("GetItem", classify(&e), error_text(&e)))?;
-        let Some(item) = out.item() else {
+        Ok(out.item)
+    }
+
+    /// The lock item, read consistently; `None` when there is none.
+    pub async fn read(&self) -> Result<Option<Lock>, LockError> {
+        let Some(item) = self.get(LEADER_KEY).await? else {
             return Ok(None);
         };
         let text = |name: &str| match item.get(name) {
@@ -367,16 +372,8 @@ impl LockTable {
     /// there is no record (an application no Java KCL 3.x worker has started on yet), an
     /// error naming the value when it is not one this consumer knows.
     pub async fn read_client_version(&self) -> Result<Option<ClientVersion>, LockError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.layout.table())
-            .key(self.layout.key_attribute(), s(MIGRATION_KEY))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.error("GetItem", classify(&e), error_text(&e)))?;
-        match out.item().and_then(|i| i.get(CLIENT_VERSION)) {
+        let item = self.get(MIGRATION_KEY).await?;
+        match item.as_ref().and_then(|i| i.get(CLIENT_VERSION)) {
             None => Ok(None),
             Some(AttributeValue::S(v)) => ClientVersion::parse(v).map(Some).ok_or_else(|| {
                 self.error(
