@@ -23,14 +23,14 @@
 //! assert!(deaggregate(b"an ordinary record").is_none());
 //! ```
 
-use md5::{Digest, Md5};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use rustc_hash::FxHashMap;
 
 /// The four bytes every aggregated record starts with.
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
-const DIGEST_LEN: usize = 16;
+/// Bytes of the MD5 digest that ends an aggregate.
+pub const DIGEST_LEN: usize = 16;
 
 /// protobuf messages of the format (proto2; field numbers as in `kpl_agg.proto`).
 mod pb {
@@ -67,7 +67,7 @@ mod pb {
 
 /// The 128-bit hash key Kinesis derives from a partition key.
 pub fn hash_key(partition_key: &str) -> u128 {
-    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
+    u128::from_be_bytes(md5_many::md5(partition_key.as_bytes()))
 }
 
 /// The hash key a user record routes by: its explicit hash key if valid, else its key's MD5.
@@ -197,7 +197,7 @@ pub fn deaggregate(data: &[u8]) -> Option<Aggregate> {
         return None;
     }
     let (message, digest) = body.split_at(body.len() - DIGEST_LEN);
-    if Md5::digest(message).as_slice() != digest {
+    if md5_many::md5(message).as_slice() != digest {
         return None;
     }
     let agg = pb::AggregatedRecord::decode(message).ok()?;
@@ -438,14 +438,42 @@ impl Aggregator {
     /// The aggregated record's bytes; the aggregator is empty again afterwards (with a new
     /// buffer of its capacity).
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = std::mem::replace(&mut self.buf, magic_buf(self.capacity));
-        self.keys.clear();
-        self.hash_keys.clear();
-        self.records = 0;
-        let digest = Md5::digest(&out[MAGIC.len()..]);
+        let mut out = self.finish_undigested();
+        let [digest] = digests(&[&out]);
         out.extend_from_slice(&digest);
         out
     }
+
+    /// The aggregated record's bytes but its digest, to be completed with [`digests`] (which
+    /// hashes many aggregates at once); the aggregator is empty again afterwards.
+    pub fn finish_undigested(&mut self) -> Vec<u8> {
+        let out = std::mem::replace(&mut self.buf, magic_buf(self.capacity));
+        self.keys.clear();
+        self.hash_keys.clear();
+        self.records = 0;
+        out
+    }
+}
+
+/// The digest (the last [`DIGEST_LEN`] bytes) of each aggregate of `undigested`, aggregates as
+/// [`Aggregator::finish_undigested`] leaves them. Hashed together: in SIMD lanes where the CPU
+/// has them, many times faster than one by one.
+pub fn digests<const N: usize>(undigested: &[&[u8]; N]) -> [[u8; DIGEST_LEN]; N] {
+    let mut out = [[0; DIGEST_LEN]; N];
+    digests_into(undigested, &mut out);
+    out
+}
+
+/// [`digests`] for any number of aggregates: the digest of `undigested[i]` goes to `out[i]`.
+///
+/// # Panics
+/// If `out` is shorter than `undigested`.
+pub fn digests_into(undigested: &[&[u8]], out: &mut [[u8; DIGEST_LEN]]) {
+    let messages: Vec<&[u8]> = undigested
+        .iter()
+        .map(|a| a.get(MAGIC.len()..).unwrap_or_default())
+        .collect();
+    md5_many::md5_many(&messages, out);
 }
 
 /// Encoded length of a `Record` message body.
@@ -458,6 +486,46 @@ fn record_len(key_index: u64, hash_key_index: Option<u64>, data_len: usize) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::{Digest, Md5};
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn digests_are_md5s_of_each_aggregate_after_its_magic() {
+        let seed: u64 = rand::random();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..30 {
+            let owned: Vec<Vec<u8>> = (0..rng.gen_range(0..40))
+                .map(|_| {
+                    let mut a = MAGIC.to_vec();
+                    let len = rng.gen_range(0..3000);
+                    a.extend((0..len).map(|_| rng.gen::<u8>()));
+                    a
+                })
+                .collect();
+            let aggregates: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            let mut out = vec![[0; DIGEST_LEN]; aggregates.len()];
+            digests_into(&aggregates, &mut out);
+            for (a, d) in aggregates.iter().zip(&out) {
+                assert_eq!(Md5::digest(&a[MAGIC.len()..]).as_slice(), d, "seed {seed}");
+            }
+        }
+        assert_eq!(hash_key("k"), u128::from_be_bytes(Md5::digest(b"k").into()));
+    }
+
+    #[test]
+    fn an_undigested_aggregate_with_its_digest_is_the_finished_one() {
+        let mut agg = Aggregator::new();
+        agg.add("a", None, b"one");
+        agg.add("b", Some("7"), b"two");
+        let mut undigested = agg.finish_undigested();
+        let [digest] = digests(&[&undigested]);
+        undigested.extend_from_slice(&digest);
+        agg.add("a", None, b"one");
+        agg.add("b", Some("7"), b"two");
+        assert_eq!(undigested, agg.finish());
+        assert_eq!(deaggregate(&undigested).map(|a| a.records.len()), Some(2));
+    }
 
     #[test]
     fn add_says_where_each_records_data_is_in_the_finished_aggregate() {

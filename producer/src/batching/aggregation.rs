@@ -130,7 +130,8 @@ impl OpenAggregate {
             let entry = self.members.pop().map(|p| Entry::single(p, Some(shard)));
             return (entry, self.aggregator);
         }
-        let encoded = self.aggregator.finish();
+        // The digest is the call's to add (see `Entry::data`).
+        let encoded = self.aggregator.finish_undigested();
         let data = if encoded.capacity() > encoded.len() + encoded.len() / 4 {
             // The encoder's buffer grew by doubling: keep an exact copy instead.
             Bytes::copy_from_slice(&encoded)
@@ -196,7 +197,10 @@ mod tests {
         );
         assert_eq!(entry.predicted_shard.as_deref(), Some("s"));
         assert_eq!(entry.deadline, now + Duration::from_secs(5));
-        let decoded = kinesis_common::kpl::deaggregate(&entry.data).expect("an aggregate");
+        let mut data = entry.data.to_vec();
+        let [digest] = kinesis_common::kpl::digests(&[&data]);
+        data.extend_from_slice(&digest);
+        let decoded = kinesis_common::kpl::deaggregate(&data).expect("an aggregate");
         let keys: Vec<&str> = decoded.iter().map(|m| m.partition_key).collect();
         assert_eq!(keys, ["a", "b"]);
         // The members' data is now the aggregate's: held once, not twice.
@@ -222,7 +226,7 @@ mod tests {
             .add("s".into(), pending("c", 400, later))
             .expect("the third would pass 1024 bytes");
         assert!(sealed.aggregated && sealed.members.len() == 2);
-        assert!(sealed.data.len() <= 1024);
+        assert!(sealed.data_len() <= 1024);
         let alone: Vec<Entry> = aggregates.seal_all().collect();
         assert_eq!(alone.len(), 1);
         assert!(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kinesis_common::kpl::DIGEST_LEN;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -56,6 +57,8 @@ impl Pending {
 pub(super) struct Entry {
     pub(super) partition_key: String,
     pub(super) explicit_hash_key: Option<String>,
+    /// The record's data; for an aggregate, all of it but its MD5 digest, which the call's
+    /// body appends (`request_body`: one call's aggregates are hashed together).
     pub(super) data: Bytes,
     pub(super) members: Vec<Pending>,
     /// The shard the shard map says this record lands on (when a map is in use); the id is
@@ -86,7 +89,12 @@ impl Entry {
 
     /// Bytes the entry counts for against the `PutRecords` size limits.
     pub(super) fn size(&self) -> usize {
-        self.data.len() + self.partition_key.len()
+        self.data_len() + self.partition_key.len()
+    }
+
+    /// Bytes of the data Kinesis stores: an aggregate's with its digest.
+    pub(super) fn data_len(&self) -> usize {
+        self.data.len() + if self.aggregated { DIGEST_LEN } else { 0 }
     }
 
     /// Takes the entry apart into its records, each carrying the calls it was in.

@@ -25,6 +25,7 @@ use super::put_records::{put_records, Batch, CallOutcome, Landed};
 use super::put_records::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 use super::rate_limit::Backlogs;
 use super::record::SendError;
+use super::request_body::BodyPool;
 use super::shard_map::{self, ShardMap};
 
 /// A shard map is listed again at most this often when records land elsewhere than predicted.
@@ -44,6 +45,8 @@ pub(super) struct EventLoop {
     /// When the oldest buffered record arrived, for the linger timer.
     oldest: Option<Instant>,
     calls: JoinSet<CallOutcome>,
+    /// Body buffers of finished calls, one per call in flight at most.
+    bodies: BodyPool,
     /// Failed entries waiting out their backoff, by when it ends (and a sequence number):
     /// one timer for all of them, no task each.
     retries: BTreeMap<(Instant, u64), Entry>,
@@ -84,6 +87,7 @@ impl EventLoop {
                 outcomes,
             },
             aggregates: Aggregates::new(config.aggregation_max_bytes),
+            bodies: BodyPool::new(config.max_in_flight),
             config,
             rx,
             queue: VecDeque::new(),
@@ -374,8 +378,13 @@ impl EventLoop {
             }
         }
         let (client, stream) = (self.client.clone(), self.config.stream_name.clone());
-        self.calls
-            .spawn(put_records(client, stream, batch, self.reporter.clone()));
+        self.calls.spawn(put_records(
+            client,
+            stream,
+            batch,
+            self.reporter.clone(),
+            self.bodies.clone(),
+        ));
         true
     }
 

@@ -45,8 +45,8 @@
 //! `record` and `config` (what goes in and comes out), `outcome` (receipts, or outcome
 //! batches for tagged records), `entry` (what the buffer holds),
 //! `event_loop` (the background task that owns the buffer: read it top-down), `aggregation`,
-//! `rate_limit` (token buckets and the records they hold back), `shard_map` and `put_records`
-//! (the call and the reading of its answer).
+//! `rate_limit` (token buckets and the records they hold back), `shard_map`, `put_records`
+//! (the call and the reading of its answer) and `request_body` (the call's JSON body).
 
 mod aggregation;
 mod config;
@@ -57,6 +57,7 @@ mod outcome;
 mod put_records;
 mod rate_limit;
 mod record;
+mod request_body;
 mod shard_map;
 
 pub use config::{InvalidConfig, ProducerConfig};

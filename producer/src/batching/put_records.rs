@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 use kinesis_common::kinesis::{error_text, is_retryable, is_retryable_code};
 use tokio::time::Instant;
@@ -12,6 +10,7 @@ use tokio::time::Instant;
 use super::entry::Entry;
 use super::outcome::Reporter;
 use super::record::SendError;
+use super::request_body::{replace_body, BodyPool};
 
 /// Kinesis limits for one `PutRecords` call.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -75,27 +74,23 @@ pub(super) async fn put_records(
     stream: String,
     batch: Batch,
     reporter: Reporter,
+    bodies: BodyPool,
 ) -> CallOutcome {
     let mut batch = batch.entries;
     let metrics = reporter.metrics.as_ref();
     let started = Instant::now();
-    let entries: Vec<PutRecordsRequestEntry> = batch
-        .iter_mut()
-        .filter_map(|e| {
-            e.attempts += 1;
-            PutRecordsRequestEntry::builder()
-                .data(Blob::new(e.data.to_vec()))
-                .partition_key(e.partition_key.clone())
-                .set_explicit_hash_key(e.explicit_hash_key.clone())
-                .build()
-                .ok()
-        })
-        .collect();
+    for e in &mut batch {
+        e.attempts += 1;
+    }
+    // The body is ours (see `request_body`); the SDK is given no records to serialize.
+    let body = bodies.body(&stream, &batch);
     let mut outcome = CallOutcome::default();
     let call = client
         .put_records()
         .stream_name(&stream)
-        .set_records(Some(entries))
+        .set_records(Some(Vec::new()))
+        .customize()
+        .mutate_request(move |request| replace_body(request, &body))
         .send();
     // However the network behaves, the call ends when the first of its records' time to live
     // does (the SDK's own timeouts usually end it sooner).
