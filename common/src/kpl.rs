@@ -77,6 +77,28 @@ pub fn effective_hash_key(partition_key: &str, explicit_hash_key: Option<&str>) 
         .unwrap_or_else(|| hash_key(partition_key))
 }
 
+/// [`effective_hash_key`] of many records, `(partition key, explicit hash key)` each, in order:
+/// the partition keys that route are hashed together (in SIMD lanes where the CPU has them).
+pub fn effective_hash_keys(records: &[(&str, Option<&str>)]) -> Vec<u128> {
+    let explicit: Vec<Option<u128>> = records
+        .iter()
+        .map(|(_, ehk)| ehk.and_then(|k| k.parse::<u128>().ok()))
+        .collect();
+    let keys: Vec<&[u8]> = records
+        .iter()
+        .zip(&explicit)
+        .filter(|(_, e)| e.is_none())
+        .map(|((key, _), _)| key.as_bytes())
+        .collect();
+    let mut digests = vec![[0; 16]; keys.len()];
+    md5_many::md5_many(&keys, &mut digests);
+    let mut digests = digests.into_iter();
+    explicit
+        .into_iter()
+        .map(|e| e.unwrap_or_else(|| u128::from_be_bytes(digests.next().unwrap_or_default())))
+        .collect()
+}
+
 /// Whether some member of `aggregate` hashes outside the shard's inclusive `hash_range` (never,
 /// when the range is unknown). Kinesis stores an aggregate by one hash key, so such an
 /// aggregate was built from a stale shard map: the Java KCL drops it whole, and the producers
@@ -511,6 +533,26 @@ mod tests {
             }
         }
         assert_eq!(hash_key("k"), u128::from_be_bytes(Md5::digest(b"k").into()));
+        let records: Vec<(String, Option<String>)> = (0..rng.gen_range(0..100))
+            .map(|i| {
+                let key = format!("key-{}", rng.gen::<u64>());
+                let ehk = match i % 3 {
+                    0 => Some(rng.gen::<u128>().to_string()),
+                    1 => Some("not a number".to_string()),
+                    _ => None,
+                };
+                (key, ehk)
+            })
+            .collect();
+        let pairs: Vec<(&str, Option<&str>)> = records
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.as_deref()))
+            .collect();
+        let one_by_one: Vec<u128> = pairs
+            .iter()
+            .map(|(k, e)| effective_hash_key(k, *e))
+            .collect();
+        assert_eq!(effective_hash_keys(&pairs), one_by_one, "seed {seed}");
     }
 
     #[test]

@@ -157,15 +157,16 @@ impl EventLoop {
             tokio::select! {
                 msg = self.rx.recv(), if open => match msg {
                     Some(p) => {
-                        self.push(p);
                         // Take whatever else is waiting in one go: one wake-up per burst rather
-                        // than per record.
-                        for _ in 0..DRAIN_AT_ONCE {
+                        // than per record, and their hash keys computed together.
+                        let mut drained = vec![p];
+                        while drained.len() <= DRAIN_AT_ONCE {
                             match self.rx.try_recv() {
-                                Ok(p) => self.push(p),
+                                Ok(p) => drained.push(p),
                                 Err(_) => break,
                             }
                         }
+                        self.push_all(drained);
                     }
                     None => open = false,
                 },
@@ -194,11 +195,38 @@ impl EventLoop {
     /// Takes a handed-over record: into its shard's aggregate when aggregating, else as an
     /// entry of its own.
     fn push(&mut self, p: Pending) {
-        self.oldest.get_or_insert_with(Instant::now);
         let shard = self
             .shard_map
             .as_ref()
             .and_then(|map| map.shared_shard_for(&p.record));
+        self.push_routed(p, shard);
+    }
+
+    /// [`Self::push`] for many records, in order, their hash keys computed together.
+    fn push_all(&mut self, records: Vec<Pending>) {
+        let Some(map) = &self.shard_map else {
+            return records.into_iter().for_each(|p| self.push_routed(p, None));
+        };
+        let keys: Vec<(&str, Option<&str>)> = records
+            .iter()
+            .map(|p| {
+                let r = &p.record;
+                (r.partition_key.as_str(), r.explicit_hash_key.as_deref())
+            })
+            .collect();
+        let hashes = kinesis_common::kpl::effective_hash_keys(&keys);
+        let shards: Vec<Option<Arc<str>>> = hashes
+            .into_iter()
+            .map(|h| map.shard_id_for_hash(h).cloned())
+            .collect();
+        for (p, shard) in records.into_iter().zip(shards) {
+            self.push_routed(p, shard);
+        }
+    }
+
+    /// Queues a record for `shard` (`None`: no map, the record routes itself).
+    fn push_routed(&mut self, p: Pending, shard: Option<Arc<str>>) {
+        self.oldest.get_or_insert_with(Instant::now);
         match shard {
             Some(shard) if self.config.aggregation => {
                 if let Some(sealed) = self.aggregates.add(shard, p) {

@@ -93,7 +93,8 @@ impl ShardMap {
         self.shard_id_for_hash(hash).cloned()
     }
 
-    fn shard_id_for_hash(&self, hash: u128) -> Option<&Arc<str>> {
+    /// The shard whose range holds `hash`, as the map's own shared id.
+    pub(super) fn shard_id_for_hash(&self, hash: u128) -> Option<&Arc<str>> {
         let i = self.ranges.partition_point(|(start, _, _)| *start <= hash);
         let (_, end, shard) = self.ranges.get(i.checked_sub(1)?)?;
         (hash <= *end).then_some(shard)
