@@ -101,6 +101,31 @@ impl Default for DataMessage {
 /// `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it; that formatting itself for what is
 /// not a plain four-digit year and second (a leap second).
 fn write_millis_utc(t: &DateTime<Utc>, out: &mut Vec<u8>) {
+    thread_local! {
+        /// The last second written and its `YYYY-MM-DDTHH:MM:SS`: messages made one after the
+        /// other mostly share it, and working out the calendar date is the costly part.
+        static LAST_SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((i64::MIN, [0; 19])) };
+    }
+    let millis = t.timestamp_subsec_millis();
+    let (second, prefix) = LAST_SECOND.get();
+    if second == t.timestamp() && millis < 1000 {
+        out.extend_from_slice(&prefix);
+        out.push(b'.');
+        out.push(b'0' + (millis / 100) as u8);
+        out.extend_from_slice(&[b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8]);
+        out.push(b'Z');
+        return;
+    }
+    let start = out.len();
+    write_millis_utc_fully(t, out);
+    if let Ok(prefix) = out[start..].get(..19).unwrap_or_default().try_into() {
+        if out.len() - start == 24 && millis < 1000 {
+            LAST_SECOND.set((t.timestamp(), prefix));
+        }
+    }
+}
+
+fn write_millis_utc_fully(t: &DateTime<Utc>, out: &mut Vec<u8>) {
     // The date and time once: each accessor of a `DateTime` converts it to local time again.
     let (date, time) = (t.date_naive(), t.time());
     let millis = t.timestamp_subsec_millis();
@@ -175,6 +200,10 @@ mod tests {
     fn write_json_writes_what_serde_writes() {
         let times = [
             "2026-11-23T10:00:00.123456Z",
+            // The same second again (written from the last second's text), other millis.
+            "2026-11-23T10:00:00.007Z",
+            "2026-11-23T10:00:00.999Z",
+            "2026-11-23T10:00:00Z",
             "0000-01-01T00:00:00Z",
             "0999-12-31T23:59:59.999Z",
             "9999-12-31T23:59:59.999999999Z",

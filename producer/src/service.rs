@@ -184,6 +184,9 @@ async fn feed(
     let mut message = DataMessage::new();
     message.source = settings.source.clone();
     let limit = settings.count.unwrap_or(u64::MAX);
+    // A batch takes at most a quarter of the buffer, so that it never waits for all of it.
+    let max_batch_records = (settings.max_buffered_records / 4).clamp(1, HAND_OVER_AT_ONCE);
+    let max_batch_bytes = (settings.max_buffered_bytes / 4).max(1);
     while handed_over < limit {
         if let Some(t) = ticker.as_mut() {
             tokio::select! {
@@ -193,40 +196,67 @@ async fn feed(
         } else if cancel.is_cancelled() {
             break;
         }
-        for _ in 0..settings.messages_per_tick {
-            if handed_over >= limit {
-                break;
+        let mut left_in_tick = settings.messages_per_tick;
+        while left_in_tick > 0 && handed_over < limit {
+            // A batch: at most `HAND_OVER_AT_ONCE` messages and a quarter of the buffer.
+            let mut batch = Vec::with_capacity(HAND_OVER_AT_ONCE.min(left_in_tick as usize));
+            let (mut batch_bytes, mut ids) = (0usize, Vec::new());
+            {
+                let mut handed = lock(handed);
+                while left_in_tick > 0
+                    && handed_over + (batch.len() as u64) < limit
+                    && batch.len() < max_batch_records
+                {
+                    message.renew();
+                    let key = settings.partition_key.clone().unwrap_or_else(|| {
+                        // The hyphenated form `to_string` gives, without the formatting machinery.
+                        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                        message.id.hyphenated().encode_lower(&mut buf).to_owned()
+                    });
+                    let record = to_record(&message, key, &mut scratch);
+                    batch_bytes += record.buffered_size();
+                    if !batch.is_empty() && batch_bytes > max_batch_bytes {
+                        // The next batch starts with it (renewed again: a new id and time).
+                        break;
+                    }
+                    // Remembered before the record is handed over: its outcome may come at once.
+                    let tag = handed.remember(message.id, message.created_on);
+                    ids.push((tag, message.id));
+                    batch.push((record, tag));
+                    left_in_tick -= 1;
+                }
             }
-            message.renew();
-            let key = settings.partition_key.clone().unwrap_or_else(|| {
-                // The hyphenated form `to_string` gives, without the formatting machinery.
-                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                message.id.hyphenated().encode_lower(&mut buf).to_owned()
-            });
-            let record = to_record(&message, key, &mut scratch);
-            // Remembered before the record is handed over: its outcome may come at once.
-            let tag = lock(handed).remember(message.id, message.created_on);
             // Hand-over first: when there is room it is ready at once, and the cancellation
-            // future is never polled (polling it registers a waiter, a lock per message).
+            // future is never polled (polling it registers a waiter, a lock per batch).
             let result = tokio::select! {
                 biased;
-                r = producer.enqueue_tagged(record, tag) => r,
+                r = producer.enqueue_tagged_batch(batch) => r,
                 _ = cancel.cancelled() => {
-                    lock(handed).take(tag);
+                    // Nothing of the batch was handed over.
+                    let mut handed = lock(handed);
+                    for (tag, _) in ids {
+                        handed.take(tag);
+                    }
                     return handed_over;
                 }
             };
-            match result {
-                Ok(()) => handed_over += 1,
-                Err(err) => {
-                    lock(handed).take(tag);
-                    tracing::error!(id = %message.id, error = %err, "message not handed over")
-                }
+            let refused = match result {
+                Ok(refused) => refused,
+                Err(err) => ids.iter().map(|(tag, _)| (*tag, err.clone())).collect(),
+            };
+            handed_over += (ids.len() - refused.len()) as u64;
+            for (tag, err) in refused {
+                lock(handed).take(tag);
+                let id = ids.iter().find(|(t, _)| *t == tag).map(|(_, id)| *id);
+                tracing::error!(id = %id.unwrap_or_default(), error = %err, "message not handed over")
             }
         }
     }
     handed_over
 }
+
+/// Messages handed over in one batch, at most (a tick of more is handed over in several).
+const HAND_OVER_AT_ONCE: usize = 256;
 
 /// The record for a message: its JSON, in an allocation of exactly its length, since the
 /// producer's byte bound counts lengths. It is encoded into `scratch`, reused from message to

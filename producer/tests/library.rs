@@ -224,3 +224,88 @@ async fn tagged_records_need_a_producer_started_with_outcomes() {
     drop(producer);
     assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
 }
+
+/// A batch handed over at once: each valid record comes back once with its tag; a record
+/// `enqueue` would refuse is refused alone, named by its tag; a batch larger than the buffer
+/// is refused whole at once rather than left waiting for room that can never be made; and a
+/// batch hand-over dropped while it waits for room hands nothing over.
+#[tokio::test]
+async fn a_tagged_batch_is_handed_over_whole_but_its_bad_records() {
+    let emu = testkit::shared(Kind::KinesisMock);
+    let stream = testkit::unique_name("lib-batch");
+    testkit::create_stream(&emu.kinesis(), &stream, 2).await;
+    let config = ProducerConfig {
+        aggregation: true,
+        linger: Duration::from_millis(50),
+        max_buffered_records: 100,
+        ..ProducerConfig::new(&stream)
+    };
+    let (producer, flusher, mut outcomes) =
+        Producer::start_with_outcomes(emu.kinesis(), config).expect("valid");
+    let mut batch: Vec<(ProducerRecord, u64)> = (0..50)
+        .map(|tag| (ProducerRecord::new(format!("key-{tag}"), "data"), tag))
+        .collect();
+    let mut bad = ProducerRecord::new("bad", "data");
+    bad.explicit_hash_key = Some("abc".into());
+    batch.insert(10, (bad, 1000));
+    batch.insert(20, (ProducerRecord::new("", "empty key"), 1001));
+    let refused = producer.enqueue_tagged_batch(batch).await.expect("taken");
+    let refused_tags: Vec<u64> = refused.iter().map(|(tag, _)| *tag).collect();
+    assert_eq!(refused_tags, [1000, 1001]);
+    assert!(refused
+        .iter()
+        .all(|(_, e)| matches!(e, SendError::Invalid(_))));
+
+    let mut tags = Vec::new();
+    let mut kept = Vec::new();
+    while tags.len() < 50 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), outcomes.recv())
+            .await
+            .expect("outcomes within 30 s")
+            .expect("the producer still runs");
+        for (tag, result) in batch.outcomes() {
+            result.as_ref().expect("acknowledged");
+            tags.push(*tag);
+        }
+        kept.push(batch);
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, (0..50).collect::<Vec<_>>(), "each valid tag once");
+
+    // 101 records can never fit 100: refused at once.
+    let too_many: Vec<(ProducerRecord, u64)> = (0..101)
+        .map(|tag| (ProducerRecord::new("k", "data"), 2000 + tag))
+        .collect();
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        producer.enqueue_tagged_batch(too_many),
+    )
+    .await
+    {
+        Ok(Err(SendError::Invalid(why))) => assert!(why.contains("101 records"), "{why}"),
+        Ok(other) => panic!("refused expected, got {other:?}"),
+        Err(_) => panic!("still waiting after 10 s for room that can never be made"),
+    }
+
+    // The 50 outcome batches held keep 50 of the 100 places: 60 records wait, and dropping
+    // the wait hands none of them over.
+    let waiting: Vec<(ProducerRecord, u64)> = (0..60)
+        .map(|tag| (ProducerRecord::new("k", "data"), 3000 + tag))
+        .collect();
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            producer.enqueue_tagged_batch(waiting)
+        )
+        .await
+        .is_err(),
+        "60 records fitted in 50 places"
+    );
+    drop(kept);
+    drop(producer);
+    assert_eq!(flusher.finish(Duration::from_secs(10)).await, 0);
+    assert!(
+        outcomes.recv().await.is_none(),
+        "no outcome for a record of the dropped batch"
+    );
+}

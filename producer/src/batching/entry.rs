@@ -27,6 +27,12 @@ pub(super) struct Pending {
     pub(super) _buffered: Option<BufferedGuard>,
 }
 
+/// What a handle sends the background task: one record, or a batch handed over at once.
+pub(super) enum Handover {
+    One(Pending),
+    Many(Vec<Pending>),
+}
+
 /// Raises the buffered-records gauge for as long as it lives.
 pub(super) struct BufferedGuard(prometheus_client::metrics::gauge::Gauge);
 

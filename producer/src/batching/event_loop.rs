@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::aggregation::Aggregates;
 use super::config::ProducerConfig;
-use super::entry::{Entry, Pending};
+use super::entry::{Entry, Handover, Pending};
 use super::outcome::{OutcomeBatch, Reporter};
 use super::put_records::{put_records, Batch, CallOutcome, Landed};
 use super::put_records::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
@@ -31,14 +31,17 @@ use super::shard_map::{self, ShardMap};
 /// A shard map is listed again at most this often when records land elsewhere than predicted.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Handed-over records taken from the channel in one wake-up, at most.
+/// Handed-over records taken from the channel in one wake-up, at most (a batch handed over at
+/// once is taken whole, so one may pass it).
 const DRAIN_AT_ONCE: usize = 4096;
 
 pub(super) struct EventLoop {
     client: Client,
     config: Arc<ProducerConfig>,
     reporter: Reporter,
-    rx: mpsc::UnboundedReceiver<Pending>,
+    rx: mpsc::UnboundedReceiver<Handover>,
+    /// Records taken from the channel in one wake-up (empty between wake-ups; kept for its room).
+    drained: Vec<Pending>,
     /// Entries waiting for a call, in the order they were made.
     queue: VecDeque<Entry>,
     queue_bytes: usize,
@@ -75,7 +78,7 @@ impl EventLoop {
     pub(super) fn new(
         client: Client,
         config: Arc<ProducerConfig>,
-        rx: mpsc::UnboundedReceiver<Pending>,
+        rx: mpsc::UnboundedReceiver<Handover>,
         outcomes: Option<mpsc::UnboundedSender<OutcomeBatch>>,
     ) -> Self {
         let backlogs = (config.shard_rate_limit_percent > 0)
@@ -90,6 +93,7 @@ impl EventLoop {
             bodies: BodyPool::new(config.max_in_flight),
             config,
             rx,
+            drained: Vec::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
             oldest: None,
@@ -156,17 +160,22 @@ impl EventLoop {
             let rate_wait = self.rate_wait.filter(|_| slot_free);
             tokio::select! {
                 msg = self.rx.recv(), if open => match msg {
-                    Some(p) => {
+                    Some(handover) => {
                         // Take whatever else is waiting in one go: one wake-up per burst rather
                         // than per record, and their hash keys computed together.
-                        let mut drained = vec![p];
-                        while drained.len() <= DRAIN_AT_ONCE {
-                            match self.rx.try_recv() {
-                                Ok(p) => drained.push(p),
-                                Err(_) => break,
+                        let mut drained = std::mem::take(&mut self.drained);
+                        let mut next = Some(handover);
+                        while let Some(handover) = next.take() {
+                            match handover {
+                                Handover::One(p) => drained.push(p),
+                                Handover::Many(mut batch) => drained.append(&mut batch),
+                            }
+                            if drained.len() < DRAIN_AT_ONCE {
+                                next = self.rx.try_recv().ok();
                             }
                         }
-                        self.push_all(drained);
+                        self.push_all(&mut drained);
+                        self.drained = drained;
                     }
                     None => open = false,
                 },
@@ -203,9 +212,9 @@ impl EventLoop {
     }
 
     /// [`Self::push`] for many records, in order, their hash keys computed together.
-    fn push_all(&mut self, records: Vec<Pending>) {
+    fn push_all(&mut self, records: &mut Vec<Pending>) {
         let Some(map) = &self.shard_map else {
-            return records.into_iter().for_each(|p| self.push_routed(p, None));
+            return records.drain(..).for_each(|p| self.push_routed(p, None));
         };
         let keys: Vec<(&str, Option<&str>)> = records
             .iter()
@@ -219,7 +228,7 @@ impl EventLoop {
             .into_iter()
             .map(|h| map.shard_id_for_hash(h).cloned())
             .collect();
-        for (p, shard) in records.into_iter().zip(shards) {
+        for (p, shard) in records.drain(..).zip(shards) {
             self.push_routed(p, shard);
         }
     }

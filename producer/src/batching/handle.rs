@@ -9,11 +9,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::config::{InvalidConfig, ProducerConfig};
-use super::entry::{BufferedGuard, Pending};
+use super::entry::{BufferedGuard, Handover, Pending};
 use super::event_loop::EventLoop;
 use super::outcome::{Notify, Outcomes};
 use super::record::{validate, Ack, ProducerRecord, SendError};
@@ -66,7 +66,7 @@ impl Future for Receipt {
 /// ```
 #[derive(Clone)]
 pub struct Producer {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::UnboundedSender<Handover>,
     records: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     config: Arc<ProducerConfig>,
@@ -141,43 +141,131 @@ impl Producer {
     /// an [`OutcomeBatch`](super::OutcomeBatch) from [`Outcomes`], with `tag`. Only for a
     /// producer started with [`Producer::start_with_outcomes`] (else `SendError::Invalid`).
     pub async fn enqueue_tagged(&self, record: ProducerRecord, tag: u64) -> Result<(), SendError> {
-        if !self.tagged {
-            return Err(SendError::Invalid(
-                "enqueue_tagged needs a producer started with Producer::start_with_outcomes".into(),
-            ));
-        }
+        self.check_tagged()?;
         self.hand_over(record, Notify::Tag(tag)).await
     }
 
-    async fn hand_over(&self, record: ProducerRecord, notify: Notify) -> Result<(), SendError> {
-        if let Err(err) = validate(&record, self.config.max_buffered_bytes) {
+    /// Hands over several tagged records at once, in order: as [`Producer::enqueue_tagged`]
+    /// for each, but with one wait for room and one hand-over for them all, which costs less
+    /// per record (the service hands its messages over this way).
+    ///
+    /// It waits until the buffer has room for every valid record of the batch, so a batch
+    /// larger than the buffer (`max_buffered_records` records, `max_buffered_bytes` bytes) is
+    /// refused whole with [`SendError::Invalid`]; keep batches to a fraction of it. A record
+    /// [`Producer::enqueue`] would refuse is refused alone: its tag and error are returned, in
+    /// order, and the others are handed over. If the future is dropped before it completes,
+    /// no record of the batch was handed over.
+    pub async fn enqueue_tagged_batch(
+        &self,
+        records: Vec<(ProducerRecord, u64)>,
+    ) -> Result<Vec<(u64, SendError)>, SendError> {
+        self.check_tagged()?;
+        let mut refused = Vec::new();
+        let mut valid = Vec::with_capacity(records.len());
+        for (record, tag) in records {
+            match self.check(&record) {
+                Ok(size) => valid.push((record, tag, size)),
+                Err(err) => refused.push((tag, err)),
+            }
+        }
+        if valid.is_empty() {
+            return Ok(refused);
+        }
+        let bytes: u64 = valid.iter().map(|(_, _, size)| u64::from(*size)).sum();
+        let (Ok(count), Ok(total)) = (u32::try_from(valid.len()), u32::try_from(bytes)) else {
+            return Err(self.too_large(valid.len(), bytes));
+        };
+        if valid.len() > self.config.max_buffered_records
+            || bytes > self.config.max_buffered_bytes as u64
+        {
+            return Err(self.too_large(valid.len(), bytes));
+        }
+        let (Ok(mut r), Ok(mut b)) = (
+            self.records.clone().acquire_many_owned(count).await,
+            self.bytes.clone().acquire_many_owned(total).await,
+        ) else {
+            return Err(SendError::Stopped);
+        };
+        let now = Instant::now();
+        let pending: Vec<Pending> = valid
+            .into_iter()
+            .map(|(record, tag, size)| {
+                // Exactly the permits taken above are split off, one record at a time.
+                let permits = (
+                    r.split(1).expect("a record's permit"),
+                    b.split(size as usize).expect("a record's byte permits"),
+                );
+                self.pending(record, Notify::Tag(tag), now, permits)
+            })
+            .collect();
+        self.tx
+            .send(Handover::Many(pending))
+            .map_err(|_| SendError::Stopped)?;
+        Ok(refused)
+    }
+
+    fn check_tagged(&self) -> Result<(), SendError> {
+        if self.tagged {
+            return Ok(());
+        }
+        Err(SendError::Invalid(
+            "enqueue_tagged needs a producer started with Producer::start_with_outcomes".into(),
+        ))
+    }
+
+    fn too_large(&self, records: usize, bytes: u64) -> SendError {
+        SendError::Invalid(format!(
+            "a batch of {records} records and {bytes} buffered bytes can never fit the buffer \
+             (max_buffered_records {}, max_buffered_bytes {})",
+            self.config.max_buffered_records, self.config.max_buffered_bytes
+        ))
+    }
+
+    /// The record's buffered size if it may be handed over; counted as failed if not.
+    fn check(&self, record: &ProducerRecord) -> Result<u32, SendError> {
+        if let Err(err) = validate(record, self.config.max_buffered_bytes) {
             if let Some(m) = &self.config.metrics {
                 m.failed(err.code(), 1);
             }
             return Err(err);
         }
-        let size = u32::try_from(record.buffered_size()).unwrap_or(u32::MAX);
+        Ok(u32::try_from(record.buffered_size()).unwrap_or(u32::MAX))
+    }
+
+    fn pending(
+        &self,
+        record: ProducerRecord,
+        notify: Notify,
+        now: Instant,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Pending {
+        Pending {
+            record,
+            notify,
+            enqueued: now,
+            deadline: now + self.config.record_ttl,
+            earlier_attempts: 0,
+            _permits: permits,
+            _buffered: self
+                .config
+                .metrics
+                .as_ref()
+                .map(|m| BufferedGuard::new(&m.buffered_records)),
+        }
+    }
+
+    async fn hand_over(&self, record: ProducerRecord, notify: Notify) -> Result<(), SendError> {
+        let size = self.check(&record)?;
         let (Ok(r), Ok(b)) = (
             self.records.clone().acquire_owned().await,
             self.bytes.clone().acquire_many_owned(size).await,
         ) else {
             return Err(SendError::Stopped);
         };
-        let now = Instant::now();
-        let pending = Pending {
-            record,
-            notify,
-            enqueued: now,
-            deadline: now + self.config.record_ttl,
-            earlier_attempts: 0,
-            _permits: (r, b),
-            _buffered: self
-                .config
-                .metrics
-                .as_ref()
-                .map(|m| BufferedGuard::new(&m.buffered_records)),
-        };
-        self.tx.send(pending).map_err(|_| SendError::Stopped)
+        let pending = self.pending(record, notify, Instant::now(), (r, b));
+        self.tx
+            .send(Handover::One(pending))
+            .map_err(|_| SendError::Stopped)
     }
 
     /// Enqueues and waits for the acknowledgement.
