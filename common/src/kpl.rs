@@ -25,7 +25,10 @@
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 
 /// The four bytes every aggregated record starts with.
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
@@ -259,8 +262,8 @@ pub struct Aggregator {
     /// The key tables: each key's index. Fx hashing, not SipHash: a lookup per user record was
     /// a tenth of the producer's CPU, and a table lives for one aggregate (at most about 1 MB
     /// of keys), so keys chosen to collide can slow down only their own aggregate.
-    keys: FxHashMap<String, u64>,
-    hash_keys: FxHashMap<String, u64>,
+    keys: KeyTable,
+    hash_keys: KeyTable,
     records: usize,
 }
 
@@ -286,34 +289,61 @@ fn field_len(len: usize) -> usize {
 struct KeyIndex {
     index: u64,
     new: bool,
+    hash: u64,
 }
 
-fn lookup(table: &FxHashMap<String, u64>, key: &str) -> KeyIndex {
-    match table.get(key) {
-        Some(i) => KeyIndex {
-            index: *i,
-            new: false,
-        },
-        None => KeyIndex {
-            index: table.len() as u64,
-            new: true,
-        },
+/// A key table of the aggregate being built: each key's index by the key, which is not copied
+/// but read where the table entry wrote it in the aggregate's buffer.
+#[derive(Debug, Default)]
+struct KeyTable(HashTable<KeyEntry>);
+
+#[derive(Debug, Clone, Copy)]
+struct KeyEntry {
+    hash: u64,
+    /// Where the key is in the aggregate's buffer.
+    start: usize,
+    len: usize,
+    index: u64,
+}
+
+impl KeyTable {
+    fn lookup(&self, buf: &[u8], key: &str) -> KeyIndex {
+        let hash = FxBuildHasher.hash_one(key.as_bytes());
+        let found = self.0.find(hash, |e| {
+            e.hash == hash && buf.get(e.start..e.start + e.len) == Some(key.as_bytes())
+        });
+        match found {
+            Some(e) => KeyIndex {
+                index: e.index,
+                new: false,
+                hash,
+            },
+            None => KeyIndex {
+                index: self.0.len() as u64,
+                new: true,
+                hash,
+            },
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
 /// Writes a new key's table entry (field `tag`) and keeps its index.
-fn add_key(
-    table: &mut FxHashMap<String, u64>,
-    buf: &mut Vec<u8>,
-    tag: u32,
-    key: &str,
-    at: KeyIndex,
-) {
+fn add_key(table: &mut KeyTable, buf: &mut Vec<u8>, tag: u32, key: &str, at: KeyIndex) {
     if at.new {
-        table.insert(key.to_owned(), at.index);
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(key.len() as u64, buf);
+        let entry = KeyEntry {
+            hash: at.hash,
+            start: buf.len(),
+            len: key.len(),
+            index: at.index,
+        };
         buf.extend_from_slice(key.as_bytes());
+        table.0.insert_unique(at.hash, entry, |e| e.hash);
     }
 }
 
@@ -330,8 +360,8 @@ impl Aggregator {
         Self {
             buf: magic_buf(capacity),
             capacity,
-            keys: FxHashMap::default(),
-            hash_keys: FxHashMap::default(),
+            keys: KeyTable::default(),
+            hash_keys: KeyTable::default(),
             records: 0,
         }
     }
@@ -358,8 +388,8 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data_len: usize,
     ) -> usize {
-        let key = lookup(&self.keys, partition_key);
-        let hash_key = explicit_hash_key.map(|ehk| lookup(&self.hash_keys, ehk));
+        let key = self.keys.lookup(&self.buf, partition_key);
+        let hash_key = explicit_hash_key.map(|ehk| self.hash_keys.lookup(&self.buf, ehk));
         self.size_with_indexes(partition_key, key, explicit_hash_key, hash_key, data_len)
     }
 
@@ -390,8 +420,8 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data: &[u8],
     ) -> usize {
-        let key = lookup(&self.keys, partition_key);
-        let hash_key = explicit_hash_key.map(|ehk| lookup(&self.hash_keys, ehk));
+        let key = self.keys.lookup(&self.buf, partition_key);
+        let hash_key = explicit_hash_key.map(|ehk| self.hash_keys.lookup(&self.buf, ehk));
         self.add_with_indexes(partition_key, key, explicit_hash_key, hash_key, data)
     }
 
@@ -405,8 +435,8 @@ impl Aggregator {
         explicit_hash_key: Option<&str>,
         data: &[u8],
     ) -> Option<usize> {
-        let key = lookup(&self.keys, partition_key);
-        let hash_key = explicit_hash_key.map(|ehk| lookup(&self.hash_keys, ehk));
+        let key = self.keys.lookup(&self.buf, partition_key);
+        let hash_key = explicit_hash_key.map(|ehk| self.hash_keys.lookup(&self.buf, ehk));
         let size =
             self.size_with_indexes(partition_key, key, explicit_hash_key, hash_key, data.len());
         if size > max_bytes && !self.is_empty() {
@@ -553,6 +583,35 @@ mod tests {
             .map(|(k, e)| effective_hash_key(k, *e))
             .collect();
         assert_eq!(effective_hash_keys(&pairs), one_by_one, "seed {seed}");
+    }
+
+    #[test]
+    fn a_key_seen_before_in_the_aggregate_is_written_once_and_found_again() {
+        let mut agg = Aggregator::new();
+        let records = [
+            ("a", None, "1"),
+            ("b", Some("7"), "2"),
+            ("a", Some("7"), "3"),
+            ("b", None, "4"),
+            ("c", Some("8"), "5"),
+            ("a", None, "6"),
+        ];
+        for (key, ehk, data) in records {
+            agg.add(key, ehk, data.as_bytes());
+        }
+        let bytes = agg.finish();
+        let decoded = deaggregate(&bytes).expect("an aggregate");
+        assert_eq!(decoded.partition_keys, ["a", "b", "c"]);
+        assert_eq!(decoded.explicit_hash_keys, ["7", "8"]);
+        let read: Vec<(&str, Option<&str>, &[u8])> = decoded
+            .iter()
+            .map(|m| (m.partition_key, m.explicit_hash_key, m.data))
+            .collect();
+        let expected: Vec<(&str, Option<&str>, &[u8])> = records
+            .iter()
+            .map(|(k, e, d)| (*k, *e, d.as_bytes()))
+            .collect();
+        assert_eq!(read, expected);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! precision; any RFC 3339 time is accepted when reading (.NET writes seven fraction digits).
 //! Unknown fields are ignored when decoding.
 
-use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use std::cell::Cell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
@@ -157,9 +160,48 @@ fn write_millis_utc_fully(t: &DateTime<Utc>, out: &mut Vec<u8>) {
 }
 
 /// Now, truncated to milliseconds (as written).
+/// Now, to the millisecond.
 fn now_millis() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since_epoch) => millis_since_epoch(since_epoch),
+        // A clock set before 1970.
+        Err(_) => {
+            let now = Utc::now();
+            DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+        }
+    }
+}
+
+/// The time `since_epoch` after 1970, to the millisecond. Working out the calendar date is
+/// the costly part, and the messages made one after the other share it: the last day's date
+/// is kept.
+fn millis_since_epoch(since_epoch: Duration) -> DateTime<Utc> {
+    const DAY: u64 = 86_400;
+    thread_local! {
+        static LAST_DAY: Cell<Option<(u64, NaiveDate)>> = const { Cell::new(None) };
+    }
+    let (secs, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
+    let day = secs / DAY;
+    let date = match LAST_DAY.get() {
+        Some((last, date)) if last == day => Some(date),
+        _ => {
+            let date = i64::try_from(day * DAY)
+                .ok()
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+                .map(|t| t.date_naive());
+            if let Some(date) = date {
+                LAST_DAY.set(Some((day, date)));
+            }
+            date
+        }
+    };
+    let time =
+        NaiveTime::from_num_seconds_from_midnight_opt((secs % DAY) as u32, millis * 1_000_000);
+    match (date, time) {
+        (Some(date), Some(time)) => DateTime::from_naive_utc_and_offset(date.and_time(time), Utc),
+        // Beyond chrono's range: its latest time.
+        _ => DateTime::<Utc>::MAX_UTC,
+    }
 }
 
 fn millis_utc<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -176,6 +218,39 @@ fn any_rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_since_1970_is_the_same_millisecond_across_days_and_years() {
+        let day = 86_400u64;
+        // Around midnight, month ends, a leap day, 2038 and beyond, back and forth so that
+        // the kept day is used and replaced.
+        let secs = [
+            0,
+            1,
+            day - 1,
+            day,
+            951_782_399,
+            951_782_400,
+            951_868_800,
+            2_147_483_648,
+            1_764_547_199,
+            1_764_547_200,
+            1_764_547_199,
+            253_402_300_799,
+        ];
+        for (i, s) in secs.into_iter().enumerate() {
+            for millis in [0u32, 7, 999] {
+                let since = Duration::from_secs(s) + Duration::from_millis(u64::from(millis));
+                let expected = DateTime::from_timestamp_millis(since.as_millis() as i64).unwrap();
+                assert_eq!(millis_since_epoch(since), expected, "case {i}, {millis} ms");
+            }
+        }
+        let before = Utc::now().timestamp_millis();
+        let now = now_millis();
+        let after = Utc::now().timestamp_millis();
+        assert!((before..=after).contains(&now.timestamp_millis()));
+        assert_eq!(now.timestamp_subsec_nanos() % 1_000_000, 0);
+    }
 
     #[test]
     fn writes_the_dotnet_field_names_and_millisecond_utc() {
