@@ -191,10 +191,49 @@ class TlsKinesalite(Emulator):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_measured(cmd, env, stdout=subprocess.DEVNULL):
+class CpuLimit:
+    """A control group whose processes share `fraction` of one CPU between them (cgroup v1's
+    cpu controller, or v2's cpu.max); making one needs root."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, fraction):
+        quota = max(1000, int(fraction * self.PERIOD_US))
+        name = f"kinesis-bench-{os.getpid()}-{int(time.time() * 1000)}"
+        v1, v2 = "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"
+        try:
+            if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")) or os.path.exists(os.path.join(v1, "tasks")):
+                self.path = os.path.join(v1, name)
+                os.mkdir(self.path)
+                self._write("cpu.cfs_period_us", str(self.PERIOD_US))
+                self._write("cpu.cfs_quota_us", str(quota))
+            else:
+                self.path = os.path.join(v2, name)
+                os.mkdir(self.path)
+                self._write("cpu.max", f"{quota} {self.PERIOD_US}")
+        except OSError as e:
+            sys.exit(f"--cpu-limit: cannot make a CPU control group ({e}); it needs root and cgroups")
+
+    def _write(self, file, value):
+        with open(os.path.join(self.path, file), "w") as f:
+            f.write(value)
+
+    def enter(self):
+        """For preexec_fn: moves the new process into the group before it runs."""
+        self._write("cgroup.procs", str(os.getpid()))
+
+    def remove(self):
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+def run_measured(cmd, env, stdout=subprocess.DEVNULL, cpu_limit=None):
     """Runs cmd to completion; returns (exit code, wall seconds, cpu seconds, peak RSS MiB, stdout)."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE,
+                            preexec_fn=cpu_limit.enter if cpu_limit else None)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -205,11 +244,17 @@ def run_measured(cmd, env, stdout=subprocess.DEVNULL):
     return code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
 
 
-def throughput(emu, name, cmd, extra_env, count, parse_stdout=False):
+def throughput(emu, name, cmd, extra_env, count, parse_stdout=False, cpu_fraction=None):
     stream = emu.create_stream(2)
     env = {**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL": emu.endpoint, "STREAM_NAME": stream,
            "COUNT": str(count), **extra_env}
-    code, wall, cpu, rss, out = run_measured(cmd, env, subprocess.PIPE if parse_stdout else subprocess.DEVNULL)
+    limit = CpuLimit(cpu_fraction) if cpu_fraction else None
+    try:
+        code, wall, cpu, rss, out = run_measured(cmd, env, subprocess.PIPE if parse_stdout else subprocess.DEVNULL,
+                                                 limit)
+    finally:
+        if limit:
+            limit.remove()
     if code != 0:
         sys.exit(f"{name} exited with {code}")
     seconds = wall
@@ -302,13 +347,19 @@ def main():
     parser.add_argument("--no-kpl", action="store_true", help="leave out the KPL row (the KPL needs Java and Maven)")
     parser.add_argument("--latency-rate", type=int, default=200, help="messages per second in the end-to-end run")
     parser.add_argument("--latency-seconds", type=int, default=20)
-    parser.add_argument("--only", choices=["all", "end-to-end", "throughput"], default="all",
+    parser.add_argument("--only", choices=["all", "end-to-end", "throughput", "cpu-limit"], default="all",
                         help="end-to-end: leave out the producer throughput sections; "
-                             "throughput: leave out the end-to-end section")
+                             "throughput: leave out the end-to-end section; "
+                             "cpu-limit: only the --cpu-limit section")
     parser.add_argument("--ferrokinesis", metavar="PATH",
                         help="also measure this producer (aggregated) and the Node.js peer against ferrokinesis "
                              "(crates.io ferrokinesis 0.7.0, a Kinesis emulator in Rust), whose ingest bounds "
                              "the rates less than kinesalite's")
+    parser.add_argument("--cpu-limit", type=float, metavar="FRACTION",
+                        help="also run ours and the Node.js peer each in a control group with FRACTION of one CPU "
+                             "(against ferrokinesis if given, else kinesalite): rates at the same CPU; needs root")
+    parser.add_argument("--limited-count", type=int, default=1_000_000,
+                        help="records for ours under --cpu-limit (the Node.js peer sends a fifth of them)")
     parser.add_argument("--wrap", metavar="COMMAND",
                         help="run only this producer, aggregated over plain HTTP, under COMMAND (a profiler)")
     args = parser.parse_args()
@@ -320,10 +371,10 @@ def main():
     peer_kpl = ["java", "-cp", os.path.join(kpl_lib, "*"), "interop.KplProducer"]
     kpl_jars = glob.glob(os.path.join(kpl_lib, "amazon-kinesis-producer-*.jar"))
     kpl_version = os.path.basename(kpl_jars[0])[len("amazon-kinesis-producer-"):-len(".jar")] if kpl_jars else "?"
-    needed = (producer[0],) + (() if args.only == "throughput" else (os.path.join(RELEASE, "consumer"),))
+    needed = (producer[0],) + (() if args.only in ("throughput", "cpu-limit") else (os.path.join(RELEASE, "consumer"),))
     if args.only != "end-to-end":
         needed += (peer_rust[0],) + (() if args.no_kpl else (kpl_lib,))
-    if args.wrap:
+    if args.wrap or args.only == "cpu-limit":
         needed = (producer[0],)
     for path in needed:
         if not os.path.exists(path):
@@ -340,10 +391,15 @@ def main():
         print(f"{r['name']} under {args.wrap!r}: {r['records']:,} records, {r['rate']:,.0f}/s, "
               f"{r['cpu_per_m']:.2f} CPU-s per million (the wrapper's included), peak RSS {r['rss_mib']:.1f} MiB")
         return
+    if args.only == "cpu-limit":
+        cpu_limit_section(args, producer, peer_node)
+        return
     if args.only != "end-to-end":
         throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_version)
     if args.ferrokinesis and args.only != "end-to-end":
         ferrokinesis_section(args, producer, peer_node)
+    if args.cpu_limit and args.only != "end-to-end":
+        cpu_limit_section(args, producer, peer_node)
     if args.only != "throughput":
         end_to_end_section(args)
 
@@ -365,7 +421,34 @@ def ferrokinesis_section(args, producer, peer_node):
     print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs Node.js |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x |")
+        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.2f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x |")
+    sys.stdout.flush()
+
+
+def cpu_limit_section(args, producer, peer_node):
+    """Each producer alone in a control group with the same share of one CPU, the emulator
+    outside it: the rates then compare what each does with the same CPU, not what the emulator
+    lets through."""
+    global FERROKINESIS
+    FERROKINESIS = args.ferrokinesis
+    kind = "ferrokinesis" if args.ferrokinesis else "kinesalite"
+    emu = Emulator(kind)
+    share = args.cpu_limit
+    try:
+        rows = [
+            throughput(emu, "ours, aggregated", producer, {**ours(True), "PRODUCER_COUNT": str(args.limited_count)},
+                       args.limited_count, cpu_fraction=share),
+            throughput(emu, "peer: aws-kinesis-agg + AWS SDK v3 (Node.js)", peer_node, {}, args.limited_count // 5,
+                       parse_stdout=True, cpu_fraction=share),
+        ]
+    finally:
+        emu.stop()
+    node = rows[-1]["rate"]
+    print(f"\n### Producer throughput at {share:g} of a CPU each ({kind}, plain HTTP, ~100-byte DataMessages, 2-shard stream)\n")
+    print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs Node.js |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.2f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x |")
     sys.stdout.flush()
 
 
@@ -385,7 +468,7 @@ def throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_vers
     print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs best peer |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / best_peer:.1f}x |")
+        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.2f} | {r['rss_mib']:.1f} | {r['rate'] / best_peer:.1f}x |")
     sys.stdout.flush()
 
     node_plain = rows[-1]["rate"]
@@ -412,7 +495,7 @@ def throughput_sections(args, producer, peer_rust, peer_node, peer_kpl, kpl_vers
     print("| producer | records | user records/s | CPU-s per million | peak RSS MiB | vs Node.js | vs KPL |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in tls_rows:
-        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.1f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x | {r['rate'] / kpl:.1f}x |")
+        print(f"| {r['name']} | {r['records']:,} | {r['rate']:,.0f} | {r['cpu_per_m']:.2f} | {r['rss_mib']:.1f} | {r['rate'] / node:.1f}x | {r['rate'] / kpl:.1f}x |")
     print(f"\nours, aggregated: {rows[0]['rate'] / node_plain:.1f}x the Node.js peer over plain HTTP, "
           f"{tls_rows[0]['rate'] / node:.1f}x over TLS", file=sys.stderr)
     sys.stdout.flush()
