@@ -507,6 +507,32 @@ pub async fn create_hash_key_table(client: &aws_sdk_dynamodb::Client, name: &str
         .send()
         .await
         .expect("CreateTable");
+    wait_for_active_table(client, name).await;
+}
+
+/// Waits until `name` is ACTIVE: dynalite answers CreateTable before the table takes writes
+/// (even with `--createTableMs 0` it turns ACTIVE on a later turn of its event loop, and a
+/// `PutItem` in between gets `ResourceNotFoundException`).
+pub async fn wait_for_active_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::TableStatus;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .ok()
+            .and_then(|out| out.table.and_then(|t| t.table_status));
+        if status == Some(TableStatus::Active) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "table {name} not ACTIVE within 30 s (last status {status:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Puts one record with `PutRecord`, as a client other than the producer would.
