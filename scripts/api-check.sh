@@ -78,6 +78,14 @@ echo "==> MSRV: cargo +$msrv check of ${packages[*]}" >&2
 cargo "+$msrv" check --locked --lib --bins "${package_args[@]}"
 
 echo "==> cargo package of ${packages[*]}, verified" >&2
+# Verifying a crate that depends on another of ours unpacks that one's new package into
+# cargo's registry sources, but keeps a folder already there under the same name and version:
+# one left by an earlier run, of other content (the version is not raised for each change of
+# unpublished work). Those folders go first, so each run verifies what it packaged.
+for dir in "${LIBRARY_DIRS[@]}"; do
+  unpacked="$(field "$dir/Cargo.toml" name)-$(field "$dir/Cargo.toml" version)"
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$unpacked"
+done
 # --allow-dirty: a working copy with changes is what a developer runs the tests on.
 cargo package --locked --allow-dirty "${package_args[@]}"
 
