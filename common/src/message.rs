@@ -121,10 +121,11 @@ fn write_millis_utc(t: &DateTime<Utc>, out: &mut Vec<u8>) {
     }
     let start = out.len();
     write_millis_utc_fully(t, out);
-    if let Ok(prefix) = out[start..].get(..19).unwrap_or_default().try_into() {
-        if out.len() - start == 24 && millis < 1000 {
-            LAST_SECOND.set((t.timestamp(), prefix));
-        }
+    // Kept only when written as `YYYY-MM-DDTHH:MM:SS.mmmZ` (not a leap second, a year in 0-9999).
+    if out.len() - start == 24 && millis < 1000 {
+        let mut prefix = [0; 19];
+        prefix.copy_from_slice(&out[start..start + 19]);
+        LAST_SECOND.set((t.timestamp(), prefix));
     }
 }
 
