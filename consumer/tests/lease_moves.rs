@@ -279,16 +279,27 @@ async fn a_split_parents_lease_is_deleted_once_its_children_are_read_and_not_cre
     })
     .await;
     assert!(cleaned, "{:?}\n{}", keys().await, worker.dump());
-    let deleted = worker.events("lease deleted");
-    let reasons: HashMap<String, String> = deleted
-        .iter()
-        .map(|e| {
-            (
-                e["shard_id"].as_str().unwrap_or_default().to_string(),
-                e["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    // The worker logs a deletion once DynamoDB has answered it, and its log reaches this test
+    // through a pipe: the line can come a moment after the table shows the lease gone.
+    let reasons = || -> HashMap<String, String> {
+        worker
+            .events("lease deleted")
+            .iter()
+            .map(|e| {
+                (
+                    e["shard_id"].as_str().unwrap_or_default().to_string(),
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let logged = testkit::eventually(Duration::from_secs(10), || {
+        let reasons = reasons();
+        reasons.contains_key(&parent) && reasons.contains_key("shardId-000000009999")
+    })
+    .await;
+    assert!(logged, "{:?}\n{}", reasons(), worker.dump());
+    let reasons = reasons();
     assert_eq!(reasons.get(&parent).map(String::as_str), Some("completed"));
     assert_eq!(
         reasons.get("shardId-000000009999").map(String::as_str),
