@@ -161,7 +161,6 @@ fn write_millis_utc_fully(t: &DateTime<Utc>, out: &mut Vec<u8>) {
 }
 
 /// Now, truncated to milliseconds (as written).
-/// Now, to the millisecond.
 fn now_millis() -> DateTime<Utc> {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(since_epoch) => millis_since_epoch(since_epoch),
