@@ -73,6 +73,11 @@ done
 # clone like the tools: a fresh clone then rebuilds only the workspace's crates, not every
 # dependency with two toolchains and for the baseline (about 15 minutes on 2 cores).
 export CARGO_TARGET_DIR="$tools/api-check-target"
+# The workspace's own crates are built again by every run (a clone elsewhere gives them other
+# hashes), and their old builds would pile up there, hundreds of MB a run: they go first, and
+# nothing incremental is kept of them.
+export CARGO_INCREMENTAL=0
+cargo clean --quiet "${package_args[@]}"
 
 echo "==> MSRV: cargo +$msrv check of ${packages[*]}" >&2
 cargo "+$msrv" check --locked --lib --bins "${package_args[@]}"
