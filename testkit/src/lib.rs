@@ -303,13 +303,7 @@ impl Emulator {
             .region(Region::new(TEST_REGION))
             .endpoint_url(self.endpoint())
             .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(
-                aws_sdk_kinesis::config::Credentials::new(
-                    TEST_ACCESS_KEY,
-                    "test",
-                    None,
-                    None,
-                    "testkit",
-                ),
+                test_credentials(),
             ))
             .build()
     }
@@ -330,6 +324,11 @@ impl Drop for Emulator {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
+}
+
+/// The credentials every client of [`Emulator::sdk_config`] signs with.
+pub fn test_credentials() -> aws_sdk_kinesis::config::Credentials {
+    aws_sdk_kinesis::config::Credentials::new(TEST_ACCESS_KEY, "test", None, None, "testkit")
 }
 
 /// One emulator of each kind per test binary, started on first use and stopped when the test
